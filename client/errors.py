@@ -1,0 +1,361 @@
+"""The errors that cross the wire: one class per stable ``code``.
+
+This module is the single table of wire errors, imported by the broker (which raises
+them and renders ``to_problem()`` as RFC 9457 problem+json) and by the client (which
+rebuilds them with ``ShoalError.from_problem()``). A code never changes once released.
+
+Each wire error class sets:
+
+* ``code``: the stable UPPER_SNAKE name carried in the problem body;
+* ``http_status``: the HTTP status the broker answers with;
+* ``retriable``: the same request may succeed if sent again later;
+* ``refresh_topology``: the client should re-read ``GET /v1/cluster`` before retrying;
+* ``fields``: the names of the code's own members beside the standard ones.
+
+Client-only errors (time-outs, an unreachable broker, a closed producer) have no code
+and are not in the table.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+__all__ = [
+    "ShoalError",
+    "ShoalApiError",
+    "UnknownTopic",
+    "UnknownPartition",
+    "NotOwner",
+    "OffsetOutOfRange",
+    "InvalidRequest",
+    "CorruptBatch",
+    "BatchTooLarge",
+    "UnsupportedMediaType",
+    "NotAcceptable",
+    "StaleEpoch",
+    "TopologyConflict",
+    "DuplicateSequence",
+    "OutOfOrderSequence",
+    "Unauthorized",
+    "Forbidden",
+    "NotFound",
+    "MethodNotAllowed",
+    "Throttled",
+    "StorageFull",
+    "BrokerUnavailable",
+    "InternalError",
+    "ShoalTimeoutError",
+    "BrokerUnreachable",
+    "ProducerClosedError",
+    "BufferFullError",
+    "CorruptRecordError",
+    "error_for_code",
+]
+
+_PROBLEM_TYPE = "https://shoal.dev/problems/"
+_STANDARD = ("type", "title", "status", "detail", "code", "instance")
+
+
+class ShoalError(Exception):
+    """Root of every error the shoal client and broker raise."""
+
+    @staticmethod
+    def from_problem(body: Any, *, status: int | None = None) -> "ShoalApiError":
+        """Rebuild the typed error from a problem+json body (a dict, str or bytes).
+
+        Dispatches on ``code``, never on the HTTP status. An unknown code or a body
+        that is not a problem object gives ``ShoalApiError`` itself, keeping the
+        status, the code and an excerpt of the body.
+        """
+        if isinstance(body, (bytes, bytearray)):
+            body = body.decode("utf-8", "replace")
+        if isinstance(body, str):
+            text = body
+            try:
+                body = json.loads(body)
+            except ValueError:
+                return ShoalApiError(
+                    f"non-JSON error body: {text[:200]!r}", status=status or 0
+                )
+        if not isinstance(body, dict):
+            return ShoalApiError(f"unexpected error body: {str(body)[:200]!r}", status=status or 0)
+        code = body.get("code")
+        cls = error_for_code(code) if isinstance(code, str) else ShoalApiError
+        extra = {k: v for k, v in body.items() if k not in _STANDARD}
+        err = cls(
+            str(body.get("detail") or body.get("title") or code or "error"),
+            status=body.get("status", status),
+            **extra,
+        )
+        if cls is ShoalApiError:
+            err.code = code if isinstance(code, str) else None
+            err.title = body.get("title", err.title)
+        return err
+
+
+class ShoalApiError(ShoalError):
+    """An error with a wire code: raised by the broker, rebuilt by the client."""
+
+    code: ClassVar[str | None] = None
+    title: ClassVar[str] = "Shoal error"
+    http_status: ClassVar[int] = 500
+    retriable: ClassVar[bool] = False
+    refresh_topology: ClassVar[bool] = False
+    fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, detail: str = "", *, status: int | None = None, **fields: Any):
+        super().__init__(detail)
+        self.detail = detail or self.title
+        if status is not None and type(self).code is None:
+            self.http_status = int(status)  # keep what an unknown code came with
+        self.extra = {k: v for k, v in fields.items() if k not in self.fields}
+        for name in self.fields:
+            setattr(self, name, fields.get(name))
+
+    def __str__(self) -> str:
+        return f"[{self.code or self.http_status}] {self.detail}"
+
+    def __reduce__(self):
+        return (_rebuild, (self.to_problem(),))
+
+    def to_problem(self) -> dict[str, Any]:
+        """The RFC 9457 problem object for this error (the inverse of ``from_problem``)."""
+        body: dict[str, Any] = {
+            "type": _PROBLEM_TYPE + (self.code or "unknown").lower().replace("_", "-"),
+            "title": self.title,
+            "status": self.http_status,
+            "detail": self.detail,
+            "code": self.code,
+        }
+        body.update(self.extra)
+        for name in self.fields:
+            body[name] = getattr(self, name)
+        return body
+
+    def headers(self) -> dict[str, str]:
+        """Extra HTTP headers the broker sends with this error."""
+        return {}
+
+
+def _rebuild(problem: dict[str, Any]) -> ShoalApiError:
+    return ShoalError.from_problem(problem)
+
+
+class UnknownTopic(ShoalApiError):
+    code = "UNKNOWN_TOPIC"
+    title = "Unknown topic"
+    http_status = 404
+    fields = ("topic",)
+
+
+class UnknownPartition(ShoalApiError):
+    code = "UNKNOWN_PARTITION"
+    title = "Unknown partition"
+    http_status = 404
+    fields = ("topic", "partition", "partitions")
+
+
+class NotOwner(ShoalApiError):
+    """The broker asked does not own the partition; ``owner_url`` does."""
+
+    code = "NOT_OWNER"
+    title = "Not owner"
+    http_status = 421
+    retriable = True
+    refresh_topology = True
+    fields = ("owner_id", "owner_url", "epoch")
+
+
+class OffsetOutOfRange(ShoalApiError):
+    code = "OFFSET_OUT_OF_RANGE"
+    title = "Offset out of range"
+    http_status = 416
+    fields = ("offset", "log_start_offset", "high_watermark")
+
+
+class InvalidRequest(ShoalApiError):
+    code = "INVALID_REQUEST"
+    title = "Invalid request"
+    http_status = 400
+    fields = ("field",)
+
+
+class CorruptBatch(ShoalApiError):
+    code = "CORRUPT_BATCH"
+    title = "Corrupt batch"
+    http_status = 400
+
+
+class BatchTooLarge(ShoalApiError):
+    code = "BATCH_TOO_LARGE"
+    title = "Batch too large"
+    http_status = 413
+    fields = ("max_bytes",)
+
+
+class UnsupportedMediaType(ShoalApiError):
+    code = "UNSUPPORTED_MEDIA_TYPE"
+    title = "Unsupported media type"
+    http_status = 415
+    fields = ("supported",)
+
+
+class NotAcceptable(ShoalApiError):
+    code = "NOT_ACCEPTABLE"
+    title = "Not acceptable"
+    http_status = 406
+    fields = ("supported",)
+
+
+class StaleEpoch(ShoalApiError):
+    """A topology older than (or as old as) the one installed was offered."""
+
+    code = "STALE_EPOCH"
+    title = "Stale epoch"
+    http_status = 409
+    refresh_topology = True
+    fields = ("epoch",)
+
+
+class TopologyConflict(ShoalApiError):
+    """A topology change would move partitions that hold data."""
+
+    code = "TOPOLOGY_CONFLICT"
+    title = "Topology conflict"
+    http_status = 409
+    fields = ("partitions",)
+
+
+class DuplicateSequence(ShoalApiError):
+    code = "DUPLICATE_SEQUENCE"
+    title = "Duplicate sequence"
+    http_status = 409
+    fields = ("producer_id", "expected")
+
+
+class OutOfOrderSequence(ShoalApiError):
+    code = "OUT_OF_ORDER_SEQUENCE"
+    title = "Out of order sequence"
+    http_status = 409
+    fields = ("producer_id", "expected")
+
+
+class Unauthorized(ShoalApiError):
+    code = "UNAUTHORIZED"
+    title = "Unauthorized"
+    http_status = 401
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="shoal"'}
+
+
+class Forbidden(ShoalApiError):
+    code = "FORBIDDEN"
+    title = "Forbidden"
+    http_status = 403
+    fields = ("principal", "permission")
+
+
+class NotFound(ShoalApiError):
+    code = "NOT_FOUND"
+    title = "Not found"
+    http_status = 404
+    fields = ("path",)
+
+
+class MethodNotAllowed(ShoalApiError):
+    code = "METHOD_NOT_ALLOWED"
+    title = "Method not allowed"
+    http_status = 405
+    fields = ("allowed",)
+
+
+class Throttled(ShoalApiError):
+    """The broker's queues are full: retry after ``retry_after`` seconds."""
+
+    code = "THROTTLED"
+    title = "Throttled"
+    http_status = 429
+    retriable = True
+    fields = ("retry_after",)
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, round(self.retry_after or 1)))}
+
+
+class StorageFull(ShoalApiError):
+    """The broker could not write: the disk is full. Nothing was written."""
+
+    code = "STORAGE_FULL"
+    title = "Storage full"
+    http_status = 507
+    retriable = True
+    fields = ("broker_id",)
+
+
+class BrokerUnavailable(ShoalApiError):
+    """The gateway could not reach the partition's owner."""
+
+    code = "BROKER_UNAVAILABLE"
+    title = "Broker unavailable"
+    http_status = 503
+    retriable = True
+    refresh_topology = True
+    fields = ("broker_id",)
+
+
+class InternalError(ShoalApiError):
+    code = "INTERNAL"
+    title = "Internal error"
+    http_status = 500
+    retriable = True
+
+
+# Client-only errors: no wire code.
+
+
+class ShoalTimeoutError(ShoalError, TimeoutError):
+    """An operation did not finish within its time-out."""
+
+
+class BrokerUnreachable(ShoalError, ConnectionError):
+    """No connection could be made to a broker (refused, reset, timed out)."""
+
+    def __init__(self, url: str, reason: str = ""):
+        super().__init__(f"broker {url} unreachable: {reason}" if reason else f"broker {url} unreachable")
+        self.url = url
+        self.reason = reason
+
+
+class ProducerClosedError(ShoalError):
+    """``send()`` was called on a producer that is closed or closing."""
+
+
+class BufferFullError(ShoalError):
+    """The producer's buffer stayed full for longer than ``max_block_ms``."""
+
+
+class CorruptRecordError(ShoalError):
+    """A fetched batch failed its CRC or could not be decoded."""
+
+
+def _registry() -> dict[str, type[ShoalApiError]]:
+    table: dict[str, type[ShoalApiError]] = {}
+    todo = list(ShoalApiError.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        if cls.code:
+            if cls.code in table:
+                raise RuntimeError(f"duplicate error code {cls.code}")
+            table[cls.code] = cls
+    return table
+
+
+_BY_CODE = _registry()
+
+
+def error_for_code(code: str | None) -> type[ShoalApiError]:
+    """The class for a wire code; ``ShoalApiError`` for an unknown one."""
+    return _BY_CODE.get(code or "", ShoalApiError)

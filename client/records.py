@@ -1,0 +1,249 @@
+"""Record batch framing: the bytes a producer sends, a broker stores and a fetch returns.
+
+A batch is one frame. All integers are big-endian.
+
+    offset  size  field
+    0       8     base_offset      i64  offset of the first record; the producer writes 0,
+                                        the broker patches it in place (not under the CRC)
+    8       4     length           u32  bytes after this field (so frame size = 12 + length)
+    12      4     crc              u32  CRC32C (Castagnoli) of bytes [16, 12 + length)
+    16      1     magic            u8   1
+    17      1     attributes       u8   0 (reserved: compression, transactional)
+    18      4     record_count     u32  >= 1; equals the length of the msgpack array below
+    22      8     first_timestamp  i64  ms since the epoch of the first record
+    30      8     max_timestamp    i64  greatest record timestamp in the batch
+    38      8     producer_id      i64  -1 when the producer is not idempotent
+    46      4     base_sequence    i32  sequence number of the first record, -1 when none
+    50      ...   records          msgpack array of record_count entries, each
+                                        [timestamp_delta: int, key: bin|nil, value: bin|nil,
+                                         headers: map str->bin | nil]
+
+Record ``i`` of a batch has offset ``base_offset + i`` and timestamp
+``first_timestamp + timestamp_delta``. The broker never decodes the records: it checks
+the frame (length, magic, CRC, that the msgpack array header matches record_count),
+patches base_offset and stores the frame as it came; a fetch returns stored frames
+byte for byte.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import NamedTuple
+
+import msgpack
+from crc32c import crc32c
+
+from .errors import BatchTooLarge, CorruptBatch, CorruptRecordError
+from .structs import Record
+
+MAGIC = 1
+HEADER = struct.Struct(">qIIBBIqqqi")
+HEADER_SIZE = HEADER.size  # 50
+assert HEADER_SIZE == 50
+LENGTH_END = 12  # base_offset + length: frame size = LENGTH_END + length
+CRC_START = 16
+_BASE_OFFSET = struct.Struct(">q")
+_PREFIX = struct.Struct(">qI")  # base_offset, length
+NO_PRODUCER = -1
+NO_SEQUENCE = -1
+
+
+class FrameHeader(NamedTuple):
+    """The fixed header of one stored batch."""
+
+    base_offset: int
+    length: int
+    crc: int
+    magic: int
+    attributes: int
+    record_count: int
+    first_timestamp: int
+    max_timestamp: int
+    producer_id: int
+    base_sequence: int
+
+    @property
+    def size(self) -> int:
+        """Bytes the whole frame takes."""
+        return LENGTH_END + self.length
+
+    @property
+    def last_offset(self) -> int:
+        return self.base_offset + self.record_count - 1
+
+    @property
+    def next_offset(self) -> int:
+        return self.base_offset + self.record_count
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def encode_batch(
+    records: Sequence[tuple[bytes | None, bytes | None, Mapping[str, bytes] | None, int | None]],
+    *,
+    producer_id: int = NO_PRODUCER,
+    base_sequence: int = NO_SEQUENCE,
+    base_offset: int = 0,
+) -> bytes:
+    """Frame ``(key, value, headers, timestamp_ms)`` tuples as one batch.
+
+    A ``None`` timestamp means now. Raises ValueError for an empty batch.
+    """
+    if not records:
+        raise ValueError("a batch holds at least one record")
+    now = None
+    stamps = []
+    for r in records:
+        ts = r[3]
+        if ts is None:
+            ts = now if now is not None else (now := now_ms())
+        stamps.append(ts)
+    first = stamps[0]
+    body = msgpack.packb(
+        [[ts - first, r[0], r[1], dict(r[2]) if r[2] else None] for r, ts in zip(records, stamps)],
+        use_bin_type=True,
+    )
+    return frame_records(
+        body,
+        record_count=len(records),
+        first_timestamp=first,
+        max_timestamp=max(stamps),
+        producer_id=producer_id,
+        base_sequence=base_sequence,
+        base_offset=base_offset,
+    )
+
+
+def frame_records(
+    body: bytes,
+    *,
+    record_count: int,
+    first_timestamp: int,
+    max_timestamp: int,
+    producer_id: int = NO_PRODUCER,
+    base_sequence: int = NO_SEQUENCE,
+    base_offset: int = 0,
+) -> bytes:
+    """Wrap an already msgpack-encoded records array in a frame header."""
+    tail = HEADER.pack(
+        0, 0, 0, MAGIC, 0, record_count, first_timestamp, max_timestamp, producer_id, base_sequence
+    )[CRC_START:] + body
+    return _PREFIX.pack(base_offset, len(tail) + 4) + struct.pack(">I", crc32c(tail)) + tail
+
+
+def read_header(buf, pos: int = 0) -> FrameHeader:
+    """Parse the header of the frame at ``pos``; the caller checks the size first."""
+    return FrameHeader._make(HEADER.unpack_from(buf, pos))
+
+
+def patch_base_offset(buf: bytearray | memoryview, pos: int, base_offset: int) -> None:
+    """Set the base offset of the frame at ``pos`` (not covered by the CRC)."""
+    _BASE_OFFSET.pack_into(buf, pos, base_offset)
+
+
+def base_offset_bytes(base_offset: int) -> bytes:
+    return _BASE_OFFSET.pack(base_offset)
+
+
+def _array_len(buf, pos: int, end: int) -> int | None:
+    """Length announced by a msgpack array header at ``pos``, or None if there is none."""
+    if pos >= end:
+        return None
+    tag = buf[pos]
+    if 0x90 <= tag <= 0x9F:
+        return tag & 0x0F
+    if tag == 0xDC and pos + 3 <= end:
+        return (buf[pos + 1] << 8) | buf[pos + 2]
+    if tag == 0xDD and pos + 5 <= end:
+        return int.from_bytes(buf[pos + 1 : pos + 5], "big")
+    return None
+
+
+def validate_frames(body: bytes | bytearray | memoryview, *, max_batch_bytes: int | None = None) -> list[FrameHeader]:
+    """Check every frame of a produce body; return their headers in order.
+
+    Work is per batch, never per record: length, magic, CRC and the msgpack array
+    header. Raises ``CorruptBatch`` for anything that is not a sequence of whole,
+    valid frames.
+    """
+    view = memoryview(body)
+    end = len(view)
+    pos = 0
+    headers: list[FrameHeader] = []
+    if end == 0:
+        raise CorruptBatch("empty body: expected one or more record batches")
+    while pos < end:
+        if end - pos < HEADER_SIZE:
+            raise CorruptBatch(f"truncated batch header at byte {pos}: {end - pos} bytes left, need {HEADER_SIZE}")
+        h = read_header(view, pos)
+        size = h.size
+        if size < HEADER_SIZE + 1 or pos + size > end:
+            raise CorruptBatch(f"batch at byte {pos} declares length {h.length}, {end - pos - LENGTH_END} bytes follow")
+        if max_batch_bytes is not None and size > max_batch_bytes:
+            raise BatchTooLarge(f"batch of {size} bytes exceeds {max_batch_bytes}", max_bytes=max_batch_bytes)
+        if h.magic != MAGIC:
+            raise CorruptBatch(f"batch at byte {pos} has magic {h.magic}, expected {MAGIC}")
+        if h.record_count < 1:
+            raise CorruptBatch(f"batch at byte {pos} has no records")
+        if crc32c(view[pos + CRC_START : pos + size]) != h.crc:
+            raise CorruptBatch(f"batch at byte {pos} fails its CRC32C check")
+        if _array_len(view, pos + HEADER_SIZE, pos + size) != h.record_count:
+            raise CorruptBatch(f"batch at byte {pos}: records array does not hold record_count={h.record_count} entries")
+        headers.append(h)
+        pos += size
+    return headers
+
+
+def iter_frames(buf: bytes | memoryview, *, check_crc: bool = True) -> Iterator[tuple[FrameHeader, memoryview]]:
+    """Yield ``(header, frame)`` for each whole frame of fetched bytes.
+
+    A trailing partial frame is ignored (a fetch may cut the last one short).
+    Raises ``CorruptRecordError`` on a CRC mismatch when ``check_crc``.
+    """
+    view = memoryview(buf)
+    end = len(view)
+    pos = 0
+    while end - pos >= HEADER_SIZE:
+        h = read_header(view, pos)
+        size = h.size
+        if size < HEADER_SIZE or pos + size > end:
+            return
+        frame = view[pos : pos + size]
+        if check_crc and crc32c(frame[CRC_START:]) != h.crc:
+            raise CorruptRecordError(f"batch at offset {h.base_offset} fails its CRC32C check")
+        yield h, frame
+        pos += size
+
+
+def decode_records(
+    topic: str, partition: int, header: FrameHeader, frame: bytes | memoryview, *, min_offset: int = 0
+) -> list[Record]:
+    """Decode one frame's records, keeping those at or after ``min_offset``."""
+    try:
+        entries = msgpack.unpackb(frame[HEADER_SIZE:], use_list=False, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise CorruptRecordError(f"batch at offset {header.base_offset} does not decode: {exc}") from exc
+    base = header.base_offset
+    first_ts = header.first_timestamp
+    skip = max(0, min_offset - base)
+    try:
+        return [
+            Record(topic, partition, base + i, e[1], e[2], first_ts + e[0], e[3] or {})
+            for i, e in enumerate(entries[skip:] if skip else entries, skip)
+        ]
+    except (TypeError, IndexError) as exc:
+        raise CorruptRecordError(f"batch at offset {header.base_offset} has a malformed record: {exc}") from exc
+
+
+def decode_fetch(topic: str, partition: int, buf: bytes, *, min_offset: int = 0) -> Iterable[Record]:
+    """Every record at or after ``min_offset`` in a fetch response body."""
+    out: list[Record] = []
+    for h, frame in iter_frames(buf):
+        if h.next_offset <= min_offset:
+            continue
+        out.extend(decode_records(topic, partition, h, frame, min_offset=min_offset))
+    return out
