@@ -1,0 +1,39 @@
+"""``create_app``: the aiohttp application of one broker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+
+from shoal.broker.broker import Broker
+from shoal.broker.handlers import add_routes
+from shoal.broker.metrics import BrokerMetrics
+from shoal.broker.state import BROKER, METRICS
+from shoal.router.middlewares import MAX_BODY, problem_errors, request_context
+from shoal.router.openapi import build_openapi
+from shoal.router.topology import Topology
+
+
+def create_app(topology: Topology, broker_id: int, data_dir: Path) -> web.Application:
+    """The broker's application; its logs open and recover when the app starts up."""
+    limit = topology.settings.max_request_bytes
+    app = web.Application(middlewares=[request_context, problem_errors], client_max_size=limit)
+    broker = Broker(topology, broker_id, data_dir)
+    app[BROKER] = broker
+    app[METRICS] = BrokerMetrics(broker)
+    app[MAX_BODY] = limit
+    openapi = build_openapi(f"shoal broker {broker_id}")
+
+    async def serve_openapi(request: web.Request) -> web.Response:
+        return web.json_response(openapi)
+
+    async def storage(app: web.Application):
+        await broker.start()
+        yield
+        await broker.stop()
+
+    app.cleanup_ctx.append(storage)
+    add_routes(app)
+    app.router.add_get("/v1/openapi.json", serve_openapi)
+    return app

@@ -1,0 +1,277 @@
+"""HTTP handlers of API v1 for one broker. Handlers validate, call the broker, and raise.
+
+Errors are rendered by ``shoal.router.middlewares.problem_errors``; nothing here builds
+an error response by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp import web
+
+from shoal.broker.json_records import encode_json_batch, records_to_json
+from shoal.broker.state import BROKER, METRICS
+from shoal.client.errors import (
+    InvalidRequest,
+    NotAcceptable,
+    OffsetOutOfRange,
+    UnsupportedMediaType,
+)
+from shoal.client.names import check_name
+from shoal.client.records import decode_fetch, validate_frames
+from shoal.router.topology import Topology, TopologyError
+
+log = logging.getLogger(__name__)
+
+BATCH = "application/vnd.shoal.batch"
+JSON = "application/json"
+DEFAULT_FETCH_BYTES = 1 << 20
+MAX_METADATA = 4096
+_INT64_MAX = 2**63 - 1
+
+
+def _int_param(request: web.Request, name: str, default: int | None, *, minimum: int = 0) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        if default is None:
+            raise InvalidRequest(f"query parameter {name} is required", field=name)
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be an integer, got {raw[:40]!r}", field=name) from None
+    if not minimum <= value <= _INT64_MAX:
+        raise InvalidRequest(f"{name} must be between {minimum} and {_INT64_MAX}, got {value}", field=name)
+    return value
+
+
+def _partition(request: web.Request) -> tuple[str, int]:
+    topic = check_name(request.match_info["topic"], "topic")
+    raw = request.match_info["partition"]
+    if not raw.isdigit() or len(raw) > 9:
+        raise InvalidRequest(f"partition must be a non-negative integer, got {raw[:40]!r}", field="partition")
+    return topic, int(raw)
+
+
+async def _json_body(request: web.Request):
+    if request.content_type != JSON:
+        raise UnsupportedMediaType(
+            f"send {JSON}, not {request.content_type or 'no content type'}", supported=[JSON]
+        )
+    body = await request.read()
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"body is not valid JSON: {exc}") from None
+
+
+def _wants_batch(request: web.Request) -> bool:
+    accept = request.headers.get("Accept", "*/*")
+    if BATCH in accept:
+        return True
+    if JSON in accept or "*/*" in accept or "application/*" in accept:
+        return False
+    raise NotAcceptable(f"cannot answer with {accept[:80]!r}", supported=[JSON, BATCH])
+
+
+def _watermarks(plog) -> dict[str, str]:
+    return {
+        "Shoal-High-Watermark": str(plog.high_watermark),
+        "Shoal-Log-Start-Offset": str(plog.log_start_offset),
+    }
+
+
+# --- data plane ---------------------------------------------------------------
+
+
+async def produce(request: web.Request) -> web.Response:
+    broker = request.app[BROKER]
+    topic, partition = _partition(request)
+    broker.check_owner(topic, partition)  # before reading a body we would refuse
+    ctype = request.content_type
+    if ctype == BATCH:
+        body = await request.read()
+        headers = validate_frames(body, max_batch_bytes=broker.topology.settings.max_batch_bytes)
+    elif ctype == JSON:
+        body = encode_json_batch(await _json_body(request))
+        headers = validate_frames(body)
+    else:
+        raise UnsupportedMediaType(
+            f"send {BATCH} or {JSON}, not {ctype or 'no content type'}", supported=[BATCH, JSON]
+        )
+    plog = await broker.partition_log(topic, partition)
+    result = await plog.append(body, headers)
+    count = result.last_offset - result.base_offset + 1
+    request.app[METRICS].appended(topic, count, len(body))
+    return web.json_response(
+        {"base_offset": result.base_offset, "count": count, "duplicate": result.duplicate},
+        headers=_watermarks(plog),
+    )
+
+
+async def fetch(request: web.Request) -> web.Response:
+    broker = request.app[BROKER]
+    topic, partition = _partition(request)
+    plog = await broker.partition_log(topic, partition)
+    settings = broker.topology.settings
+    as_batch = _wants_batch(request)
+    offset = _int_param(request, "offset", plog.log_start_offset)
+    max_bytes = min(_int_param(request, "max_bytes", DEFAULT_FETCH_BYTES, minimum=1), settings.max_fetch_bytes)
+    max_wait_ms = min(_int_param(request, "max_wait_ms", 0), settings.max_wait_ms)
+    if offset == plog.high_watermark and max_wait_ms > 0:
+        await plog.wait_for(offset, max_wait_ms / 1000)
+    data = plog.read(offset, max_bytes)
+    request.app[METRICS].fetched(topic, len(data))
+    headers = _watermarks(plog)
+    if as_batch:
+        return web.Response(body=data, content_type=BATCH, headers=headers)
+    records = decode_fetch(topic, partition, data, min_offset=offset)
+    return web.json_response(
+        {
+            "records": records_to_json(records),
+            "high_watermark": plog.high_watermark,
+            "log_start_offset": plog.log_start_offset,
+        },
+        headers=headers,
+    )
+
+
+async def offsets(request: web.Request) -> web.Response:
+    broker = request.app[BROKER]
+    topic, partition = _partition(request)
+    plog = await broker.partition_log(topic, partition)
+    out = {"log_start_offset": plog.log_start_offset, "high_watermark": plog.high_watermark}
+    if "timestamp" in request.query:
+        out["offset"] = plog.offset_for_timestamp(_int_param(request, "timestamp", 0))
+    return web.json_response(out, headers=_watermarks(plog))
+
+
+# --- committed offsets ---------------------------------------------------------
+
+
+async def get_committed(request: web.Request) -> web.Response:
+    broker = request.app[BROKER]
+    group = check_name(request.match_info["group"], "group")
+    topic, partition = _partition(request)
+    plog = await broker.partition_log(topic, partition)
+    committed = broker.logs.offsets.get(group, topic, partition)
+    return web.json_response(
+        {
+            "group": group,
+            "topic": topic,
+            "partition": partition,
+            "offset": committed.offset if committed else None,
+            "metadata": committed.metadata if committed else "",
+            "high_watermark": plog.high_watermark,
+            "log_start_offset": plog.log_start_offset,
+        }
+    )
+
+
+async def put_committed(request: web.Request) -> web.Response:
+    broker = request.app[BROKER]
+    group = check_name(request.match_info["group"], "group")
+    topic, partition = _partition(request)
+    plog = await broker.partition_log(topic, partition)
+    body = await _json_body(request)
+    if not isinstance(body, dict):
+        raise InvalidRequest('body must be an object {"offset": n, "metadata": "..."}', field="offset")
+    offset = body.get("offset")
+    if not isinstance(offset, int) or isinstance(offset, bool):
+        raise InvalidRequest("offset must be an integer", field="offset")
+    metadata = body.get("metadata", "")
+    if metadata is None:
+        metadata = ""
+    if not isinstance(metadata, str) or len(metadata) > MAX_METADATA:
+        raise InvalidRequest(f"metadata must be a string of at most {MAX_METADATA} characters", field="metadata")
+    if not plog.log_start_offset <= offset <= plog.high_watermark:
+        raise OffsetOutOfRange(
+            f"cannot commit {offset} for {topic}/{partition}: valid offsets are "
+            f"{plog.log_start_offset}..{plog.high_watermark}",
+            offset=offset, log_start_offset=plog.log_start_offset, high_watermark=plog.high_watermark,
+        )
+    await broker.logs.offsets.commit(group, [(topic, partition, offset, metadata)])
+    return web.json_response({"group": group, "topic": topic, "partition": partition, "offset": offset, "metadata": metadata})
+
+
+def _group_view(broker, group: str) -> dict:
+    rows = []
+    for tp, committed in sorted(broker.logs.offsets.group_offsets(group).items()):
+        plog = broker.logs.get(tp.topic, tp.partition)
+        hw = plog.high_watermark if plog else None
+        rows.append(
+            {
+                "topic": tp.topic,
+                "partition": tp.partition,
+                "offset": committed.offset,
+                "metadata": committed.metadata,
+                "high_watermark": hw,
+                "lag": None if hw is None else max(0, hw - committed.offset),
+            }
+        )
+    return {"group": group, "broker_id": broker.broker_id, "partitions": rows}
+
+
+async def list_groups(request: web.Request) -> web.Response:
+    broker = request.app[BROKER]
+    return web.json_response({"groups": [_group_view(broker, g) for g in sorted(broker.logs.offsets.groups())]})
+
+
+async def describe_group(request: web.Request) -> web.Response:
+    broker = request.app[BROKER]
+    group = check_name(request.match_info["group"], "group")
+    return web.json_response(_group_view(broker, group))
+
+
+async def delete_group(request: web.Request) -> web.Response:
+    broker = request.app[BROKER]
+    group = check_name(request.match_info["group"], "group")
+    await broker.logs.offsets.delete(group)
+    return web.json_response({"group": group, "deleted": True})
+
+
+# --- cluster and operations -----------------------------------------------------
+
+
+async def get_cluster(request: web.Request) -> web.Response:
+    return web.json_response(request.app[BROKER].topology.to_dict())
+
+
+async def put_cluster(request: web.Request) -> web.Response:
+    broker = request.app[BROKER]
+    body = await _json_body(request)
+    try:
+        new = Topology.from_dict(body, source="PUT /v1/cluster")
+    except TopologyError as exc:
+        raise InvalidRequest(f"invalid topology: {exc}", field="topology") from None
+    await broker.install(new)
+    return web.json_response(broker.topology.to_dict())
+
+
+async def health(request: web.Request) -> web.Response:
+    broker = request.app[BROKER]
+    return web.json_response({"status": "ok", "broker_id": broker.broker_id, "epoch": broker.topology.epoch})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body, content_type = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def add_routes(app: web.Application) -> None:
+    part = "/v1/topics/{topic}/partitions/{partition}"
+    app.router.add_post(part + "/records", produce)
+    app.router.add_get(part + "/records", fetch)
+    app.router.add_get(part + "/offsets", offsets)
+    app.router.add_get("/v1/groups/{group}/topics/{topic}/partitions/{partition}/offset", get_committed)
+    app.router.add_put("/v1/groups/{group}/topics/{topic}/partitions/{partition}/offset", put_committed)
+    app.router.add_get("/v1/groups", list_groups)
+    app.router.add_get("/v1/groups/{group}", describe_group)
+    app.router.add_delete("/v1/groups/{group}", delete_group)
+    app.router.add_get("/v1/cluster", get_cluster)
+    app.router.add_put("/v1/cluster", put_cluster)
+    app.router.add_get("/v1/health", health)
+    app.router.add_get("/metrics", metrics)
+
