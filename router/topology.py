@@ -434,7 +434,7 @@ class _Builder:
         self.source = source
         self.lines = lines
         self.accept_owners = accept_owners
-        self.problems: list[str] = []
+        self._problems: list[tuple[int, str]] = []
 
     def problem(self, path: tuple, message: str, *, line: int | None = None) -> None:
         if line is None:
@@ -443,7 +443,11 @@ class _Builder:
                 if line is not None:
                     break
         where = f"{self.source}:{line}" if line else self.source
-        self.problems.append(f"{where}: {_path_text(path)}: {message}" if path else f"{where}: {message}")
+        self._problems.append((line or 0, f"{where}: {_path_text(path)}: {message}" if path else f"{where}: {message}"))
+
+    def fail(self) -> TopologyError:
+        """Every problem so far, in file order."""
+        return TopologyError([text for _, text in sorted(self._problems, key=lambda item: item[0])])
 
     def mapping(self, value: Any, path: tuple, allowed: tuple[str, ...]) -> dict[str, Any]:
         """``value`` as a dict of its allowed keys (null is empty); report the rest."""
@@ -476,7 +480,7 @@ class _Builder:
             data = {}
         if not isinstance(data, Mapping):
             self.problem((), f"must be a mapping with {', '.join(_TOP_KEYS)}, got {_show(data)}")
-            raise TopologyError(self.problems)
+            raise self.fail()
         allowed = _TOP_KEYS + (("owners",) if self.accept_owners else ())
         top = self.mapping(data, (), allowed)
 
@@ -492,8 +496,8 @@ class _Builder:
         brokers = self.brokers(top.get("brokers"))
         topics = self.topics(top.get("topics"), defaults)
 
-        if self.problems:
-            raise TopologyError(self.problems)
+        if self._problems:
+            raise self.fail()
         return Topology(
             cluster=cluster,
             epoch=epoch,
