@@ -17,8 +17,6 @@ from shoal.client.errors import (
     NotOwner,
     StaleEpoch,
     TopologyConflict,
-    UnknownPartition,
-    UnknownTopic,
 )
 from shoal.client.names import check_name
 from shoal.router.topology import TopicConfig, Topology
@@ -70,14 +68,6 @@ class Broker:
         """Raise unless this broker owns ``topic/partition`` in the installed topology."""
         check_name(topic, "topic")
         topology = self.topology
-        config = topology.topics.get(topic)
-        if config is None:
-            raise UnknownTopic(f"topic {topic!r} does not exist", topic=topic)
-        if not 0 <= partition < config.partitions:
-            raise UnknownPartition(
-                f"topic {topic!r} has partitions 0..{config.partitions - 1}, not {partition}",
-                topic=topic, partition=partition, partitions=config.partitions,
-            )
         owner = topology.owner(topic, partition)
         if owner.id != self.broker_id:
             raise NotOwner(

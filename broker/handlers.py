@@ -21,6 +21,7 @@ from shoal.client.errors import (
 )
 from shoal.client.names import check_name
 from shoal.client.records import decode_fetch, validate_frames
+from shoal.router.params import path_partition, query_int
 from shoal.router.topology import Topology, TopologyError
 
 log = logging.getLogger(__name__)
@@ -29,30 +30,6 @@ BATCH = "application/vnd.shoal.batch"
 JSON = "application/json"
 DEFAULT_FETCH_BYTES = 1 << 20
 MAX_METADATA = 4096
-_INT64_MAX = 2**63 - 1
-
-
-def _int_param(request: web.Request, name: str, default: int | None, *, minimum: int = 0) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        if default is None:
-            raise InvalidRequest(f"query parameter {name} is required", field=name)
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be an integer, got {raw[:40]!r}", field=name) from None
-    if not minimum <= value <= _INT64_MAX:
-        raise InvalidRequest(f"{name} must be between {minimum} and {_INT64_MAX}, got {value}", field=name)
-    return value
-
-
-def _partition(request: web.Request) -> tuple[str, int]:
-    topic = check_name(request.match_info["topic"], "topic")
-    raw = request.match_info["partition"]
-    if not raw.isdigit() or len(raw) > 9:
-        raise InvalidRequest(f"partition must be a non-negative integer, got {raw[:40]!r}", field="partition")
-    return topic, int(raw)
 
 
 async def _json_body(request: web.Request):
@@ -88,7 +65,7 @@ def _watermarks(plog) -> dict[str, str]:
 
 async def produce(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
-    topic, partition = _partition(request)
+    topic, partition = path_partition(request)
     broker.check_owner(topic, partition)  # before reading a body we would refuse
     ctype = request.content_type
     if ctype == BATCH:
@@ -113,13 +90,13 @@ async def produce(request: web.Request) -> web.Response:
 
 async def fetch(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
-    topic, partition = _partition(request)
+    topic, partition = path_partition(request)
     plog = await broker.partition_log(topic, partition)
     settings = broker.topology.settings
     as_batch = _wants_batch(request)
-    offset = _int_param(request, "offset", plog.log_start_offset)
-    max_bytes = min(_int_param(request, "max_bytes", DEFAULT_FETCH_BYTES, minimum=1), settings.max_fetch_bytes)
-    max_wait_ms = min(_int_param(request, "max_wait_ms", 0), settings.max_wait_ms)
+    offset = query_int(request, "offset", plog.log_start_offset)
+    max_bytes = min(query_int(request, "max_bytes", DEFAULT_FETCH_BYTES, minimum=1), settings.max_fetch_bytes)
+    max_wait_ms = min(query_int(request, "max_wait_ms", 0), settings.max_wait_ms)
     if offset == plog.high_watermark and max_wait_ms > 0:
         await plog.wait_for(offset, max_wait_ms / 1000)
     data = plog.read(offset, max_bytes)
@@ -140,11 +117,11 @@ async def fetch(request: web.Request) -> web.Response:
 
 async def offsets(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
-    topic, partition = _partition(request)
+    topic, partition = path_partition(request)
     plog = await broker.partition_log(topic, partition)
     out = {"log_start_offset": plog.log_start_offset, "high_watermark": plog.high_watermark}
     if "timestamp" in request.query:
-        out["offset"] = plog.offset_for_timestamp(_int_param(request, "timestamp", 0))
+        out["offset"] = plog.offset_for_timestamp(query_int(request, "timestamp", 0))
     return web.json_response(out, headers=_watermarks(plog))
 
 
@@ -154,7 +131,7 @@ async def offsets(request: web.Request) -> web.Response:
 async def get_committed(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
     group = check_name(request.match_info["group"], "group")
-    topic, partition = _partition(request)
+    topic, partition = path_partition(request)
     plog = await broker.partition_log(topic, partition)
     committed = broker.logs.offsets.get(group, topic, partition)
     return web.json_response(
@@ -173,7 +150,7 @@ async def get_committed(request: web.Request) -> web.Response:
 async def put_committed(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
     group = check_name(request.match_info["group"], "group")
-    topic, partition = _partition(request)
+    topic, partition = path_partition(request)
     plog = await broker.partition_log(topic, partition)
     body = await _json_body(request)
     if not isinstance(body, dict):

@@ -1,0 +1,296 @@
+"""The gateway: API v1 for every partition, for clients that do not route themselves.
+
+It holds no data. A partition request is forwarded to the partition's owner with its
+body and headers as they came, over one pooled keep-alive session; the answer is
+passed back as it is (stored frames stay byte for byte). When an owner does not answer,
+the caller gets 503 BROKER_UNAVAILABLE naming the broker; when an owner says NOT_OWNER
+(the topology moved on), the gateway re-reads ``GET /v1/cluster`` and retries once.
+
+Beyond the broker API it serves ``POST /v1/topics/{topic}/records``, which spreads JSON
+records over partitions with Kafka's key partitioner, and cluster-wide group views.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import random
+from collections import defaultdict
+
+import aiohttp
+from aiohttp import web
+
+from shoal.client.errors import (
+    BrokerUnavailable,
+    InvalidRequest,
+    ShoalApiError,
+    ShoalError,
+    StaleEpoch,
+    UnsupportedMediaType,
+)
+from shoal.client.names import check_name
+from shoal.client.partitioner import partition_for_key
+from shoal.router.middlewares import MAX_BODY, problem_errors, request_context
+from shoal.router.openapi import build_openapi
+from shoal.router.params import path_partition
+from shoal.router.topology import Topology, TopologyError
+
+log = logging.getLogger(__name__)
+
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "te", "upgrade"}
+REFRESH_S = 10.0
+
+
+class Gateway:
+    """Routes requests to partition owners. Use from one event loop."""
+
+    def __init__(self, topology: Topology, *, timeout_s: float = 35.0):
+        self.topology = topology
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=3)
+        self.session: aiohttp.ClientSession | None = None
+        self._rr = itertools.count(random.randrange(1 << 16))
+
+    async def start(self) -> None:
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=512, limit_per_host=128, keepalive_timeout=30),
+            timeout=self.timeout,
+            auto_decompress=False,
+        )
+        await self.refresh()
+
+    async def stop(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    async def refresh(self) -> None:
+        """Adopt the newest topology any broker reports (brokers may be ahead of the file)."""
+        for broker in self.topology.brokers:
+            try:
+                async with self.session.get(broker.url + "/v1/cluster", timeout=aiohttp.ClientTimeout(total=3)) as resp:
+                    if resp.status != 200:
+                        continue
+                    data = await resp.json()
+                if data.get("epoch", -1) > self.topology.epoch:
+                    self.topology = Topology.from_dict(data, source=f"{broker.url}/v1/cluster")
+                    log.info("gateway adopted topology epoch %d from broker %d", self.topology.epoch, broker.id)
+            except (aiohttp.ClientError, asyncio.TimeoutError, TopologyError, ValueError):
+                continue
+
+    async def forward(self, request: web.Request, broker_id: int, path_qs: str, body: bytes | None) -> web.Response:
+        """Send the request to one broker and answer with what it answered."""
+        broker = self.topology.broker(broker_id)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        try:
+            async with self.session.request(request.method, broker.url + path_qs, data=body, headers=headers) as resp:
+                payload = await resp.read()
+                out_headers = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP_BY_HOP}
+                return web.Response(status=resp.status, body=payload, headers=out_headers)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise BrokerUnavailable(
+                f"broker {broker_id} at {broker.url} did not answer: {type(exc).__name__} {exc}".strip(),
+                broker_id=broker_id,
+            ) from None
+
+    async def to_owner(self, request: web.Request, topic: str, partition: int) -> web.Response:
+        body = await request.read() if request.can_read_body else None
+        for attempt in range(2):
+            owner = self._owner(topic, partition)
+            resp = await self.forward(request, owner, request.path_qs, body)
+            if resp.status != 421 or attempt:
+                return resp
+            await self.refresh()
+        return resp
+
+    def _owner(self, topic: str, partition: int) -> int:
+        check_name(topic, "topic")
+        return self.topology.owner(topic, partition).id
+
+    async def json_call(self, method: str, broker_id: int, path: str, body=None, *, topology=None) -> dict:
+        broker = (topology or self.topology).broker(broker_id)
+        try:
+            async with self.session.request(method, broker.url + path, json=body) as resp:
+                data = await resp.json(content_type=None)
+                if resp.status >= 400:
+                    raise ShoalError.from_problem(data, status=resp.status)
+                return data
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+            raise BrokerUnavailable(f"broker {broker_id} at {broker.url} did not answer: {exc}", broker_id=broker_id) from None
+
+    def next_partition(self, partitions: int) -> int:
+        return next(self._rr) % partitions
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+
+
+async def partition_request(request: web.Request) -> web.Response:
+    topic, partition = path_partition(request)
+    return await request.app[GATEWAY].to_owner(request, topic, partition)
+
+
+async def topic_records(request: web.Request) -> web.Response:
+    """Spread JSON records over partitions: by key (murmur2), else round-robin per request."""
+    gw = request.app[GATEWAY]
+    topic = check_name(request.match_info["topic"], "topic")
+    config = gw.topology.topic(topic)
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("send application/json", supported=["application/json"])
+    try:
+        payload = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"body is not valid JSON: {exc}") from None
+    records = payload.get("records") if isinstance(payload, dict) else None
+    if not isinstance(records, list) or not records:
+        raise InvalidRequest('body must be {"records": [...]} with at least one record', field="records")
+    keyless = gw.next_partition(config.partitions)
+    groups: dict[int, list[tuple[int, dict]]] = defaultdict(list)
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            raise InvalidRequest(f"records[{i}] must be an object", field=f"records[{i}]")
+        rec = dict(rec)
+        explicit = rec.pop("partition", None)
+        key = rec.get("key")
+        if explicit is not None:
+            if isinstance(explicit, bool) or not isinstance(explicit, int) or not 0 <= explicit < config.partitions:
+                raise InvalidRequest(f"records[{i}].partition must be 0..{config.partitions - 1}", field=f"records[{i}].partition")
+            p = explicit
+        elif isinstance(key, str):
+            p = partition_for_key(key.encode(), config.partitions)
+        else:
+            p = keyless
+        groups[p].append((i, rec))
+
+    async def send(p: int, items: list[tuple[int, dict]]):
+        owner = gw._owner(topic, p)
+        path = f"/v1/topics/{topic}/partitions/{p}/records"
+        return p, items, await gw.json_call("POST", owner, path, {"records": [r for _, r in items]})
+
+    results = await asyncio.gather(*(send(p, items) for p, items in groups.items()), return_exceptions=True)
+    offsets: list[dict | None] = [None] * len(records)
+    errors = []
+    for result in results:
+        if isinstance(result, BaseException):
+            if not isinstance(result, ShoalApiError):
+                raise result
+            errors.append(result)
+            continue
+        p, items, ack = result
+        for n, (i, _) in enumerate(items):
+            offsets[i] = {"partition": p, "offset": ack["base_offset"] + n}
+    if errors and all(o is None for o in offsets):
+        raise errors[0]
+    body = {"topic": topic, "offsets": offsets}
+    if errors:
+        body["errors"] = [e.to_problem() for e in errors]
+    return web.json_response(body, status=200 if not errors else 207)
+
+
+async def list_groups(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    views = await _all_brokers(gw, "/v1/groups")
+    merged: dict[str, list] = defaultdict(list)
+    for view in views:
+        for group in view.get("groups", []):
+            merged[group["group"]].extend(group["partitions"])
+    return web.json_response({"groups": [_group(g, rows) for g, rows in sorted(merged.items())]})
+
+
+async def describe_group(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    group = check_name(request.match_info["group"], "group")
+    views = await _all_brokers(gw, f"/v1/groups/{group}")
+    return web.json_response(_group(group, [row for view in views for row in view.get("partitions", [])]))
+
+
+async def delete_group(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    group = check_name(request.match_info["group"], "group")
+    await _all_brokers(gw, f"/v1/groups/{group}", method="DELETE")
+    return web.json_response({"group": group, "deleted": True})
+
+
+def _group(group: str, rows: list[dict]) -> dict:
+    rows = sorted(rows, key=lambda r: (r["topic"], r["partition"]))
+    lag = sum(r["lag"] or 0 for r in rows)
+    return {"group": group, "partitions": rows, "lag": lag}
+
+
+async def _all_brokers(gw: Gateway, path: str, method: str = "GET") -> list[dict]:
+    """One call per broker; a broker that is down fails the whole view with 503."""
+    return list(await asyncio.gather(*(gw.json_call(method, b.id, path) for b in gw.topology.brokers)))
+
+
+async def get_cluster(request: web.Request) -> web.Response:
+    return web.json_response(request.app[GATEWAY].topology.to_dict())
+
+
+async def put_cluster(request: web.Request) -> web.Response:
+    """Install a topology on every broker (admin); the gateway adopts it when all accept."""
+    gw = request.app[GATEWAY]
+    try:
+        new = Topology.from_dict(json.loads(await request.read()), source="PUT /v1/cluster")
+    except (ValueError, TopologyError) as exc:
+        raise InvalidRequest(f"invalid topology: {exc}", field="topology") from None
+    body = new.to_dict()
+    for broker in new.brokers:
+        try:
+            await gw.json_call("PUT", broker.id, "/v1/cluster", body, topology=new)
+        except StaleEpoch as exc:
+            if exc.epoch != new.epoch:  # a broker already at this epoch is fine
+                raise
+    gw.topology = new
+    return web.json_response(new.to_dict())
+
+
+async def health(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    return web.json_response({"status": "ok", "role": "gateway", "epoch": gw.topology.epoch})
+
+
+def create_gateway_app(topology: Topology) -> web.Application:
+    """The gateway application; topology refreshes run while it is up."""
+    limit = topology.settings.max_request_bytes
+    app = web.Application(middlewares=[request_context, problem_errors], client_max_size=limit)
+    gw = Gateway(topology, timeout_s=topology.settings.max_wait_ms / 1000 + 5)
+    app[GATEWAY] = gw
+    app[MAX_BODY] = limit
+    openapi = build_openapi("shoal gateway")
+
+    async def serve_openapi(request: web.Request) -> web.Response:
+        return web.json_response(openapi)
+
+    async def lifecycle(app: web.Application):
+        await gw.start()
+
+        async def refresher():
+            while True:
+                await asyncio.sleep(REFRESH_S)
+                await gw.refresh()
+
+        task = asyncio.create_task(refresher())
+        yield
+        task.cancel()
+        await gw.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    part = "/v1/topics/{topic}/partitions/{partition}"
+    app.router.add_route("*", part + "/records", partition_request)
+    app.router.add_get(part + "/offsets", partition_request)
+    app.router.add_route("*", "/v1/groups/{group}/topics/{topic}/partitions/{partition}/offset", partition_request)
+    app.router.add_post("/v1/topics/{topic}/records", topic_records)
+    app.router.add_get("/v1/groups", list_groups)
+    app.router.add_get("/v1/groups/{group}", describe_group)
+    app.router.add_delete("/v1/groups/{group}", delete_group)
+    app.router.add_get("/v1/cluster", get_cluster)
+    app.router.add_put("/v1/cluster", put_cluster)
+    app.router.add_get("/v1/health", health)
+    app.router.add_get("/v1/openapi.json", serve_openapi)
+    return app
+
+
+def run_gateway(topology: Topology, host: str, port: int) -> None:
+    """Serve the gateway until SIGTERM/SIGINT."""
+    log.info("gateway listening on %s:%d for cluster %s (%d brokers)", host, port, topology.cluster, len(topology.brokers))
+    web.run_app(create_gateway_app(topology), host=host, port=port, print=None, access_log=None, shutdown_timeout=5)
