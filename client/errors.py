@@ -48,7 +48,9 @@ __all__ = [
     "ShoalTimeoutError",
     "BrokerUnreachable",
     "ProducerClosedError",
+    "ConsumerClosedError",
     "BufferFullError",
+    "NoOffsetForPartitionError",
     "CorruptRecordError",
     "error_for_code",
 ]
@@ -58,7 +60,14 @@ _STANDARD = ("type", "title", "status", "detail", "code", "instance")
 
 
 class ShoalError(Exception):
-    """Root of every error the shoal client and broker raise."""
+    """Root of every error the shoal client and broker raise.
+
+    ``retriable`` and ``refresh_topology`` carry the retry policy for client-only
+    errors too, so callers read it from any ``ShoalError`` without matching classes.
+    """
+
+    retriable: ClassVar[bool] = False
+    refresh_topology: ClassVar[bool] = False
 
     @staticmethod
     def from_problem(body: Any, *, status: int | None = None) -> "ShoalApiError":
@@ -318,9 +327,14 @@ class InternalError(ShoalApiError):
 class ShoalTimeoutError(ShoalError, TimeoutError):
     """An operation did not finish within its time-out."""
 
+    retriable = True
+
 
 class BrokerUnreachable(ShoalError, ConnectionError):
     """No connection could be made to a broker (refused, reset, timed out)."""
+
+    retriable = True
+    refresh_topology = True
 
     def __init__(self, url: str, reason: str = ""):
         super().__init__(f"broker {url} unreachable: {reason}" if reason else f"broker {url} unreachable")
@@ -332,8 +346,21 @@ class ProducerClosedError(ShoalError):
     """``send()`` was called on a producer that is closed or closing."""
 
 
+class ConsumerClosedError(ShoalError):
+    """A read or commit was called on a consumer that is closed."""
+
+
 class BufferFullError(ShoalError):
     """The producer's buffer stayed full for longer than ``max_block_ms``."""
+
+
+class NoOffsetForPartitionError(ShoalError):
+    """``auto_offset_reset="none"`` and the group has no usable committed offset."""
+
+    def __init__(self, message: str, *, topic: str, partition: int):
+        super().__init__(message)
+        self.topic = topic
+        self.partition = partition
 
 
 class CorruptRecordError(ShoalError):

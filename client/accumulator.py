@@ -1,0 +1,300 @@
+"""Per-partition queues of record batches waiting to be sent: the producer's hot path.
+
+A record is kept as the very tuple the batch format stores,
+``(timestamp_delta, key, value, headers)``, in the open batch of its partition, so
+appending one costs a tuple and a list append, and encoding a batch is one msgpack
+call when it is first sent. Each record's future is a view of its batch's single
+future (batch + index), resolved all at once when the batch is acknowledged.
+
+Linger is one ``loop.call_at`` wake-up armed for the earliest open batch, never a
+timer per record. Batches of a partition leave strictly in order and one at a time
+(the partition is muted while its batch is in flight); a batch that must be retried
+goes back to the head of its queue with its bytes and sequence unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Generator
+from typing import Any
+
+import msgpack
+
+from .records import HEADER_SIZE, frame_records
+from .structs import RecordMetadata, TopicPartition
+
+__all__ = ["BATCH_OVERHEAD", "RECORD_OVERHEAD", "ProducerBatch", "RecordAccumulator", "RecordFuture", "record_size"]
+
+# Upper bounds of the msgpack framing around one record's key and value (array
+# header, timestamp delta, two bin headers, nil headers), and around a batch.
+RECORD_OVERHEAD = 24
+BATCH_OVERHEAD = HEADER_SIZE + 5
+
+_time_ns = time.time_ns
+
+
+class ProducerBatch:
+    """Records for one partition that are sent, acknowledged or failed together.
+
+    Attributes:
+        tp: the partition.
+        records: ``(timestamp_delta, key, value, headers)`` tuples, in send order.
+        size: an upper bound of the encoded size of the records, in bytes.
+        created: loop time the batch was opened (linger and delivery time-out count from it).
+        future: resolves to the base offset, or to the error that failed the batch.
+        frame: the encoded frame, set on first send and reused by every retry.
+        producer_id, base_sequence: the idempotence stamp of ``frame`` (-1 when none).
+        attempts: sends that failed and were retried.
+        retry_at: loop time before which a retry must not start.
+    """
+
+    __slots__ = (
+        "tp", "records", "size", "created", "first_ts", "max_ts", "future",
+        "frame", "producer_id", "base_sequence", "attempts", "retry_at",
+    )
+
+    def __init__(self, tp: TopicPartition, first_ts: int, created: float, future: asyncio.Future):
+        self.tp = tp
+        self.records: list[tuple] = []
+        self.size = BATCH_OVERHEAD
+        self.created = created
+        self.first_ts = first_ts
+        self.max_ts = first_ts
+        self.future = future
+        self.frame: bytes | None = None
+        self.producer_id = -1
+        self.base_sequence = -1
+        self.attempts = 0
+        self.retry_at = 0.0
+
+    def __repr__(self) -> str:
+        return f"<ProducerBatch {self.tp} records={len(self.records)} seq={self.base_sequence}>"
+
+    def encode(self, producer_id: int = -1, base_sequence: int = -1) -> bytes:
+        """Frame the records (once: a retry must resend the very same bytes)."""
+        if self.frame is None:
+            self.producer_id = producer_id
+            self.base_sequence = base_sequence
+            self.frame = frame_records(
+                msgpack.packb(self.records, use_bin_type=True),
+                record_count=len(self.records),
+                first_timestamp=self.first_ts,
+                max_timestamp=self.max_ts,
+                producer_id=producer_id,
+                base_sequence=base_sequence,
+            )
+        return self.frame
+
+
+class RecordFuture:
+    """The awaitable ``RecordMetadata`` of one record that ``send()`` queued.
+
+    A light view of the batch's future: nothing per record is done when the batch is
+    acknowledged; the metadata is built when asked for. Supports ``await``,
+    ``done()``, ``result()``, ``exception()`` and ``add_done_callback()``, and works
+    with ``asyncio.gather``. A record never cancels alone, so there is no ``cancel()``.
+    """
+
+    __slots__ = ("_batch", "_index")
+
+    def __init__(self, batch: ProducerBatch, index: int):
+        self._batch = batch
+        self._index = index
+
+    def __await__(self) -> Generator[Any, None, RecordMetadata]:
+        base = yield from self._batch.future.__await__()
+        return self._metadata(base)
+
+    def _metadata(self, base: int) -> RecordMetadata:
+        tp = self._batch.tp
+        return RecordMetadata(tp.topic, tp.partition, base + self._index if base >= 0 else -1)
+
+    def done(self) -> bool:
+        return self._batch.future.done()
+
+    def cancelled(self) -> bool:
+        return self._batch.future.cancelled()
+
+    def result(self) -> RecordMetadata:
+        """The metadata; raises the batch's error, or InvalidStateError while pending."""
+        return self._metadata(self._batch.future.result())
+
+    def exception(self) -> BaseException | None:
+        return self._batch.future.exception()
+
+    def add_done_callback(self, fn: Callable[["RecordFuture", "record_size"], Any]) -> None:
+        """Call ``fn(self)`` from the event loop once the record is acknowledged or failed."""
+        self._batch.future.add_done_callback(lambda _: fn(self))
+
+    def __repr__(self) -> str:
+        return f"<RecordFuture {self._batch.tp}#{self._index} {'done' if self.done() else 'pending'}>"
+
+
+class RecordAccumulator:
+    """The batches a producer has queued and not yet seen acknowledged.
+
+    Not thread-safe: one event loop. Batch sizes are upper bounds computed from
+    ``len(key) + len(value)`` plus fixed overheads, so a sealed batch never exceeds
+    ``max_batch_bytes``.
+
+    Args:
+        max_batch_bytes: a batch is closed before it would grow beyond this.
+        linger_ms: how long an open batch may wait for more records.
+        wakeup: called (from the loop) when some batch may have become sendable.
+    """
+
+    def __init__(self, *, max_batch_bytes: int, linger_ms: float, wakeup: Callable[[], None]):
+        self.max_batch_bytes = max_batch_bytes
+        self.linger = linger_ms / 1000
+        self._wakeup = wakeup
+        self._loop = asyncio.get_running_loop()
+        self.queues: dict[tuple[str, int], deque[ProducerBatch]] = {}
+        self.muted: set[tuple[str, int]] = set()
+        self.incomplete: set[ProducerBatch] = set()
+        self.buffered = 0
+        self.flushing = 0  # flush() callers and send() callers blocked on memory: linger is off
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+
+    def has_room(self, tp: tuple[str, int], size: int) -> bool:
+        """Whether a record of ``size`` bytes would join an open batch of ``tp``."""
+        q = self.queues.get(tp)
+        if not q:
+            return False
+        batch = q[-1]
+        return batch.frame is None and batch.size + size <= self.max_batch_bytes
+
+    def append(
+        self,
+        tp: tuple[str, int],
+        key: bytes | None,
+        value: bytes | None,
+        headers: dict[str, bytes] | None,
+        timestamp_ms: int | None,
+        size: int,
+    ) -> RecordFuture:
+        """Queue one record (already bytes, ``size`` from ``record_size``); never blocks."""
+        ts = _time_ns() // 1_000_000 if timestamp_ms is None else timestamp_ms
+        q = self.queues.get(tp)
+        if q:
+            batch = q[-1]
+            if batch.frame is not None or batch.size + size > self.max_batch_bytes:
+                batch = self._open(tp, q, ts)
+        else:
+            batch = self._open(tp, q, ts)
+        records = batch.records
+        records.append((ts - batch.first_ts, key, value, headers))
+        if ts > batch.max_ts:
+            batch.max_ts = ts
+        batch.size += size
+        self.buffered += size
+        return RecordFuture(batch, len(records) - 1)
+
+    def _open(self, tp: tuple[str, int], q: deque | None, ts: int) -> ProducerBatch:
+        loop = self._loop
+        now = loop.time()
+        batch = ProducerBatch(TopicPartition(*tp), ts, now, loop.create_future())
+        self.incomplete.add(batch)
+        if q is None:
+            self.queues[tp] = q = deque()
+        q.append(batch)
+        if len(q) > 1:
+            self._wakeup()  # the one before is full: it need not linger
+        else:
+            self.arm(now + self.linger)
+        return batch
+
+    def arm(self, when: float) -> None:
+        """Make sure the sender wakes by loop time ``when``."""
+        if self._timer is not None:
+            if self._timer_at <= when:
+                return
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._fire)
+        self._timer_at = when
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._wakeup()
+
+    def ready(self, now: float) -> list[ProducerBatch]:
+        """Head batches that may be sent now, from partitions with nothing in flight.
+
+        Arms the wake-up for the next batch that will become sendable.
+        """
+        out = []
+        next_at = None
+        linger_off = self.flushing > 0
+        for tp, q in self.queues.items():
+            if tp in self.muted:
+                continue
+            batch = q[0]
+            if batch.retry_at > now:
+                at = batch.retry_at
+            elif linger_off or batch.frame is not None or len(q) > 1 or batch.created + self.linger <= now:
+                out.append(batch)
+                continue
+            else:
+                at = batch.created + self.linger
+            if next_at is None or at < next_at:
+                next_at = at
+        if next_at is not None:
+            self.arm(next_at)
+        return out
+
+    def pop(self, batch: ProducerBatch) -> None:
+        """Take the head batch ``batch`` out to send it; its partition is muted meanwhile."""
+        key = (batch.tp.topic, batch.tp.partition)
+        q = self.queues[key]
+        q.popleft()
+        if not q:
+            del self.queues[key]
+        self.muted.add(key)
+
+    def unmute(self, tp: TopicPartition) -> None:
+        self.muted.discard((tp.topic, tp.partition))
+
+    def requeue(self, batch: ProducerBatch) -> None:
+        """Put a batch to retry back at the head of its partition, due at ``batch.retry_at``."""
+        key = (batch.tp.topic, batch.tp.partition)
+        q = self.queues.get(key)
+        if q is None:
+            self.queues[key] = q = deque()
+        q.appendleft(batch)
+        self.arm(batch.retry_at)
+
+    def complete(self, batch: ProducerBatch, base_offset: int) -> None:
+        """The batch is acknowledged at ``base_offset`` (-1: stored, offset unknown)."""
+        self._release(batch)
+        if not batch.future.done():
+            batch.future.set_result(base_offset)
+
+    def fail(self, batch: ProducerBatch, exc: BaseException) -> None:
+        """The batch is given up: every record's future raises ``exc``."""
+        self._release(batch)
+        if not batch.future.done():
+            batch.future.set_exception(exc)
+
+    def _release(self, batch: ProducerBatch) -> None:
+        if batch in self.incomplete:
+            self.incomplete.discard(batch)
+            self.buffered -= batch.size - BATCH_OVERHEAD
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def record_size(key: bytes | None, value: bytes | None, headers: dict[str, bytes] | None) -> int:
+    """Upper bound of the bytes one record adds to a batch."""
+    size = RECORD_OVERHEAD
+    if key is not None:
+        size += len(key)
+    if value is not None:
+        size += len(value)
+    if headers:
+        size += 5 + sum(len(k) + len(v) + 10 for k, v in headers.items())
+    return size

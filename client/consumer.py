@@ -1,0 +1,625 @@
+"""``AsyncConsumer``: long-poll fetches per partition, positions in memory, commits to owners.
+
+The consumer keeps no state in the brokers beyond committed offsets: every fetch names
+its offset. Each assigned partition has one fetcher task that asks the partition's owner
+for the records at its fetch offset (a long-poll of ``fetch_max_wait_ms``) and keeps one
+answer buffered while the next is in flight, so records are decoded and waiting when the
+application asks. A partition's position is the offset of the next record the
+application will get: the first unread buffered record, else the fetch offset.
+
+Where a partition starts: the group's committed offset, read from the partition's owner
+when the partition is assigned (so a consumer started after another one died resumes
+where that one committed); without one, ``auto_offset_reset``. Positions then live in
+memory and survive broker restarts (a fetch names its offset); a position the log no
+longer holds (``OFFSET_OUT_OF_RANGE``) is reset by ``auto_offset_reset`` too.
+
+Group membership (``subscribe()``, partitions shared out among a group's consumers) is
+a later step: it will replace ``_assign_topics``, which today gives a consumer every
+partition of the topics it was constructed with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import warnings
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+from .cluster import Bootstrap, Cluster, backoff_seconds
+from .errors import (
+    ConsumerClosedError,
+    NoOffsetForPartitionError,
+    OffsetOutOfRange,
+    ShoalError,
+    ShoalTimeoutError,
+    Throttled,
+    UnknownPartition,
+)
+from .http import BrokerClient
+from .names import check_name
+from .records import decode_records, iter_frames
+from .structs import OffsetAndMetadata, Record, TopicPartition
+
+__all__ = ["AsyncConsumer"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_RESETS = ("earliest", "latest", "none")
+
+
+class _Partition:
+    """Fetch state of one assigned partition; owned by its fetcher task."""
+
+    __slots__ = ("tp", "fetch_offset", "records", "index", "error", "task", "drained", "started")
+
+    def __init__(self, tp: TopicPartition, fetch_offset: int | None):
+        self.tp = tp
+        self.fetch_offset = fetch_offset
+        self.records: list[Record] = []
+        self.index = 0
+        self.error: BaseException | None = None
+        self.task: asyncio.Task | None = None
+        self.drained = asyncio.Event()
+        self.drained.set()
+        self.started: asyncio.Future = asyncio.get_running_loop().create_future()
+        if fetch_offset is not None:
+            self.started.set_result(None)
+
+    @property
+    def buffered(self) -> int:
+        return len(self.records) - self.index
+
+    @property
+    def position(self) -> int | None:
+        if self.index < len(self.records):
+            return self.records[self.index].offset
+        return self.fetch_offset
+
+    def take(self, limit: int | None) -> list[Record]:
+        start = self.index
+        end = len(self.records) if limit is None else min(len(self.records), start + limit)
+        chunk = self.records[start:end] if start or end < len(self.records) else self.records
+        self.index = end
+        if end == len(self.records):
+            self.records = []
+            self.index = 0
+            self.drained.set()
+        return chunk
+
+
+class AsyncConsumer:
+    """Reads records from assigned partitions, and commits positions for a group.
+
+    Safe across tasks of one event loop, not across threads (see ``Consumer``).
+
+    Example::
+
+        async with AsyncConsumer("orders", bootstrap="cluster.yaml", group="billing") as consumer:
+            async for record in consumer:
+                handle(record)
+                await consumer.commit()
+
+    Args:
+        *topics: read every partition of these topics (or call ``assign()`` instead).
+        bootstrap: a broker URL, a list of them, or the path of a cluster.yaml.
+        group: the group whose committed offsets are read at start and written by
+            ``commit()``; None reads without committing.
+        auto_offset_reset: where to start without a committed offset, or when the
+            position is out of range: "earliest" (default), "latest", or "none" (raise).
+        fetch_max_bytes: bytes one fetch of one partition asks for (default 1 MiB; at
+            least one whole batch comes back).
+        fetch_max_wait_ms: how long a fetch waits at the end of the log (default 500).
+        max_fetches_per_broker: concurrent fetches to one broker (default 32).
+        enable_auto_commit: commit positions every ``auto_commit_interval_ms`` and on
+            ``close()`` (default False).
+        auto_commit_interval_ms: default 5000.
+        request_timeout_ms: how long one request (besides the long-poll wait) may take,
+            and how long commits and offset look-ups retry (default 30000).
+        retry_backoff_ms: the first retry's backoff; doubles per attempt (default 100).
+        retry_backoff_max_ms: the backoff's ceiling (default 1000).
+    """
+
+    def __init__(
+        self,
+        *topics: str,
+        bootstrap: Bootstrap,
+        group: str | None = None,
+        auto_offset_reset: str = "earliest",
+        fetch_max_bytes: int = 1 << 20,
+        fetch_max_wait_ms: int = 500,
+        max_fetches_per_broker: int = 32,
+        enable_auto_commit: bool = False,
+        auto_commit_interval_ms: int = 5000,
+        request_timeout_ms: int = 30_000,
+        retry_backoff_ms: int = 100,
+        retry_backoff_max_ms: int = 1000,
+    ):
+        for topic in topics:
+            check_name(topic, "topic")
+        if group is not None:
+            check_name(group, "group")
+        if auto_offset_reset not in _RESETS:
+            raise ValueError(f"auto_offset_reset must be one of {', '.join(_RESETS)}, got {auto_offset_reset!r}")
+        for name, value, low in (
+            ("fetch_max_bytes", fetch_max_bytes, 1),
+            ("fetch_max_wait_ms", fetch_max_wait_ms, 0),
+            ("max_fetches_per_broker", max_fetches_per_broker, 1),
+            ("auto_commit_interval_ms", auto_commit_interval_ms, 1),
+            ("request_timeout_ms", request_timeout_ms, 1),
+            ("retry_backoff_ms", retry_backoff_ms, 0),
+            ("retry_backoff_max_ms", retry_backoff_max_ms, 0),
+        ):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        self._topics = tuple(dict.fromkeys(topics))
+        self._group = group
+        self._reset = auto_offset_reset
+        self._fetch_max_bytes = fetch_max_bytes
+        self._fetch_max_wait_ms = fetch_max_wait_ms
+        self._max_fetches = max_fetches_per_broker
+        self._auto_commit = auto_commit_interval_ms / 1000 if enable_auto_commit else None
+        self._request_timeout = request_timeout_ms / 1000
+        self._backoff = (retry_backoff_ms, retry_backoff_max_ms)
+        self._http = BrokerClient(request_timeout_ms=request_timeout_ms)
+        self._cluster = Cluster(bootstrap, self._http, min_refresh_ms=retry_backoff_ms)
+        self._wanted: list[TopicPartition] = []
+        self._parts: dict[TopicPartition, _Partition] = {}
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._data = asyncio.Event()
+        self._current: _Partition | None = None
+        self._committed: dict[TopicPartition, int] = {}
+        self._committer: asyncio.Task | None = None
+        self._starting: asyncio.Future | None = None
+        self._started = False
+        self._closed = False
+
+    # --- lifecycle and assignment --------------------------------------------------
+
+    async def start(self) -> None:
+        """Read the topology and start fetching. Idempotent; every read calls it too.
+
+        Raises:
+            BrokerUnreachable: no bootstrap broker answered.
+            UnknownTopic: a topic given to the constructor does not exist.
+        """
+        if self._closed:
+            raise ConsumerClosedError("the consumer is closed")
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        try:
+            await asyncio.shield(self._starting)
+        except BaseException:
+            if self._starting.done():
+                self._starting = None
+            raise
+
+    async def _start(self) -> None:
+        await self._http.start()
+        try:
+            await self._cluster.refresh()
+            if self._topics:
+                await self._assign_topics()
+        except BaseException:
+            await self._http.close()
+            raise
+        self._started = True
+        self._sync_fetchers()
+        if self._auto_commit and self._group:
+            self._committer = asyncio.get_running_loop().create_task(self._commit_periodically())
+
+    async def _assign_topics(self) -> None:
+        wanted = []
+        for topic in self._topics:
+            n = await self._cluster.partitions(topic)
+            wanted.extend(TopicPartition(topic, p) for p in range(n))
+        self._wanted = wanted
+
+    def assign(self, partitions: Iterable[TopicPartition | tuple[str, int]]) -> None:
+        """Read exactly these partitions from now on (replacing the assignment).
+
+        Partitions kept keep their positions; new ones start from the committed offset.
+        A partition the cluster does not have raises from the next read.
+
+        Raises:
+            ValueError: the consumer was given topics at construction.
+        """
+        if self._topics:
+            raise ValueError("this consumer reads the topics it was constructed with; assign() is for a consumer made without topics")
+        wanted = []
+        for tp in partitions:
+            topic, partition = tp
+            check_name(topic, "topic")
+            wanted.append(TopicPartition(topic, partition))
+        self._wanted = list(dict.fromkeys(wanted))
+        if self._started:
+            self._sync_fetchers()
+
+    def assignment(self) -> set[TopicPartition]:
+        """The partitions this consumer reads."""
+        return set(self._wanted)
+
+    def _sync_fetchers(self) -> None:
+        wanted = set(self._wanted)
+        for tp in [tp for tp in self._parts if tp not in wanted]:
+            _stop(self._parts.pop(tp))
+            self._committed.pop(tp, None)
+        for tp in self._wanted:
+            if tp not in self._parts:
+                self._start_fetcher(_Partition(tp, None))
+
+    def _start_fetcher(self, part: _Partition) -> None:
+        self._parts[part.tp] = part
+        part.task = asyncio.get_running_loop().create_task(self._fetch_loop(part), name=f"shoal-fetch-{part.tp}")
+
+    async def __aenter__(self) -> "AsyncConsumer":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
+
+    def __del__(self, _warn=warnings.warn) -> None:
+        if getattr(self, "_started", False) and not self._closed:
+            _warn(f"unclosed AsyncConsumer {self!r}: call close()", ResourceWarning, source=self)
+
+    async def close(self) -> None:
+        """Stop fetching (committing positions first with auto-commit) and close connections."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._committer is not None:
+                self._committer.cancel()
+                await asyncio.gather(self._committer, return_exceptions=True)
+                try:
+                    await self._commit_changed()
+                except ShoalError as exc:
+                    log.warning("final auto-commit of group %s failed: %s", self._group, exc)
+            await asyncio.gather(*(_stop(p) for p in self._parts.values()), return_exceptions=True)
+        finally:
+            self._parts.clear()
+            self._data.set()
+            await self._http.close()
+
+    # --- reading -------------------------------------------------------------------
+
+    async def getmany(
+        self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[Record]]:
+        """Records that have arrived, by partition; waits up to ``timeout_ms`` for some.
+
+        Args:
+            *partitions: only these (default: every assigned partition).
+            timeout_ms: how long to wait when nothing is buffered; 0 returns at once.
+            max_records: at most this many records in all (default: all buffered).
+
+        Raises:
+            the first error a partition met, until ``seek()`` or ``assign()`` clears it:
+            ``OffsetOutOfRange`` or ``NoOffsetForPartitionError`` with
+            ``auto_offset_reset="none"``, ``UnknownTopic``, ``UnknownPartition``,
+            ``CorruptRecordError``.
+        """
+        await self._ensure_started()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_ms / 1000
+        while True:
+            parts = self._select(partitions)
+            out: dict[TopicPartition, list[Record]] = {}
+            left = max_records
+            for part in parts:
+                if part.buffered:
+                    chunk = part.take(left)
+                    out[part.tp] = chunk
+                    if left is not None:
+                        left -= len(chunk)
+                        if not left:
+                            break
+            if out:
+                return out
+            if not await self._wait_for_data(deadline - loop.time()):
+                return out
+
+    async def getone(self, *partitions: TopicPartition) -> Record:
+        """The next record, waiting as long as it takes (raises as ``getmany`` does)."""
+        await self._ensure_started()
+        while True:
+            part = self._current
+            if part is not None and part.buffered and (not partitions or part.tp in partitions):
+                return part.take(1)[0]
+            for part in self._select(partitions):
+                if part.buffered:
+                    self._current = part
+                    return part.take(1)[0]
+            await self._wait_for_data(None)
+
+    def __aiter__(self) -> "AsyncConsumer":
+        return self
+
+    async def __anext__(self) -> Record:
+        if self._closed:
+            raise StopAsyncIteration
+        return await self.getone()
+
+    async def _ensure_started(self) -> None:
+        if not self._started:
+            await self.start()
+        if self._closed:
+            raise ConsumerClosedError("the consumer is closed")
+
+    def _select(self, partitions: tuple[TopicPartition, ...]) -> list[_Partition]:
+        """The partitions to read from, raising the first stored error among them."""
+        if partitions:
+            parts = []
+            for tp in partitions:
+                part = self._parts.get(TopicPartition(*tp))
+                if part is None:
+                    raise ValueError(f"{tp[0]}/{tp[1]} is not assigned to this consumer")
+                parts.append(part)
+        else:
+            parts = list(self._parts.values())
+        for part in parts:
+            if part.error is not None:
+                raise part.error
+        return parts
+
+    async def _wait_for_data(self, timeout: float | None) -> bool:
+        """Wait for a fetcher to buffer records (or an error); False on time-out."""
+        if timeout is not None and timeout <= 0:
+            return False
+        self._data.clear()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._data.wait()
+        except TimeoutError:
+            return False
+        if self._closed:
+            raise ConsumerClosedError("the consumer is closed")
+        return True
+
+    # --- fetching ------------------------------------------------------------------
+
+    async def _fetch_loop(self, part: _Partition) -> None:
+        tp = part.tp
+        attempt = 0
+        out_of_range: OffsetOutOfRange | None = None
+        while True:
+            try:
+                if part.fetch_offset is None:
+                    part.fetch_offset = await self._starting_offset(tp)
+                    part.started.set_result(None)
+                    log.debug("%s starts at offset %d", tp, part.fetch_offset)
+                if out_of_range is not None:
+                    offset = await self._retrying(tp, lambda url: self._reset_offset(url, tp, out_of_range))
+                    log.warning("%s: offset %d out of range; reset to %s offset %d", tp, part.fetch_offset, self._reset, offset)
+                    await part.drained.wait()  # records before the jump are still the application's
+                    part.fetch_offset = offset
+                    out_of_range = None
+                url = await self._owner(tp)
+                slots = self._slots.get(url)
+                if slots is None:
+                    slots = self._slots[url] = asyncio.Semaphore(self._max_fetches)
+                async with slots:
+                    answer = await self._http.fetch(
+                        url, tp.topic, tp.partition, part.fetch_offset,
+                        max_bytes=self._fetch_max_bytes, max_wait_ms=self._fetch_max_wait_ms,
+                    )
+                records, next_offset = _decode(tp, answer.body, part.fetch_offset)
+            except OffsetOutOfRange as exc:
+                if self._reset == "none":
+                    self._stop_with(part, exc)
+                    return
+                out_of_range = exc
+                continue
+            except ShoalError as exc:
+                if not exc.retriable:
+                    self._stop_with(part, exc)
+                    return
+                attempt += 1
+                await self._back_off(tp, attempt, exc)
+                continue
+            except Exception as exc:
+                log.exception("fetcher of %s failed", tp)
+                self._stop_with(part, exc)
+                return
+            attempt = 0
+            if records:
+                await part.drained.wait()
+                part.records = records
+                part.index = 0
+                part.drained.clear()
+                self._data.set()
+            part.fetch_offset = next_offset
+
+    def _stop_with(self, part: _Partition, exc: BaseException) -> None:
+        part.error = exc
+        if not part.started.done():
+            part.started.set_exception(exc)
+            part.started.exception()  # retrieved: the application gets it from getmany()
+        self._data.set()
+
+    async def _back_off(self, tp: TopicPartition, attempt: int, exc: ShoalError) -> None:
+        delay = backoff_seconds(attempt, *self._backoff)
+        if isinstance(exc, Throttled):
+            delay = max(delay, exc.retry_after or 0)
+        log.warning("%s: retrying in %.0f ms (attempt %d): %s", tp, delay * 1000, attempt + 1, exc)
+        if exc.refresh_topology:
+            self._cluster.refresh_soon()
+        await asyncio.sleep(delay)
+
+    async def _owner(self, tp: TopicPartition) -> str:
+        meta = self._cluster.metadata
+        url = meta.owner_url(tp.topic, tp.partition)
+        if url is None:
+            await self._cluster.refresh()
+            await self._cluster.check_partition(tp.topic, tp.partition)
+            url = self._cluster.metadata.owner_url(tp.topic, tp.partition)
+            if url is None:
+                raise UnknownPartition(f"no owner known for {tp}", topic=tp.topic, partition=tp.partition)
+        return url
+
+    async def _retrying(self, tp: TopicPartition, call: Callable[[str], Awaitable[T]]) -> T:
+        """``call(owner_url)``, retrying retriable errors for up to ``request_timeout_ms``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._request_timeout
+        attempt = 0
+        while True:
+            try:
+                return await call(await self._owner(tp))
+            except ShoalError as exc:
+                attempt += 1
+                if not exc.retriable or loop.time() >= deadline:
+                    raise
+                await self._back_off(tp, attempt, exc)
+
+    async def _starting_offset(self, tp: TopicPartition) -> int:
+        if self._group is not None:
+            committed = await self._retrying(
+                tp, lambda url: self._http.committed(url, self._group, tp.topic, tp.partition)
+            )
+            if committed is not None:
+                self._committed[tp] = committed.offset
+                return committed.offset
+        if self._reset == "none":
+            raise NoOffsetForPartitionError(
+                f"{tp}: group {self._group!r} has no committed offset and auto_offset_reset is 'none'",
+                topic=tp.topic, partition=tp.partition,
+            )
+        return await self._retrying(tp, lambda url: self._reset_offset(url, tp, None))
+
+    async def _reset_offset(self, url: str, tp: TopicPartition, exc: OffsetOutOfRange | None) -> int:
+        key = "log_start_offset" if self._reset == "earliest" else "high_watermark"
+        known = getattr(exc, key, None)
+        if isinstance(known, int):
+            return known
+        return (await self._http.offsets(url, tp.topic, tp.partition))[key]
+
+    # --- positions and commits -----------------------------------------------------
+
+    def _part(self, tp: TopicPartition | tuple[str, int]) -> _Partition:
+        part = self._parts.get(TopicPartition(*tp))
+        if part is None:
+            raise ValueError(f"{tp[0]}/{tp[1]} is not assigned to this consumer")
+        return part
+
+    async def position(self, tp: TopicPartition) -> int:
+        """Offset of the next record ``getmany``/``getone`` will return for ``tp``.
+
+        Waits for the starting offset (the committed one, or ``auto_offset_reset``).
+        """
+        await self._ensure_started()
+        await asyncio.shield(self._part(tp).started)
+        return self._part(tp).position  # seek() may have replaced it meanwhile
+
+    async def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Read ``tp`` from ``offset`` on; drops what was buffered and clears its error."""
+        if not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
+        await self._ensure_started()
+        old = self._part(tp)
+        await asyncio.gather(_stop(old), return_exceptions=True)
+        if self._current is old:
+            self._current = None
+        self._start_fetcher(_Partition(old.tp, offset))
+
+    async def seek_to_beginning(self, *partitions: TopicPartition) -> None:
+        """Seek to the log start offset of each partition (default: all assigned)."""
+        await self._seek_to("log_start_offset", partitions)
+
+    async def seek_to_end(self, *partitions: TopicPartition) -> None:
+        """Seek to the high watermark of each partition: only new records are read."""
+        await self._seek_to("high_watermark", partitions)
+
+    async def _seek_to(self, key: str, partitions: tuple[TopicPartition, ...]) -> None:
+        await self._ensure_started()
+        tps = [self._part(tp).tp for tp in partitions] or list(self._parts)
+        found = await asyncio.gather(
+            *(self._retrying(tp, lambda url, tp=tp: self._http.offsets(url, tp.topic, tp.partition)) for tp in tps)
+        )
+        for tp, bounds in zip(tps, found):
+            await self.seek(tp, bounds[key])
+
+    async def committed(self, tp: TopicPartition) -> OffsetAndMetadata | None:
+        """The group's committed offset for ``tp`` as its owner has it; None if never committed."""
+        group = self._need_group("committed")
+        await self._ensure_started()
+        tp = TopicPartition(*tp)
+        return await self._retrying(tp, lambda url: self._http.committed(url, group, tp.topic, tp.partition))
+
+    async def commit(self, offsets: Mapping[TopicPartition, int | OffsetAndMetadata] | None = None) -> None:
+        """Commit offsets for the group: the next offset to read, per partition.
+
+        Args:
+            offsets: partition -> offset (or ``OffsetAndMetadata``); None commits the
+                current position of every assigned partition that has one.
+
+        Raises:
+            OffsetOutOfRange: an offset outside ``log_start_offset..high_watermark``.
+            ValueError: the consumer has no group.
+        """
+        group = self._need_group("commit")
+        await self._ensure_started()
+        if offsets is None:
+            todo = {tp: OffsetAndMetadata(p.position) for tp, p in self._parts.items() if p.position is not None}
+        else:
+            todo = {
+                TopicPartition(*tp): off if isinstance(off, OffsetAndMetadata) else OffsetAndMetadata(off)
+                for tp, off in offsets.items()
+            }
+        await self._commit(group, todo)
+
+    async def _commit(self, group: str, todo: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        results = await asyncio.gather(
+            *(
+                self._retrying(tp, lambda url, tp=tp, om=om: self._http.commit(url, group, tp.topic, tp.partition, om))
+                for tp, om in todo.items()
+            ),
+            return_exceptions=True,
+        )
+        for (tp, om), result in zip(todo.items(), results):
+            if isinstance(result, BaseException):
+                raise result
+            self._committed[tp] = om.offset
+
+    async def _commit_changed(self) -> None:
+        todo = {
+            tp: OffsetAndMetadata(p.position)
+            for tp, p in self._parts.items()
+            if p.position is not None and self._committed.get(tp) != p.position
+        }
+        if todo:
+            await self._commit(self._group, todo)
+
+    async def _commit_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self._auto_commit)
+            try:
+                await self._commit_changed()
+            except ShoalError as exc:
+                log.warning("auto-commit of group %s failed: %s", self._group, exc)
+
+    def _need_group(self, what: str) -> str:
+        if self._group is None:
+            raise ValueError(f"{what}() needs a group: AsyncConsumer(..., group='name')")
+        return self._group
+
+
+def _stop(part: _Partition) -> asyncio.Future:
+    """Cancel a partition's fetcher; returns the task to await. Waiters on its start move on."""
+    if not part.started.done():
+        part.started.set_result(None)
+    part.task.cancel()
+    return part.task
+
+
+def _decode(tp: TopicPartition, body: bytes, offset: int) -> tuple[list[Record], int]:
+    """Records at or after ``offset`` in a fetch answer, and the offset after the last frame."""
+    records: list[Record] = []
+    next_offset = offset
+    for header, frame in iter_frames(body):
+        if header.next_offset <= offset:
+            continue
+        records.extend(decode_records(tp.topic, tp.partition, header, frame, min_offset=offset))
+        next_offset = header.next_offset
+    return records, next_offset

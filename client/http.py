@@ -1,0 +1,172 @@
+"""The HTTP calls of API v1, one method per call: typed errors out, plain values back.
+
+This is the layer between the wire format (``records``, ``errors``) and the routing
+of ``cluster``, ``producer`` and ``consumer``: it knows paths, media types and how a
+failure looks on the wire, and nothing of owners or retries. Every failure is a
+``ShoalError``: a problem+json answer becomes its typed class
+(``ShoalError.from_problem``), a refused or dropped connection ``BrokerUnreachable``,
+and a request that outlives its time-out ``ShoalTimeoutError``; callers decide with
+``exc.retriable`` and ``exc.refresh_topology``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, NamedTuple
+
+import aiohttp
+
+from .errors import BrokerUnreachable, ShoalError, ShoalTimeoutError, Throttled
+from .structs import OffsetAndMetadata
+
+__all__ = ["BATCH_TYPE", "BrokerClient", "FetchResult"]
+
+log = logging.getLogger(__name__)
+
+BATCH_TYPE = "application/vnd.shoal.batch"
+_PRODUCE_HEADERS = {"Content-Type": BATCH_TYPE}
+_FETCH_HEADERS = {"Accept": BATCH_TYPE}
+
+
+class FetchResult(NamedTuple):
+    """One fetch answer: stored frames byte for byte, and the partition's bounds."""
+
+    body: bytes
+    high_watermark: int
+    log_start_offset: int
+
+
+def _partition_path(topic: str, partition: int) -> str:
+    return f"/v1/topics/{topic}/partitions/{partition}"
+
+
+class BrokerClient:
+    """One kept-alive aiohttp session for every broker of a cluster.
+
+    aiohttp pools connections per host, so the single session keeps one pool per
+    broker. Not thread-safe: use it from the event loop that called ``start()``.
+    Callers bound their own concurrency (in-flight produce requests, fetches).
+
+    Args:
+        request_timeout_ms: how long one request may take, long-polls excluded
+            (a fetch gets its ``max_wait_ms`` on top).
+    """
+
+    def __init__(self, *, request_timeout_ms: int = 30_000):
+        self._timeout = request_timeout_ms / 1000
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self._session is None:
+            # limit=0: concurrency is bounded by the producer and consumer, not here.
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(connector=connector)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    async def _call(
+        self,
+        method: str,
+        url: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        data: bytes | None = None,
+        json_body: Any = None,
+        timeout: float | None = None,
+    ) -> tuple[bytes, Any]:
+        """Send one request; return (body, response headers) of a 2xx answer or raise."""
+        if self._session is None:
+            await self.start()
+        timeout = self._timeout if timeout is None else timeout
+        try:
+            async with self._session.request(
+                method,
+                url + path,
+                params=params,
+                headers=headers,
+                data=data,
+                json=json_body,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as resp:
+                body = await resp.read()
+                status, resp_headers = resp.status, resp.headers
+        except TimeoutError as exc:
+            raise ShoalTimeoutError(f"{method} {url}{path} got no answer within {timeout:g}s") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise BrokerUnreachable(url, str(exc) or type(exc).__name__) from exc
+        if status >= 400:
+            err = ShoalError.from_problem(body, status=status)
+            if isinstance(err, Throttled) and err.retry_after is None:
+                err.retry_after = _retry_after(resp_headers.get("Retry-After"))
+            raise err
+        return body, resp_headers
+
+    async def _json(self, method: str, url: str, path: str, **kwargs: Any) -> Any:
+        body, _ = await self._call(method, url, path, **kwargs)
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise BrokerUnreachable(url, f"{method} {path} answered with non-JSON {body[:80]!r}") from exc
+
+    async def cluster(self, url: str) -> dict[str, Any]:
+        """``GET /v1/cluster``: the topology this broker has installed."""
+        return await self._json("GET", url, "/v1/cluster")
+
+    async def produce(self, url: str, topic: str, partition: int, frames: bytes) -> dict[str, Any]:
+        """Append ``frames``; ``{"base_offset", "count", "duplicate"}`` once written."""
+        return await self._json(
+            "POST", url, _partition_path(topic, partition) + "/records", headers=_PRODUCE_HEADERS, data=frames
+        )
+
+    async def fetch(
+        self, url: str, topic: str, partition: int, offset: int, *, max_bytes: int, max_wait_ms: int
+    ) -> FetchResult:
+        """Stored frames from the one holding ``offset``; empty when nothing came within the wait."""
+        body, headers = await self._call(
+            "GET",
+            url,
+            _partition_path(topic, partition) + "/records",
+            params={"offset": offset, "max_bytes": max_bytes, "max_wait_ms": max_wait_ms},
+            headers=_FETCH_HEADERS,
+            timeout=self._timeout + max_wait_ms / 1000,
+        )
+        return FetchResult(
+            body,
+            int(headers.get("Shoal-High-Watermark", -1)),
+            int(headers.get("Shoal-Log-Start-Offset", -1)),
+        )
+
+    async def offsets(self, url: str, topic: str, partition: int, *, timestamp: int | None = None) -> dict[str, Any]:
+        """``{"log_start_offset", "high_watermark"}``, plus ``"offset"`` for a ``timestamp``."""
+        params = None if timestamp is None else {"timestamp": timestamp}
+        return await self._json("GET", url, _partition_path(topic, partition) + "/offsets", params=params)
+
+    async def committed(self, url: str, group: str, topic: str, partition: int) -> OffsetAndMetadata | None:
+        """The group's committed offset, or None when it never committed here."""
+        body = await self._json("GET", url, f"/v1/groups/{group}{_partition_path(topic, partition)}/offset")
+        if body.get("offset") is None:
+            return None
+        return OffsetAndMetadata(body["offset"], body.get("metadata") or "")
+
+    async def commit(self, url: str, group: str, topic: str, partition: int, offset: OffsetAndMetadata) -> None:
+        """Store ``offset`` as the group's committed offset (durable once this returns)."""
+        await self._json(
+            "PUT",
+            url,
+            f"/v1/groups/{group}{_partition_path(topic, partition)}/offset",
+            json_body={"offset": offset.offset, "metadata": offset.metadata},
+        )
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        return max(0.0, float(value)) if value else 1.0
+    except ValueError:
+        return 1.0
+

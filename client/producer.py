@@ -1,0 +1,485 @@
+"""``AsyncProducer``: partition-aware, batching, idempotent, ordered per partition.
+
+``send()`` only queues (``accumulator``); one sender task takes ready batches and posts
+each straight to its partition's owner, at most one request per partition and
+``max_in_flight_per_broker`` per broker at a time. A retriable failure puts the batch
+back at the head of its partition with a jittered exponential backoff, so records of a
+partition are never reordered; a failure for good fails that batch's futures.
+
+Idempotence: the producer draws a random 63-bit producer id and numbers the records
+of each partition from 0 (a batch's ``base_sequence`` is the previous batch's plus its
+record count), fixed when the batch is first sent. A retry resends the same bytes, so
+the broker recognises a batch it already wrote and answers with the original offsets.
+When a batch that was sent fails for good, its sequence numbers may or may not be
+written; to leave no gap the producer takes a new producer id, and every partition
+starts again from sequence 0 (Kafka's epoch bump, simplified).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .accumulator import BATCH_OVERHEAD, ProducerBatch, RecordAccumulator, RecordFuture, record_size
+from .cluster import Bootstrap, Cluster, backoff_seconds
+from .errors import (
+    BatchTooLarge,
+    BufferFullError,
+    DuplicateSequence,
+    ProducerClosedError,
+    ShoalError,
+    ShoalTimeoutError,
+    Throttled,
+    UnknownPartition,
+    UnknownTopic,
+)
+from .http import BrokerClient
+from .names import check_name
+from .partitioner import StickyPartitioner, partition_for_key
+from .structs import RecordMetadata
+
+__all__ = ["AsyncProducer"]
+
+log = logging.getLogger(__name__)
+
+_MAX_SEQUENCE = 2**31 - 1
+
+
+def _new_producer_id() -> int:
+    return random.getrandbits(63)
+
+
+def _to_bytes(data: Any, what: str) -> bytes:
+    if isinstance(data, str):
+        return data.encode()
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(f"{what} must be bytes or str, not {type(data).__name__}")
+
+
+def _headers(headers: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> dict[str, bytes] | None:
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    out = {}
+    for name, value in items:
+        if not isinstance(name, str):
+            raise TypeError(f"header names must be str, not {type(name).__name__}")
+        out[name] = value if isinstance(value, bytes) else _to_bytes(value, f"header {name!r}")
+    return out or None
+
+
+class AsyncProducer:
+    """Sends records to shoal in batches, straight to each partition's owner.
+
+    Safe across tasks of one event loop, not across threads (see ``Producer``).
+
+    Example::
+
+        async with AsyncProducer("http://127.0.0.1:9091") as producer:
+            fut = await producer.send("orders", b"paid", key="user-1")
+            meta = await fut  # RecordMetadata(topic='orders', partition=4, offset=17)
+
+    Args:
+        bootstrap: a broker URL, a list of them, or the path of a cluster.yaml.
+        linger_ms: how long a batch waits for more records before it is sent (default 5).
+        max_batch_bytes: the largest batch (default 1 MiB; capped by the brokers' limit).
+        max_in_flight_per_broker: concurrent produce requests per broker (default 5).
+        buffer_memory: bytes of records queued and unacknowledged before ``send()``
+            waits (default 32 MiB).
+        max_block_ms: how long ``send()`` waits for buffer room before
+            ``BufferFullError`` (default 60000).
+        request_timeout_ms: how long one produce request may take (default 30000).
+        delivery_timeout_ms: how long a record may take from ``send()`` to its
+            acknowledgement, retries included (default 120000).
+        retry_backoff_ms: the first retry's backoff; it doubles per attempt (default 100).
+        retry_backoff_max_ms: the backoff's ceiling (default 1000).
+        idempotent: stamp batches with a producer id and sequence so retries are never
+            written twice (default True).
+        partitioner_seed: seed of the keyless (sticky) partitioner, for repeatable tests.
+    """
+
+    def __init__(
+        self,
+        bootstrap: Bootstrap,
+        *,
+        linger_ms: float = 5,
+        max_batch_bytes: int = 1 << 20,
+        max_in_flight_per_broker: int = 5,
+        buffer_memory: int = 32 << 20,
+        max_block_ms: int = 60_000,
+        request_timeout_ms: int = 30_000,
+        delivery_timeout_ms: int = 120_000,
+        retry_backoff_ms: int = 100,
+        retry_backoff_max_ms: int = 1000,
+        idempotent: bool = True,
+        partitioner_seed: int | None = None,
+    ):
+        for name, value, low in (
+            ("linger_ms", linger_ms, 0),
+            ("max_batch_bytes", max_batch_bytes, BATCH_OVERHEAD + 64),
+            ("max_in_flight_per_broker", max_in_flight_per_broker, 1),
+            ("buffer_memory", buffer_memory, 1024),
+            ("max_block_ms", max_block_ms, 0),
+            ("request_timeout_ms", request_timeout_ms, 1),
+            ("delivery_timeout_ms", delivery_timeout_ms, 1),
+            ("retry_backoff_ms", retry_backoff_ms, 0),
+            ("retry_backoff_max_ms", retry_backoff_max_ms, 0),
+        ):
+            if not isinstance(value, (int, float)) or value < low:
+                raise ValueError(f"{name} must be a number >= {low}, got {value!r}")
+        self._http = BrokerClient(request_timeout_ms=request_timeout_ms)
+        self._cluster = Cluster(bootstrap, self._http, min_refresh_ms=retry_backoff_ms)
+        self._linger_ms = linger_ms
+        self._max_batch_bytes = max_batch_bytes
+        self._max_in_flight = max_in_flight_per_broker
+        self._buffer_memory = buffer_memory
+        self._max_block = max_block_ms / 1000
+        self._delivery_timeout = delivery_timeout_ms / 1000
+        self._backoff = (retry_backoff_ms, retry_backoff_max_ms)
+        self._idempotent = idempotent
+        self._producer_id = _new_producer_id() if idempotent else -1
+        self._next_sequence: dict[tuple[str, int], int] = {}
+        self._sticky = StickyPartitioner(random.Random(partitioner_seed))
+        self._acc: RecordAccumulator | None = None
+        self._wakeup = asyncio.Event()
+        self._room = asyncio.Event()
+        self._in_flight: dict[str, int] = defaultdict(int)
+        self._requests: set[asyncio.Task] = set()
+        self._sender: asyncio.Task | None = None
+        self._starting: asyncio.Future | None = None
+        self._failure: ShoalError | None = None
+        self._closing = False
+        self._closed = False
+        self._closed_event = asyncio.Event()
+
+    @property
+    def producer_id(self) -> int:
+        """The current producer id (-1 when not idempotent); changes after a failed batch."""
+        return self._producer_id
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Read the topology and start the sender. Idempotent; ``send()`` calls it too.
+
+        Raises:
+            BrokerUnreachable: no bootstrap broker answered.
+        """
+        if self._closing:
+            raise ProducerClosedError("the producer is closed")
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._starting)
+
+    async def _start(self) -> None:
+        await self._http.start()
+        try:
+            meta = await self._cluster.refresh()
+        except BaseException:
+            await self._http.close()
+            self._starting = None
+            raise
+        if meta.max_batch_bytes and meta.max_batch_bytes < self._max_batch_bytes:
+            self._max_batch_bytes = meta.max_batch_bytes
+        self._acc = RecordAccumulator(
+            max_batch_bytes=self._max_batch_bytes, linger_ms=self._linger_ms, wakeup=self._wakeup.set
+        )
+        self._sender = asyncio.get_running_loop().create_task(self._run(), name="shoal-producer-sender")
+
+    async def __aenter__(self) -> "AsyncProducer":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
+
+    def __del__(self, _warn=warnings.warn) -> None:
+        if getattr(self, "_sender", None) is not None and not self._closed:
+            _warn(f"unclosed AsyncProducer {self!r}: call close()", ResourceWarning, source=self)
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Send every queued record now and wait until each is acknowledged or failed.
+
+        Failures are reported by the records' futures, not here.
+
+        Raises:
+            ShoalTimeoutError: ``timeout`` seconds passed first.
+        """
+        acc = self._acc
+        if acc is None or not acc.incomplete:
+            return
+        pending = [b.future for b in acc.incomplete]
+        acc.flushing += 1
+        self._wakeup.set()
+        try:
+            done, not_done = await asyncio.wait(pending, timeout=timeout)
+        finally:
+            acc.flushing -= 1
+        if not_done:
+            raise ShoalTimeoutError(f"flush: {len(not_done)} batches still pending after {timeout}s")
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Flush, then stop the sender and close connections. Idempotent.
+
+        Records still pending after ``timeout`` seconds (None: until each is
+        acknowledged or its delivery time-out passes) fail with ``ProducerClosedError``.
+        """
+        if self._closing:
+            await self._closed_event.wait()
+            return
+        self._closing = True
+        try:
+            if self._sender is not None and not self._sender.done():
+                try:
+                    await self.flush(timeout)
+                except ShoalTimeoutError:
+                    log.warning("closing with %d batches unacknowledged after %ss", len(self._acc.incomplete), timeout)
+                for task in (self._sender, *self._requests):
+                    task.cancel()
+                await asyncio.gather(self._sender, *self._requests, return_exceptions=True)
+            if self._acc is not None:
+                self._fail_all(ProducerClosedError("the producer was closed before the record was acknowledged"))
+                self._acc.close()
+        finally:
+            await self._http.close()
+            self._closed = True
+            self._closed_event.set()
+            self._room.set()
+
+    # --- send --------------------------------------------------------------------
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | str | None,
+        *,
+        key: bytes | str | None = None,
+        partition: int | None = None,
+        headers: Mapping[str, bytes | str] | Iterable[tuple[str, bytes | str]] | None = None,
+        timestamp_ms: int | None = None,
+    ) -> RecordFuture:
+        """Queue one record; returns as soon as it is queued.
+
+        Args:
+            topic: an existing topic.
+            value: the record's value (str is sent as UTF-8); None for a tombstone.
+            key: decides the partition (Kafka's murmur2) unless ``partition`` is given;
+                keyless records go to a sticky random partition.
+            partition: an explicit partition number.
+            headers: name -> bytes or str.
+            timestamp_ms: the record's timestamp; default now.
+
+        Returns:
+            An awaitable of the record's ``RecordMetadata``, done once acknowledged.
+
+        Raises:
+            UnknownTopic, UnknownPartition: the record has nowhere to go.
+            BatchTooLarge: the record alone is larger than a batch may be.
+            BufferFullError: the buffer stayed full for ``max_block_ms``.
+            ProducerClosedError: the producer is closed, or its sender died.
+        """
+        if self._sender is None or self._closing or self._failure is not None:
+            await self._check_open()
+        if value is not None and value.__class__ is not bytes:
+            value = _to_bytes(value, "value")
+        if key is not None and key.__class__ is not bytes:
+            key = _to_bytes(key, "key")
+        if headers is not None:
+            headers = _headers(headers)
+        n = self._cluster.metadata.partitions.get(topic)
+        if n is None:
+            n = await self._cluster.partitions(check_name(topic, "topic"))
+        size = record_size(key, value, headers)
+        if partition is None:
+            if key is None:
+                partition = self._sticky.partition(topic, n)
+                if not self._acc.has_room((topic, partition), size):
+                    partition = self._sticky.on_new_batch(topic, n, partition)
+            else:
+                partition = partition_for_key(key, n)
+        elif partition.__class__ is not int or not 0 <= partition < n:
+            raise UnknownPartition(
+                f"topic {topic!r} has partitions 0..{n - 1}, not {partition!r}",
+                topic=topic, partition=partition, partitions=n,
+            )
+        acc = self._acc
+        if acc.buffered + size > self._buffer_memory:
+            await self._wait_for_room(size)
+        return acc.append((topic, partition), key, value, headers, timestamp_ms, size)
+
+    async def send_and_wait(self, topic: str, value: bytes | str | None, **kwargs: Any) -> RecordMetadata:
+        """``send()`` and wait for the acknowledgement; raises the record's error."""
+        return await (await self.send(topic, value, **kwargs))
+
+    async def _check_open(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._closing:
+            raise ProducerClosedError("the producer is closed")
+        await self.start()
+
+    async def _wait_for_room(self, size: int) -> None:
+        limit = min(self._buffer_memory, self._max_batch_bytes - BATCH_OVERHEAD)
+        if size > limit:
+            raise BatchTooLarge(f"a record of {size} bytes cannot fit in a batch of at most {limit}", max_bytes=limit)
+        acc = self._acc
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._max_block
+        acc.flushing += 1  # a blocked sender must not wait out the linger
+        self._wakeup.set()
+        try:
+            while acc.buffered + size > self._buffer_memory:
+                await self._check_open()
+                self._room.clear()
+                remaining = deadline - loop.time()
+                try:
+                    if remaining <= 0:
+                        raise TimeoutError
+                    async with asyncio.timeout(remaining):
+                        await self._room.wait()
+                except TimeoutError:
+                    raise BufferFullError(
+                        f"buffer_memory={self._buffer_memory} stayed full for max_block_ms={self._max_block * 1000:g}"
+                    ) from None
+        finally:
+            acc.flushing -= 1
+        await self._check_open()
+
+    # --- sender ------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                self._send_ready()
+        except asyncio.CancelledError:
+            if not self._closing:
+                self._die(ProducerClosedError("the producer's sender task was cancelled"))
+            raise
+        except BaseException as exc:
+            log.exception("producer sender task failed")
+            self._die(ProducerClosedError(f"the producer's sender task failed: {exc!r}"), exc)
+            raise
+
+    def _die(self, err: ProducerClosedError, cause: BaseException | None = None) -> None:
+        err.__cause__ = cause
+        self._failure = err
+        self._fail_all(err)
+        self._room.set()
+
+    def _send_ready(self) -> None:
+        acc = self._acc
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        meta = self._cluster.metadata
+        for batch in acc.ready(now):
+            if now - batch.created > self._delivery_timeout:
+                acc.pop(batch)
+                acc.unmute(batch.tp)
+                self._fail_batch(batch, self._expired(batch, None))
+                continue
+            url = meta.owner_url(batch.tp.topic, batch.tp.partition)
+            if url is None:
+                acc.pop(batch)
+                acc.unmute(batch.tp)
+                self._fail_batch(batch, UnknownTopic(f"{batch.tp} is not in the cluster's topology any more", topic=batch.tp.topic))
+                continue
+            if self._in_flight[url] >= self._max_in_flight:
+                continue
+            acc.pop(batch)
+            self._in_flight[url] += 1
+            if batch.frame is None:
+                self._stamp(batch)
+            task = loop.create_task(self._produce(batch, url))
+            self._requests.add(task)
+            task.add_done_callback(self._requests.discard)
+
+    def _stamp(self, batch: ProducerBatch) -> None:
+        """Fix the batch's producer id and sequence, and encode it."""
+        if not self._idempotent:
+            batch.encode()
+            return
+        key = (batch.tp.topic, batch.tp.partition)
+        count = len(batch.records)
+        seq = self._next_sequence.get(key, 0)
+        if seq + count > _MAX_SEQUENCE:
+            self._bump_producer_id(f"sequence of {batch.tp} reached 2**31")
+            seq = 0
+        batch.encode(self._producer_id, seq)
+        self._next_sequence[key] = seq + count
+
+    async def _produce(self, batch: ProducerBatch, url: str) -> None:
+        tp = batch.tp
+        acc = self._acc
+        try:
+            answer = await self._http.produce(url, tp.topic, tp.partition, batch.frame)
+        except DuplicateSequence:
+            # Already written, but the broker no longer knows where (Kafka does the same).
+            log.warning("batch of %d records to %s was already written; its offsets are unknown", len(batch.records), tp)
+            acc.complete(batch, -1)
+        except ShoalError as exc:
+            self._on_error(batch, exc)
+        except Exception as exc:
+            self._fail_batch(batch, exc)
+        else:
+            acc.complete(batch, answer["base_offset"])
+        finally:
+            self._in_flight[url] -= 1
+            acc.unmute(tp)
+            self._wakeup.set()
+            self._room.set()
+
+    def _on_error(self, batch: ProducerBatch, exc: ShoalError) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if not exc.retriable:
+            self._fail_batch(batch, exc)
+            return
+        deadline = batch.created + self._delivery_timeout
+        batch.attempts += 1
+        delay = backoff_seconds(batch.attempts, *self._backoff)
+        if isinstance(exc, Throttled):
+            delay = max(delay, exc.retry_after or 0)
+        if now + delay >= deadline:
+            self._fail_batch(batch, self._expired(batch, exc))
+            return
+        if exc.refresh_topology:
+            self._cluster.refresh_soon().add_done_callback(lambda _: self._wakeup.set())
+        log.warning(
+            "retrying batch of %d records to %s in %.0f ms (attempt %d): %s",
+            len(batch.records), batch.tp, delay * 1000, batch.attempts + 1, exc,
+        )
+        batch.retry_at = now + delay
+        self._acc.requeue(batch)
+
+    def _expired(self, batch: ProducerBatch, last: BaseException | None) -> ShoalTimeoutError:
+        err = ShoalTimeoutError(
+            f"batch of {len(batch.records)} records to {batch.tp} not acknowledged within "
+            f"delivery_timeout_ms={self._delivery_timeout * 1000:g}" + (f"; last error: {last}" if last else "")
+        )
+        err.__cause__ = last
+        return err
+
+    def _fail_batch(self, batch: ProducerBatch, exc: BaseException) -> None:
+        self._acc.fail(batch, exc)
+        self._room.set()
+        if batch.base_sequence >= 0 and batch.producer_id == self._producer_id:
+            self._bump_producer_id(f"a batch to {batch.tp} failed ({exc})")
+
+    def _bump_producer_id(self, why: str) -> None:
+        old, self._producer_id = self._producer_id, _new_producer_id()
+        self._next_sequence.clear()
+        log.warning("producer id %d -> %d: %s", old, self._producer_id, why)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        acc = self._acc
+        if acc is None:
+            return
+        acc.queues.clear()
+        for batch in list(acc.incomplete):
+            acc.fail(batch, exc)
