@@ -1,0 +1,1 @@
+"""Benchmarks: shoal side by side with Redis Streams and NATS JetStream (``python -m bench``)."""

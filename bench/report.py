@@ -1,0 +1,104 @@
+"""Headline numbers of a results document: shoal/peer ratios and a Markdown table.
+
+``python -m bench.report [results.json]`` prints the table of a stored run (default
+``bench/results/latest.json``), the form docs/benchmarks.md quotes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+SHOALS = ("shoal", "shoal-raw")
+PEERS = ("redis", "nats")
+
+
+def _metric(system: dict, metric: str) -> float | None:
+    if metric == "latency_p99_ms":
+        return ((system.get("latency") or {}).get("latency") or {}).get("p99_ms")
+    return (system.get(metric) or {}).get("records_per_s")
+
+
+def ratios(systems: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """``{metric: {"shoal/redis": x, ...}}`` for produce and consume records/s (above 1:
+    shoal is faster) and latency p99 (below 1: shoal answers sooner)."""
+    out: dict[str, dict[str, float]] = {}
+    for metric in ("produce", "consume", "latency_p99_ms"):
+        for mine in SHOALS:
+            for peer in PEERS:
+                a = _metric(systems.get(mine, {}), metric)
+                b = _metric(systems.get(peer, {}), metric)
+                if a and b:
+                    out.setdefault(metric, {})[f"{mine}/{peer}"] = round(a / b, 2)
+    return out
+
+
+def _fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}{unit}" if value >= 100 else f"{value:.2f}{unit}"
+
+
+def markdown(doc: dict) -> str:
+    """The comparison table, the ratios and the resource runs as Markdown."""
+    m = doc["machine"]
+    cfg = doc["config"]
+    lines = [
+        f"Machine: {m['cores']} cores, {m['memory_gib']} GiB, {m['cpu_model']}; Python {m['python']}.",
+        f"{cfg['records']:,} records of {cfg['record_size']} bytes, batch {cfg['batch']}; latency at "
+        f"{cfg['latency_rate']:,} records/s for {cfg['latency_seconds']:g} s; shoal flush "
+        f"{cfg['shoal_flush']} ({cfg['shoal_flush_interval_ms']} ms).",
+        "",
+        "| system | produce rec/s | produce MB/s | consume rec/s | consume MB/s | p50 ms | p99 ms | p99.9 ms | max ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, s in doc["systems"].items():
+        prod, cons = s.get("produce") or {}, s.get("consume") or {}
+        lat = (s.get("latency") or {}).get("latency") or {}
+        lines.append(
+            f"| {name} | {_fmt(prod.get('records_per_s'))} | {_fmt(prod.get('mb_per_s'))} | "
+            f"{_fmt(cons.get('records_per_s'))} | {_fmt(cons.get('mb_per_s'))} | {_fmt(lat.get('p50_ms'))} | "
+            f"{_fmt(lat.get('p99_ms'))} | {_fmt(lat.get('p999_ms'))} | {_fmt(lat.get('max_ms'))} |"
+        )
+    for name, reason in doc.get("skipped", {}).items():
+        lines.append(f"| {name} | skipped: {reason} | | | | | | | |")
+    if doc.get("ratios"):
+        lines += ["", "| ratio | produce (>1: shoal faster) | consume (>1: shoal faster) | p99 latency (<1: shoal lower) |",
+                  "|---|---:|---:|---:|"]  # fmt: skip
+        pairs = sorted({pair for by_pair in doc["ratios"].values() for pair in by_pair})
+        for pair in pairs:
+            row = [doc["ratios"].get(k, {}).get(pair) for k in ("produce", "consume", "latency_p99_ms")]
+            lines.append(f"| {pair} | " + " | ".join("-" if v is None else f"{v:.2f}x" for v in row) + " |")
+    res = doc.get("resources", {})
+    part = res.get("partitions") or {}
+    if "idle_cpu_percent" in part:
+        after = part["after_one_record_each"]
+        lines += ["", f"{part['partitions']:,} partitions on one broker: RSS {part['at_start']['rss_mib']} MiB at start, "
+                  f"{after['rss_mib']} MiB after one record in each; {after['threads']} threads; "
+                  f"idle CPU {part['idle_cpu_percent']}% over {part['idle_seconds']} s."]  # fmt: skip
+    restart = res.get("restart") or {}
+    if "ready_seconds" in restart:
+        lines += ["", f"Restart after kill -9 with {restart['log_gib']} GiB in one partition: healthy in "
+                  f"{restart['ready_seconds']} s, last record served {restart['serving_seconds']} s after spawn."]  # fmt: skip
+    errors = {name: s["errors"] for name, s in doc["systems"].items() if s.get("errors")}
+    errors.update({f"resources.{k}": v["error"] for k, v in res.items() if isinstance(v, dict) and "error" in v})
+    if errors:
+        lines += ["", "Errors: " + json.dumps(errors)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    path = Path(argv[0]) if argv else Path(__file__).resolve().parent / "results" / "latest.json"
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"unable to read {path}: {exc}", file=sys.stderr)
+        return 1
+    print(markdown(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
