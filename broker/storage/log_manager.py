@@ -1,0 +1,243 @@
+"""Every partition log of one broker, plus its committed offsets.
+
+Layout of a data dir::
+
+    <data_dir>/<topic>-<partition>/     one PartitionLog (segments, indexes)
+    <data_dir>/__offsets/               the OffsetStore
+
+Background work costs nothing when idle: under ``flush="interval"`` each log arms a
+one-shot timer when a write makes it dirty (so there is no flusher loop to wake), and
+one retention task visits the logs every ``retention_check_ms``. fsyncs run in the
+default executor, so 10,000 partitions cost memory and file descriptors (one per
+active segment, plus a shared LRU of sealed ones), not threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from shoal.client.errors import InternalError, InvalidRequest
+from shoal.client.names import check_name, is_valid_name
+from shoal.client.structs import TopicPartition
+
+from .offsets import OffsetStore
+from .partition_log import LogConfig, PartitionLog
+from .segment import OpenSegments
+
+log = logging.getLogger(__name__)
+
+OFFSETS_DIR = "__offsets"
+_DELETING = ".deleting"  # suffix of a partition directory being removed
+
+
+class LogManager:
+    """Opens, creates and closes the partition logs under ``data_dir``.
+
+    Args:
+        data_dir: the broker's data directory (created if missing).
+        config_for: topic name -> its LogConfig; read when a log opens and on ``reconfigure()``.
+        retention_check_ms: how often retention runs over every log.
+        open_sealed_segments: how many sealed segments (of all logs) stay open for reads.
+
+    Not thread-safe: use it from the event loop that started it.
+
+    Example::
+
+        logs = LogManager(Path("data"), lambda topic: LogConfig())
+        await logs.start()
+        plog = await logs.get_or_create("orders", 0)
+        await logs.offsets.commit("billing", [("orders", 0, 10, "")])
+        await logs.stop()
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        config_for: Callable[[str], LogConfig],
+        *,
+        retention_check_ms: int = 60_000,
+        open_sealed_segments: int = 256,
+    ):
+        self.data_dir = Path(data_dir)
+        self.config_for = config_for
+        self.retention_check_ms = retention_check_ms
+        self.offsets = OffsetStore(self.data_dir / OFFSETS_DIR)
+        self._open_segments = OpenSegments(open_sealed_segments)
+        self._logs: dict[TopicPartition, PartitionLog] = {}
+        self._creating: dict[TopicPartition, asyncio.Task] = {}
+        self._retention: asyncio.Task | None = None
+        self._running = False
+
+    async def __aenter__(self) -> LogManager:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Open (and recover) every partition found in ``data_dir``. Idempotent."""
+        if self._running:
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        _raise_fd_limit()
+        await self.offsets.start()
+        found = await asyncio.to_thread(self._scan_data_dir)
+        logs = [self._new_log(tp) for tp in found]
+        await asyncio.gather(*(plog.start() for plog in logs))
+        self._logs.update((TopicPartition(plog.topic, plog.partition), plog) for plog in logs)
+        self._running = True
+        self._retention = asyncio.get_running_loop().create_task(self._retention_loop(), name="shoal-retention")
+        log.info("opened %d partition logs in %s", len(logs), self.data_dir)
+
+    def _scan_data_dir(self) -> list[TopicPartition]:
+        found = []
+        for entry in os.scandir(self.data_dir):
+            if not entry.is_dir() or entry.name == OFFSETS_DIR:
+                continue
+            if entry.name.endswith(_DELETING):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                continue
+            topic, _, number = entry.name.rpartition("-")
+            if is_valid_name(topic) and number.isdigit() and str(int(number)) == number:
+                found.append(TopicPartition(topic, int(number)))
+            else:
+                log.warning("ignoring %s: not a <topic>-<partition> directory", entry.path)
+        return sorted(found)
+
+    async def stop(self) -> None:
+        """Stop the background task, then every log (each drains and fsyncs). Idempotent."""
+        if not self._running:
+            return
+        self._running = False
+        if self._retention is not None:
+            self._retention.cancel()
+            await asyncio.gather(self._retention, return_exceptions=True)
+        pending = list(self._creating.values())
+        await asyncio.gather(*pending, return_exceptions=True)
+        logs = list(self._logs.values())
+        results = await asyncio.gather(*(plog.stop() for plog in logs), return_exceptions=True)
+        for plog, result in zip(logs, results):
+            if isinstance(result, BaseException):
+                log.error("could not close %s cleanly: %r", plog, result)
+        self._logs.clear()
+        await self.offsets.stop()
+
+    def partition_dir(self, topic: str, partition: int) -> Path:
+        """Where a partition's segments live; refuses names that could leave ``data_dir``."""
+        check_name(topic, "topic")
+        if not isinstance(partition, int) or partition < 0:
+            raise InvalidRequest(f"partition must be a non-negative integer, got {partition!r}", field="partition")
+        path = self.data_dir / f"{topic}-{partition}"
+        if path.resolve().parent != self.data_dir.resolve():
+            raise InvalidRequest(f"topic {topic!r} does not map to a directory inside the data dir", field="topic")
+        return path
+
+    def _new_log(self, tp: TopicPartition) -> PartitionLog:
+        return PartitionLog(
+            self.partition_dir(tp.topic, tp.partition),
+            tp.topic,
+            tp.partition,
+            self.config_for(tp.topic),
+            open_segments=self._open_segments,
+        )
+
+    def get(self, topic: str, partition: int) -> PartitionLog | None:
+        """The open log of a partition, or None when this broker has none yet."""
+        return self._logs.get(TopicPartition(topic, partition))
+
+    async def get_or_create(self, topic: str, partition: int) -> PartitionLog:
+        """The log of a partition, opened (and its directory created) on first use.
+
+        Concurrent callers for the same partition get the same instance.
+        """
+        tp = TopicPartition(topic, partition)
+        plog = self._logs.get(tp)
+        if plog is not None:
+            return plog
+        if not self._running:
+            raise InternalError("the broker's storage is not running")
+        task = self._creating.get(tp)
+        if task is None:
+            plog = self._new_log(tp)  # validates the name before anything touches the disk
+            task = asyncio.get_running_loop().create_task(self._open_log(tp, plog))
+            self._creating[tp] = task
+        return await asyncio.shield(task)
+
+    async def _open_log(self, tp: TopicPartition, plog: PartitionLog) -> PartitionLog:
+        try:
+            await plog.start()
+            self._logs[tp] = plog
+            return plog
+        finally:
+            del self._creating[tp]
+
+    def partitions(self) -> list[TopicPartition]:
+        return sorted(self._logs)
+
+    def logs(self) -> list[PartitionLog]:
+        return [self._logs[tp] for tp in sorted(self._logs)]
+
+    async def reconfigure(self) -> None:
+        """Re-read ``config_for`` for every open log (after a topology change)."""
+        for tp, plog in self._logs.items():
+            plog.update_config(self.config_for(tp.topic))
+
+    async def delete(self, topic: str, partition: int) -> bool:
+        """Close a partition's log and remove its data; False when there was none.
+
+        The directory is renamed first, so a crash part-way leaves nothing that
+        start-up would open again.
+        """
+        path = self.partition_dir(topic, partition)
+        tp = TopicPartition(topic, partition)
+        plog = self._logs.pop(tp, None)
+        if plog is not None:
+            await plog.stop()
+        if not path.exists():
+            return plog is not None
+        doomed = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}{_DELETING}")
+        os.replace(path, doomed)
+        await asyncio.to_thread(shutil.rmtree, doomed, True)
+        log.info("deleted partition %s (%s)", tp, path)
+        return True
+
+    async def enforce_retention(self, now_ms: int | None = None) -> int:
+        """Run retention over every log once; return how many segments were deleted."""
+        deleted = 0
+        for plog in list(self._logs.values()):
+            try:
+                deleted += await plog.enforce_retention(now_ms)
+            except OSError as exc:
+                log.error("retention of %s failed: %s", plog, exc)
+        return deleted
+
+    async def _retention_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.retention_check_ms / 1000)
+            try:
+                await self.enforce_retention()
+            except Exception:
+                log.exception("retention check failed")
+
+
+def _raise_fd_limit() -> None:
+    """Lift the soft open-files limit to the hard one: each active segment keeps one fd."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            log.debug("raised the open-files limit from %d to %d", soft, target)
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-files limit from %d: %s", soft, exc)
