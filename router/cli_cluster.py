@@ -1,0 +1,210 @@
+"""``shoal cluster up|info`` and ``shoal broker start``: running and inspecting brokers."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+import click
+
+from .cli_base import Options, action, global_options
+from .cli_output import CliError, emit, key_values, note, sections, table
+from .cli_session import BrokerState, ClusterSession, newest
+from .local_cluster import LocalCluster, LocalClusterError
+from .logs import FORMATS, LEVELS
+from .topology import Topology
+
+
+@click.group()
+@global_options
+def cluster() -> None:
+    """Run a local cluster and see what it is doing
+
+    A cluster is the brokers of cluster.yaml. `up` runs all of them on this machine;
+    `info` asks the running brokers for their health, the installed topology and who
+    owns each partition.
+    """
+
+
+@cluster.command("up")
+@global_options
+@click.option("--ready-timeout", type=float, default=30.0, show_default=True, metavar="SECONDS",
+              help="How long every broker has to answer its health check.")
+@click.option("--grace", type=float, default=10.0, show_default=True, metavar="SECONDS",
+              help="How long brokers have to stop after SIGTERM before they are killed.")
+@click.option("--log-level", type=click.Choice(LEVELS), default="info", show_default=True,
+              help="The brokers' log level.")
+@action("run cluster")
+def up(opts: Options, ready_timeout: float, grace: float, log_level: str) -> None:
+    """Start every broker of cluster.yaml here; Ctrl-C stops them all
+
+    Each broker runs as `python -m shoal.broker --config PATH --id N`, storing its data
+    in its data_dir (default data/broker-<id>) and its log in <data_dir>.log. The
+    command prints where the brokers listen once every one of them answers, then
+    waits. Ctrl-C (or SIGTERM) stops them: SIGTERM, then SIGKILL after --grace
+    seconds. If a broker dies, the others are stopped and the command exits 1.
+
+    EXAMPLES
+
+      shoal cluster up
+
+      shoal cluster up --config deploy/cluster.yaml --log-level debug
+    """
+    topology = opts.load()
+    local = LocalCluster(opts.config, topology, log_level=log_level, ready_timeout_s=ready_timeout, grace_s=grace)
+    asyncio.run(_run_up(opts, local))
+
+
+async def _run_up(opts: Options, local: LocalCluster) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, stop.set)
+    local.start()
+    try:
+        ready = asyncio.create_task(local.wait_ready())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not ready.done():
+            ready.cancel()
+            return
+        ready.result()
+        emit(opts.output, up_view(local), render_up)
+        topo = local.topology
+        note(f"cluster {topo.cluster} (epoch {topo.epoch}) is up with {len(local.brokers)} brokers; Ctrl-C stops it")
+        died = await local.watch(stop)
+        if died is not None:
+            raise LocalClusterError(died.describe_exit())
+    except LocalClusterError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        killed = await local.stop()
+        note(f"stopped {len(local.brokers)} brokers" + (f" (killed {', '.join(map(str, killed))})" if killed else ""))
+
+
+def up_view(local: LocalCluster) -> dict[str, Any]:
+    return {
+        "cluster": local.topology.cluster,
+        "epoch": local.topology.epoch,
+        "brokers": [
+            {
+                "id": b.spec.id,
+                "url": b.spec.url,
+                "pid": b.proc.pid if b.proc else None,
+                "data_dir": b.spec.data_dir,
+                "log": str(b.log_path),
+            }
+            for b in local.brokers
+        ],
+    }
+
+
+def render_up(view: dict[str, Any]) -> str:
+    return table(
+        ["id", "url", "pid", "data-dir", "log"],
+        ([b["id"], b["url"], b["pid"], b["data_dir"], b["log"]] for b in view["brokers"]),
+    )
+
+
+@cluster.command("info")
+@global_options
+@action("get cluster info")
+def info(opts: Options) -> None:
+    """Show the brokers, their health, the epoch, topics and partition owners
+
+    The brokers listed in cluster.yaml are asked for their health and their installed
+    topology; the highest epoch wins. A broker that does not answer is shown as down.
+
+    EXAMPLES
+
+      shoal cluster info
+
+      shoal cluster info -o json | jq '.topics[] | {name, owners}'
+    """
+    emit(opts.output, asyncio.run(_info(opts.load())), render_info)
+
+
+async def _info(config: Topology) -> dict[str, Any]:
+    async with ClusterSession([b.url for b in config.brokers], timeout_s=3) as session:
+        states = await session.survey()
+        running = newest(states)
+        known = {s.url for s in states}
+        states += await session.survey([b.url for b in running.brokers if b.url not in known])
+    return info_view(running, states)
+
+
+def info_view(running: Topology, states: list[BrokerState]) -> dict[str, Any]:
+    """The cluster as the brokers of ``running`` see it, with each one's health."""
+    by_url = {s.url: s for s in states}
+    brokers = []
+    for b in running.brokers:
+        state = by_url.get(b.url, BrokerState(b.url, error="not asked"))
+        up = state.error is None
+        brokers.append(
+            {"id": b.id, "url": b.url, "status": "ok" if up else "down", "epoch": state.epoch, "error": state.error}
+        )
+    topics = [
+        {"name": name, "partitions": running.topics[name].partitions, "owners": running.owners(name)}
+        for name in sorted(running.topics)
+    ]
+    return {"cluster": running.cluster, "epoch": running.epoch, "brokers": brokers, "topics": topics}
+
+
+def render_info(view: dict[str, Any]) -> str:
+    brokers = view["brokers"]
+    columns = ["id", "url", "status", "epoch"]
+    with_errors = any(b["error"] for b in brokers)
+    if with_errors:
+        columns.append("error")
+    return sections(
+        [
+            ("CLUSTER", key_values([("name", view["cluster"]), ("epoch", view["epoch"])])),
+            ("BROKERS", table(columns, ([b[c] for c in columns] for b in brokers))),
+            (
+                "TOPICS",
+                table(["name", "partitions", "owners"], ([t["name"], t["partitions"], t["owners"]] for t in view["topics"]))
+                if view["topics"]
+                else "",
+            ),
+        ]
+    )
+
+
+@click.group()
+@global_options
+def broker() -> None:
+    """Run one broker
+
+    A broker serves the partitions the topology gives it (rendezvous hashing of topic
+    and partition over the broker ids) and answers 421 NOT_OWNER for the others.
+    """
+
+
+@broker.command("start")
+@global_options
+@click.option("--id", "broker_id", type=int, required=True, help="This broker's id in cluster.yaml.")
+@click.option("--listen", metavar="HOST:PORT", help="Where to bind (default: the host and port of its URL).")
+@click.option("--data-dir", metavar="DIR", help="Where to store partitions (default: its data_dir in cluster.yaml).")
+@click.option("--log-level", type=click.Choice(LEVELS), default="info", show_default=True)
+@click.option("--log-format", type=click.Choice(FORMATS), default="text", show_default=True,
+              help="text: key=value lines; json: one JSON object per line.")
+@action("start broker")
+def start(
+    opts: Options, broker_id: int, listen: str | None, data_dir: str | None, log_level: str, log_format: str
+) -> None:
+    """Run broker --id of cluster.yaml in the foreground until SIGTERM or Ctrl-C
+
+    EXAMPLES
+
+      shoal broker start --id 1
+
+      shoal broker start --id 2 --listen 0.0.0.0:9092 --data-dir /var/lib/shoal --log-format json
+    """
+    from shoal.broker.main import run
+
+    try:
+        run(opts.config, broker_id, listen=listen, data_dir=data_dir, log_level=log_level, log_format=log_format)
+    except KeyError:
+        raise CliError(f"no broker with id {broker_id} in {opts.config}") from None

@@ -1,0 +1,285 @@
+"""``shoal topology show|validate|plan|apply``: the topology file and the running cluster."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from shoal.client.errors import ShoalApiError, ShoalError, StaleEpoch
+from shoal.client.structs import TopicPartition
+
+from .cli_base import Options, action, global_options
+from .cli_output import CliError, emit, key_values, sections, table
+from .cli_session import BrokerState, ClusterSession, newest, reason
+from .plan import Plan, diff
+from .topology import Topology, load_topology
+
+_CHECK_CONCURRENCY = 16
+
+
+@click.group()
+@global_options
+def topology() -> None:
+    """Inspect cluster.yaml and push changes of it to the running brokers
+
+    cluster.yaml is the source of truth: brokers, topics and their config, and an
+    epoch that goes up with every change. Partition owners are not configured: they
+    follow from rendezvous hashing over the broker ids, so adding a broker moves only
+    the partitions it now wins. `plan` shows what `apply` would do; `apply` pushes the
+    new epoch to every broker, without restarts, and refuses a change that would move
+    or drop a partition holding data.
+    """
+
+
+@topology.command("show")
+@global_options
+@action("show topology")
+def show(opts: Options) -> None:
+    """Show the brokers, topics, their config and owners as cluster.yaml defines them
+
+    EXAMPLES
+
+      shoal topology show
+
+      shoal topology show --config candidate.yaml -o json
+    """
+    emit(opts.output, show_view(opts.load()), render_show)
+
+
+def show_view(topo: Topology) -> dict[str, Any]:
+    view = topo.to_dict()
+    view["brokers"] = [{"id": b.id, "url": b.url, "data_dir": b.data_dir} for b in topo.brokers]
+    return view
+
+
+def render_show(view: dict[str, Any]) -> str:
+    topics = view["topics"]
+    return sections(
+        [
+            ("CLUSTER", key_values([("name", view["cluster"]), ("epoch", view["epoch"])])),
+            ("BROKERS", table(["id", "url", "data-dir"], ([b["id"], b["url"], b["data_dir"]] for b in view["brokers"]))),
+            (
+                "TOPICS",
+                table(
+                    ["name", "partitions", "flush", "retention-ms", "retention-bytes", "segment-bytes", "owners"],
+                    (
+                        [name, c["partitions"], c["flush"], c["retention_ms"], c["retention_bytes"],
+                         c["segment_bytes"], view["owners"][name]]
+                        for name, c in topics.items()
+                    ),
+                )
+                if topics
+                else "",
+            ),
+        ]
+    )
+
+
+@topology.command("validate")
+@global_options
+@click.argument("file", required=False)
+@action("validate topology")
+def validate(opts: Options, file: str | None) -> None:
+    """Check a topology file and report every problem in it at once
+
+    FILE defaults to --config. Exits 1, listing each problem with its line and field,
+    when the file is not valid. Nothing is sent to the brokers.
+
+    EXAMPLES
+
+      shoal topology validate
+
+      shoal topology validate candidate.yaml
+    """
+    path = file or opts.config
+    topo = load_topology(path)
+    view = {
+        "file": path,
+        "valid": True,
+        "cluster": topo.cluster,
+        "epoch": topo.epoch,
+        "brokers": len(topo.brokers),
+        "topics": len(topo.topics),
+        "partitions": sum(c.partitions for c in topo.topics.values()),
+    }
+    emit(opts.output, view, render_validate)
+
+
+def render_validate(view: dict[str, Any]) -> str:
+    return (
+        f"{view['file']} is valid: cluster {view['cluster']}, epoch {view['epoch']}, {view['brokers']} brokers, "
+        f"{view['topics']} topics, {view['partitions']} partitions\n"
+    )
+
+
+@dataclass
+class Survey:
+    """A candidate topology against the running cluster: the plan and its verdict."""
+
+    plan: Plan
+    high_watermarks: dict[TopicPartition, int | str]
+    refusals: list[str]
+
+    def view(self) -> dict[str, Any]:
+        return self.plan.to_dict(self.high_watermarks, self.refusals)
+
+
+async def survey(session: ClusterSession, candidate: Topology, *, delete_topics: bool) -> Survey:
+    """Plan ``candidate`` against what the cluster runs, and check it against the data."""
+    states = await session.survey()
+    running = newest(states)
+    known = {s.url for s in states}
+    states += await session.survey([b.url for b in running.brokers if b.url not in known])
+    plan = diff(running, candidate)
+    checks = plan.checks(delete_topics=delete_topics)
+    high_watermarks = await _high_watermarks(session, running, checks)
+    refusals = plan.refusals(high_watermarks, delete_topics=delete_topics)
+    refusals += _removed_but_running(plan, states)
+    return Survey(plan, high_watermarks, refusals)
+
+
+async def _high_watermarks(
+    session: ClusterSession, running: Topology, checks: dict[TopicPartition, int]
+) -> dict[TopicPartition, int | str]:
+    limit = asyncio.Semaphore(_CHECK_CONCURRENCY)
+
+    async def one(tp: TopicPartition, owner_id: int) -> int | str:
+        async with limit:
+            try:
+                body = await session.api.offsets(running.broker(owner_id).url, tp.topic, tp.partition)
+            except ShoalError as exc:
+                return reason(exc)
+            return int(body["high_watermark"])
+
+    results = await asyncio.gather(*(one(tp, owner) for tp, owner in checks.items()))
+    return dict(zip(checks, results))
+
+
+def _removed_but_running(plan: Plan, states: list[BrokerState]) -> list[str]:
+    alive = {s.url for s in states if s.error is None}
+    removed = [b for b in plan.old.brokers if b.id not in {n.id for n in plan.new.brokers}]
+    return [f"broker {b.id} is removed but still running at {b.url}: stop it first" for b in removed if b.url in alive]
+
+
+async def push(session: ClusterSession, candidate: Topology) -> list[dict[str, Any]]:
+    """``PUT /v1/cluster`` to every broker of ``candidate``; one status row each."""
+    body = candidate.to_dict()
+
+    async def one(broker_id: int, url: str) -> dict[str, Any]:
+        try:
+            await session.api.install(url, body)
+            status = "OK"
+        except StaleEpoch as exc:
+            same = exc.epoch == candidate.epoch
+            status = f"OK (already at epoch {exc.epoch})" if same else f"STALE_EPOCH: {exc.detail}"
+        except ShoalApiError as exc:
+            status = f"{exc.code or exc.http_status}: {exc.detail}"
+        except ShoalError as exc:
+            status = f"UNREACHABLE: {reason(exc)}"
+        return {"id": broker_id, "url": url, "status": status}
+
+    return list(await asyncio.gather(*(one(b.id, b.url) for b in candidate.brokers)))
+
+
+def bootstrap_urls(opts: Options, candidate: Topology) -> list[str]:
+    """The candidate's broker URLs, then those of --config when it is another file."""
+    urls = [b.url for b in candidate.brokers]
+    if candidate.source != opts.config:
+        try:
+            urls += [b.url for b in opts.load().brokers]
+        except (OSError, ValueError):
+            pass  # --config is only a second chance to find the running cluster
+    return urls
+
+
+
+@topology.command("plan")
+@global_options
+@click.argument("file", required=False)
+@click.option("--delete-topics", is_flag=True, help="Treat deleting topics that hold data as allowed.")
+@action("plan topology")
+def plan_command(opts: Options, file: str | None, delete_topics: bool) -> None:
+    """Show what applying a topology file would change in the running cluster
+
+    Lists added, removed and changed brokers and topics, and every partition whose
+    owner would change, from which broker to which, with its high watermark on the
+    current owner. Changes that `apply` would refuse are listed under REFUSED.
+    Nothing is changed. FILE defaults to --config.
+
+    EXAMPLES
+
+      shoal topology plan
+
+      shoal topology plan with-broker-4.yaml
+    """
+    candidate = load_topology(file or opts.config)
+    result = asyncio.run(_survey(bootstrap_urls(opts, candidate), candidate, delete_topics))
+    emit(opts.output, result.view(), render_plan)
+
+
+async def _survey(urls: list[str], candidate: Topology, delete_topics: bool) -> Survey:
+    async with ClusterSession(urls) as session:
+        return await survey(session, candidate, delete_topics=delete_topics)
+
+
+def render_plan(view: dict[str, Any]) -> str:
+    head = f"cluster {view['cluster']}: epoch {view['from_epoch']} -> {view['to_epoch']}\n"
+    changes = "".join(
+        f"{c['op']} {c['kind']} {c['name']}" + (f": {c['detail']}" if c["detail"] else "") + "\n"
+        for c in view["changes"]
+    )
+    moves = table(
+        ["partition", "from", "to", "high-watermark"],
+        ([f"{m['topic']}/{m['partition']}", m["from"], m["to"] if m["to"] is not None else "(removed)",
+          m["high_watermark"]] for m in view["moves"]),
+    ) if view["moves"] else ""
+    refused = "".join(f"{r}\n" for r in view["refusals"])
+    parts = [("CHANGES", changes or "no changes\n"), ("MOVES", moves), ("REFUSED", refused)]
+    return head + "\n" + "\n".join(f"{title}\n{body}" for title, body in parts if body)
+
+
+@topology.command("apply")
+@global_options
+@click.argument("file", required=False)
+@click.option("--delete-topics", is_flag=True, help="Allow deleting topics that hold data (their data is lost).")
+@action("apply topology")
+def apply(opts: Options, file: str | None, delete_topics: bool) -> None:
+    """Push a topology file's new epoch to every broker, without restarts
+
+    First plans the change (see `shoal topology plan`); refuses, naming them, changes
+    that would move or drop partitions holding data, a removed broker that is still
+    running, and an epoch that is not newer than the running one. Then installs the
+    topology on every broker with PUT /v1/cluster and prints one row per broker.
+    Start a new broker (with the new file) before applying a topology that adds it.
+    FILE defaults to --config.
+
+    EXAMPLES
+
+      shoal topology apply
+
+      shoal topology apply with-broker-4.yaml
+    """
+    candidate = load_topology(file or opts.config)
+    view = asyncio.run(_apply(bootstrap_urls(opts, candidate), candidate, delete_topics))
+    emit(opts.output, view, render_apply)
+    if any(not row["status"].startswith("OK") for row in view["brokers"]):
+        raise CliError("some brokers did not install the topology; fix them and apply again")
+
+
+async def _apply(urls: list[str], candidate: Topology, delete_topics: bool) -> dict[str, Any]:
+    async with ClusterSession(urls) as session:
+        result = await survey(session, candidate, delete_topics=delete_topics)
+        if result.refusals:
+            raise CliError("refused: " + "; ".join(result.refusals))
+        view = result.view()
+        view["brokers"] = await push(session, candidate)
+    return view
+
+
+def render_apply(view: dict[str, Any]) -> str:
+    return render_plan(view) + "\nBROKERS\n" + table(
+        ["id", "url", "status"], ([b["id"], b["url"], b["status"]] for b in view["brokers"])
+    )
