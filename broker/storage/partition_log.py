@@ -461,15 +461,15 @@ class PartitionLog:
         except TimeoutError:
             pass
 
-    def _needs_roll(self, active: Segment, group_bytes: int, p: _Pending) -> bool:
+    def _needs_roll(self, active: Segment, group_bytes: int, next_offset: int, p: _Pending) -> bool:
+        """Must ``p`` go to a new segment? Never for an empty one: a huge body gets its own."""
         end = active.size + group_bytes
         if end == 0:
             return False
-        next_offset = active.next_offset + p.records
         return (
             end + p.size > self._config.segment_bytes
             or end + p.size > MAX_POSITION
-            or next_offset - active.base_offset > MAX_POSITION
+            or next_offset + p.records - active.base_offset > MAX_POSITION
         )
 
     async def _write_group(self) -> None:
@@ -478,6 +478,7 @@ class PartitionLog:
         active = self._active
         layer = self._producers.stage()
         group: list[_Pending] = []
+        self._inflight = group  # so a writer crash fails them too
         iov: list = []
         nbytes = 0
         next_offset = active.next_offset
@@ -485,7 +486,7 @@ class PartitionLog:
             p = self._queue[0]
             if group and nbytes + p.size > cfg.linger_bytes:
                 break
-            if self._needs_roll(active, nbytes, p):
+            if self._needs_roll(active, nbytes, next_offset, p):
                 if group:
                     break
                 active = self._roll()
@@ -494,16 +495,16 @@ class PartitionLog:
             self._queued_bytes -= p.size
             if p.future.done():  # its caller went away before the write
                 continue
+            group.append(p)
             try:
                 next_offset, written = self._place(p, layer, next_offset, active.size + nbytes, iov)
             except ShoalApiError as exc:
+                group.pop()
                 p.future.set_exception(exc)
                 continue
             nbytes += written
-            group.append(p)
         if not group:
             return
-        self._inflight = group
         if nbytes:
             position = active.size
             try:
