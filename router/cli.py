@@ -42,3 +42,7 @@ for _command in (cluster, broker, topology, bench):
 def main() -> None:
     """The console script."""
     cli(prog_name="shoal")
+
+
+if __name__ == "__main__":
+    main()

@@ -61,8 +61,8 @@ async def _run_up(opts: Options, local: LocalCluster) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
-    local.start()
     try:
+        local.start()
         ready = asyncio.create_task(local.wait_ready())
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -80,8 +80,10 @@ async def _run_up(opts: Options, local: LocalCluster) -> None:
     except LocalClusterError as exc:
         raise CliError(str(exc)) from None
     finally:
+        running = sum(b.running for b in local.brokers)
         killed = await local.stop()
-        note(f"stopped {len(local.brokers)} brokers" + (f" (killed {', '.join(map(str, killed))})" if killed else ""))
+        if running:
+            note(f"stopped {running} broker{'s' if running > 1 else ''}" + (f" (killed {', '.join(map(str, killed))})" if killed else ""))
 
 
 def up_view(local: LocalCluster) -> dict[str, Any]:

@@ -137,7 +137,7 @@ async def survey(session: ClusterSession, candidate: Topology, *, delete_topics:
     checks = plan.checks(delete_topics=delete_topics)
     high_watermarks = await _high_watermarks(session, running, checks)
     refusals = plan.refusals(high_watermarks, delete_topics=delete_topics)
-    refusals += _removed_but_running(plan, states)
+    refusals += _unreachable(candidate, states) + _removed_but_running(plan, states)
     return Survey(plan, high_watermarks, refusals)
 
 
@@ -156,6 +156,15 @@ async def _high_watermarks(
 
     results = await asyncio.gather(*(one(tp, owner) for tp, owner in checks.items()))
     return dict(zip(checks, results))
+
+
+def _unreachable(candidate: Topology, states: list[BrokerState]) -> list[str]:
+    errors = {s.url: s.error for s in states}
+    return [
+        f"broker {b.id} at {b.url} does not answer ({errors[b.url]}): start it before applying"
+        for b in candidate.brokers
+        if errors.get(b.url)
+    ]
 
 
 def _removed_but_running(plan: Plan, states: list[BrokerState]) -> list[str]:
@@ -273,7 +282,7 @@ async def _apply(urls: list[str], candidate: Topology, delete_topics: bool) -> d
     async with ClusterSession(urls) as session:
         result = await survey(session, candidate, delete_topics=delete_topics)
         if result.refusals:
-            raise CliError("refused: " + "; ".join(result.refusals))
+            raise CliError("refused:\n  " + "\n  ".join(result.refusals))
         view = result.view()
         view["brokers"] = await push(session, candidate)
     return view

@@ -1,0 +1,235 @@
+"""``shoal cluster up|info`` through the real entry point, with real broker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.harness import free_port
+
+SHOAL = [sys.executable, "-m", "shoal.router.cli"]
+
+
+def shoal(*args: str, cwd: Path, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([*SHOAL, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def write_config(root: Path, n: int = 3, **extra) -> Path:
+    config = {
+        "cluster": "cli-test",
+        "epoch": 1,
+        "brokers": [{"id": i, "url": f"http://127.0.0.1:{free_port()}"} for i in range(1, n + 1)],
+        "topics": {"orders": {"partitions": 6}, "audit": {"partitions": 1, "flush": "always"}},
+        **extra,
+    }
+    path = root / "cluster.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+class Up:
+    """A running ``shoal cluster up`` (its stdout read until the broker table is complete)."""
+
+    def __init__(self, root: Path, *args: str):
+        self.proc = subprocess.Popen(
+            [*SHOAL, "cluster", "up", "--grace", "5", *args],
+            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+    def wait_ready(self, n: int) -> list[dict]:
+        """The broker rows of the ready table (read with ``-o json``)."""
+        out = ""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"cluster up ended early: {self.proc.wait()} {self.proc.stderr.read()}")
+            out += line
+            if line.startswith("}"):
+                view = json.loads(out)
+                assert len(view["brokers"]) == n
+                return view["brokers"]
+        raise AssertionError("cluster up did not print its table in time")
+
+    def finish(self, sig: int | None = signal.SIGINT) -> tuple[int, str]:
+        """Send ``sig`` (None: just wait) and return the exit code and the rest of stderr."""
+        if sig is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        _, err = self.proc.communicate(timeout=30)
+        return self.proc.returncode, err
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate(timeout=10)
+
+
+def gone(pid: int, timeout: float = 15) -> bool:
+    """Whether process ``pid`` is gone (reaped, or a zombie nobody waits for) before the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(") ", 1)[1].startswith("Z"):
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def up(tmp_path):
+    started: list[Up] = []
+
+    def start(*args: str) -> Up:
+        started.append(Up(tmp_path, *args))
+        return started[-1]
+
+    yield start
+    for u in started:
+        u.kill()
+
+
+def test_up_info_and_ctrl_c_leaves_nothing_running(tmp_path, up):
+    config = write_config(tmp_path)
+    cluster = up("-o", "json")
+    rows = cluster.wait_ready(3)
+    assert [r["id"] for r in rows] == [1, 2, 3]
+    assert rows[0]["data_dir"] == "data/broker-1" and rows[0]["log"] == "data/broker-1.log"
+
+    info = shoal("cluster", "info", "-o", "json", cwd=tmp_path)
+    assert info.returncode == 0, info.stderr
+    view = json.loads(info.stdout)
+    assert view["cluster"] == "cli-test" and view["epoch"] == 1
+    assert [(b["id"], b["status"], b["epoch"]) for b in view["brokers"]] == [(1, "ok", 1), (2, "ok", 1), (3, "ok", 1)]
+    assert [t["name"] for t in view["topics"]] == ["audit", "orders"]
+    assert len(view["topics"][1]["owners"]) == 6
+
+    text = shoal("cluster", "info", "--config", str(config), cwd=tmp_path.parent)
+    assert text.returncode == 0, text.stderr
+    assert "BROKERS\nID  URL" in text.stdout and "orders  6" in text.stdout
+
+    rc, err = cluster.finish(signal.SIGINT)
+    assert rc == 0, err
+    assert "stopped 3 brokers" in err
+    assert all(gone(r["pid"]) for r in rows)
+    assert "broker 1 stopped" in (tmp_path / "data/broker-1.log").read_text()
+
+
+def test_a_dead_broker_stops_the_cluster_with_exit_1(tmp_path, up):
+    write_config(tmp_path)
+    cluster = up("-o", "json")
+    rows = cluster.wait_ready(3)
+    os.kill(rows[1]["pid"], signal.SIGKILL)
+    rc, err = cluster.finish(None)
+    assert rc == 1
+    assert "unable to run cluster: broker 2 was killed by signal 9; see data/broker-2.log" in err
+    assert "Traceback" not in err
+    assert gone(rows[0]["pid"]) and gone(rows[2]["pid"])
+
+
+def test_brokers_die_with_a_killed_supervisor(tmp_path, up):
+    if not sys.platform.startswith("linux"):
+        pytest.skip("parent-death signal is Linux only")
+    write_config(tmp_path, n=2)
+    cluster = up("-o", "json")
+    rows = cluster.wait_ready(2)
+    cluster.kill()
+    assert all(gone(r["pid"]) for r in rows)
+
+
+def test_port_in_use_is_reported_before_starting_anything(tmp_path):
+    config = write_config(tmp_path, n=2)
+    port = yaml.safe_load(config.read_text())["brokers"][1]["url"].rsplit(":", 1)[1]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", int(port)))
+        busy.listen()
+        result = shoal("cluster", "up", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"unable to run cluster: port {port} of broker 2 (http://127.0.0.1:{port}) is already in use; "
+        "is a cluster already running? (shoal cluster info)\n"
+    )
+    assert not (tmp_path / "data").exists()
+
+
+def test_broker_failing_to_start_is_named_with_its_log(tmp_path):
+    (tmp_path / "cluster.yaml").write_text(
+        f"brokers: [{{id: 7, url: 'http://192.0.2.1:{free_port()}', data_dir: b7}}]\n"
+    )
+    result = shoal("cluster", "up", "--ready-timeout", "20", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith("unable to run cluster: broker 7 exited with code 1 before it was ready; see b7.log: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_invalid_topology_lists_every_problem(tmp_path):
+    (tmp_path / "cluster.yaml").write_text("epoch: x\nbrokers: []\n")
+    result = shoal("cluster", "up", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == (
+        "unable to run cluster: 2 problems:\n"
+        "  cluster.yaml:1: epoch: must be an integer >= 0, got 'x'\n"
+        "  cluster.yaml:2: brokers: at least one broker is needed\n"
+    )
+
+
+def test_info_without_a_running_cluster_is_one_line(tmp_path):
+    config = write_config(tmp_path, n=1)
+    url = yaml.safe_load(config.read_text())["brokers"][0]["url"]
+    result = shoal("cluster", "info", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"unable to get cluster info: no broker answered ({url} connection refused); "
+        "is the cluster up? (shoal cluster up)\n"
+    )
+
+
+def test_missing_config_file(tmp_path):
+    result = shoal("cluster", "info", "--config", "nope.yaml", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == "unable to get cluster info: nope.yaml: cannot read the topology: No such file or directory\n"
+
+
+def test_broker_start_unknown_id(tmp_path):
+    write_config(tmp_path, n=1)
+    result = shoal("broker", "start", "--id", "9", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == "unable to start broker: no broker with id 9 in cluster.yaml\n"
+
+
+def test_broker_start_serves_until_sigterm(tmp_path):
+    config = write_config(tmp_path, n=1)
+    url = yaml.safe_load(config.read_text())["brokers"][0]["url"]
+    proc = subprocess.Popen([*SHOAL, "broker", "start", "--id", "1", "--log-format", "json"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        result = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and proc.poll() is None:
+            result = shoal("cluster", "info", "-o", "json", cwd=tmp_path)
+            if result.returncode == 0:
+                break
+        assert result is not None and result.returncode == 0, result and result.stderr
+        assert json.loads(result.stdout)["brokers"] == [
+            {"id": 1, "url": url, "status": "ok", "epoch": 1, "error": None}
+        ]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+        assert proc.returncode == 0
+        assert json.loads(err.splitlines()[0])["logger"].startswith("shoal")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
