@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 
 import aiohttp
@@ -173,7 +174,7 @@ async def test_bad_input_gets_problem_json_and_changes_nothing(single, http, met
 
 async def test_oversized_body_is_refused(single, http):
     status, got, _ = await call(
-        http, "POST", records_url(single), data=b"x" * (9 * 1024 * 1024), headers={"Content-Type": BATCH}
+        http, "POST", records_url(single), data=io.BytesIO(b"x" * (9 * 1024 * 1024)), headers={"Content-Type": BATCH}
     )
     assert (status, got["code"], got["max_bytes"]) == (413, "BATCH_TOO_LARGE", 8 * 1024 * 1024)
 
