@@ -73,6 +73,7 @@ class LogManager:
         self._creating: dict[TopicPartition, asyncio.Task] = {}
         self._retention: asyncio.Task | None = None
         self._running = False
+        self._real_data_dir: Path | None = None
 
     async def __aenter__(self) -> LogManager:
         await self.start()
@@ -135,7 +136,9 @@ class LogManager:
         if not isinstance(partition, int) or partition < 0:
             raise InvalidRequest(f"partition must be a non-negative integer, got {partition!r}", field="partition")
         path = self.data_dir / f"{topic}-{partition}"
-        if path.resolve().parent != self.data_dir.resolve():
+        if self._real_data_dir is None:
+            self._real_data_dir = self.data_dir.resolve()
+        if path.resolve().parent != self._real_data_dir:
             raise InvalidRequest(f"topic {topic!r} does not map to a directory inside the data dir", field="topic")
         return path
 

@@ -797,7 +797,10 @@ async def _sync_files(fd: int, paths: list[Path]) -> None:
         finally:
             os.close(fd)
         for path in paths:
-            pfd = os.open(path, os.O_RDONLY)
+            try:
+                pfd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:  # deleted by retention meanwhile: nothing to sync
+                continue
             try:
                 os.fsync(pfd)
             finally:

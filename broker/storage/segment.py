@@ -123,10 +123,9 @@ class Segment:
         return self.fd is not None
 
     def create(self) -> None:
-        """Create the empty files of a new active segment and open it."""
+        """Create and open the .log of a new active segment (index files come with their
+        first entries, or when it is sealed)."""
         self.fd = os.open(self.log_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        for path in (self.index_path, self.timeindex_path):
-            path.write_bytes(b"")
         self.size = 0
         self.next_offset = self.base_offset
         self._max_timestamp = NO_TIMESTAMP
@@ -230,7 +229,7 @@ class Segment:
         if not force and pending < _PERSIST_EVERY:
             return
         try:
-            if pending:
+            if pending or force:
                 with open(self.index_path, "ab") as f:
                     f.write(
                         b"".join(
@@ -239,7 +238,7 @@ class Segment:
                         )
                     )
                 self._persisted_index = len(self._rel_offsets)
-            if len(self._times) > self._persisted_times:
+            if len(self._times) > self._persisted_times or force:
                 with open(self.timeindex_path, "ab") as f:
                     f.write(
                         b"".join(

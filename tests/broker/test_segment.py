@@ -40,9 +40,11 @@ def seg(tmp_path):
 
 
 def test_names_are_20_digit_base_offsets(tmp_path):
-    """Files are named by the zero-padded base offset."""
+    """Files are named by the zero-padded base offset (the indexes exist once sealed)."""
     s = Segment(tmp_path, 42)
     s.create()
+    assert os.listdir(tmp_path) == [f"{segment_name(42)}.log"]
+    s.seal()
     s.close()
     assert sorted(os.listdir(tmp_path)) == [f"{segment_name(42)}.{ext}" for ext in ("index", "log", "timeindex")]
     assert segment_name(42) == "00000000000000000042"
