@@ -128,17 +128,42 @@ class Survey:
 
 
 async def survey(session: ClusterSession, candidate: Topology, *, delete_topics: bool) -> Survey:
-    """Plan ``candidate`` against what the cluster runs, and check it against the data."""
+    """Plan ``candidate`` against what the cluster runs, and check it against the data.
+
+    The plan starts from the newest topology among brokers still *behind* the
+    candidate: a new broker started with the candidate file already reports its epoch,
+    but the data sits on the brokers that have not installed it yet.
+    """
     states = await session.survey()
-    running = newest(states)
     known = {s.url for s in states}
-    states += await session.survey([b.url for b in running.brokers if b.url not in known])
-    plan = diff(running, candidate)
+    states += await session.survey([b.url for b in newest(states).brokers if b.url not in known])
+    behind = [s for s in states if s.topology is not None and s.topology.epoch < candidate.epoch]
+    base = newest(behind or states)
+    plan = diff(base, candidate)
     checks = plan.checks(delete_topics=delete_topics)
-    high_watermarks = await _high_watermarks(session, running, checks)
+    high_watermarks = await _high_watermarks(session, base, checks)
     refusals = plan.refusals(high_watermarks, delete_topics=delete_topics)
+    if behind:  # else plan.refusals has compared the epochs already
+        refusals += _ahead_or_different(candidate, states)
     refusals += _unreachable(candidate, states) + _removed_but_running(plan, states)
     return Survey(plan, high_watermarks, refusals)
+
+
+def _ahead_or_different(candidate: Topology, states: list[BrokerState]) -> list[str]:
+    """Brokers whose topology is newer than the candidate, or another one of its epoch."""
+    out = []
+    body = candidate.to_dict()
+    for s in states:
+        topo = s.topology
+        if topo is None or topo.epoch < candidate.epoch:
+            continue
+        if topo.epoch > candidate.epoch or topo.to_dict() != body:
+            newer = "newer than" if topo.epoch > candidate.epoch else "another topology than"
+            out.append(
+                f"broker {s.broker_id} at {s.url} runs epoch {topo.epoch}, {newer} {candidate.source}: "
+                f"set epoch: {topo.epoch + 1} in {candidate.source}"
+            )
+    return out
 
 
 async def _high_watermarks(
