@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 PACKAGES = {"redis-server": "redis-server", "nats-server": "nats-server"}
 
 
-def ensure_binary(binary: str) -> tuple[str | None, str]:
-    """Find ``binary``, installing its Debian package when possible.
+def ensure_binary(binary: str, *, install: bool = True) -> tuple[str | None, str]:
+    """Find ``binary``, installing its Debian package when allowed and possible.
 
     Returns ``(path, "")``, or ``(None, reason)`` when the peer must be skipped.
     """
@@ -39,7 +39,7 @@ def ensure_binary(binary: str) -> tuple[str | None, str]:
     if path:
         return path, ""
     package = PACKAGES[binary]
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
+    if not install or os.geteuid() != 0 or not shutil.which("apt-get"):
         return None, f"{binary} not found; install it with: apt-get install {package}"
     log.info("%s not found; installing Debian package %s", binary, package)
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")

@@ -72,6 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results dir (default bench/results)")
     p.add_argument("--img-dir", type=Path, default=ROOT / "docs" / "img", help="plots dir (default docs/img)")
     p.add_argument("--no-plots", action="store_true", help="write no PNGs")
+    p.add_argument("--no-install", action="store_true", help="skip a missing peer instead of apt-get installing it")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
 
@@ -138,7 +139,7 @@ def _dist_version(name: str) -> str | None:
         return None
 
 
-def find_peers(wanted: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+def find_peers(wanted: list[str], *, install: bool) -> tuple[dict[str, str], dict[str, str]]:
     """Binaries of the wanted peers, and the reason for each peer that must be skipped."""
     binaries, skipped = {}, {}
     for name, binary, module in (("redis", "redis-server", "redis"), ("nats", "nats-server", "nats")):
@@ -149,7 +150,7 @@ def find_peers(wanted: list[str]) -> tuple[dict[str, str], dict[str, str]]:
         except ImportError:
             skipped[name] = f"Python package {module!r} missing: pip install -e '.[bench]'"
             continue
-        path, reason = ensure_binary(binary)
+        path, reason = ensure_binary(binary, install=install)
         if path:
             binaries[name] = path
         else:
@@ -271,7 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging("debug" if args.verbose else "info")
     started = time.time()
-    binaries, skipped = find_peers(args.systems)
+    load = os.getloadavg()
+    if load[0] > 0.5:
+        log.warning("load average is %.2f before the run: other work on this machine will skew the numbers", load[0])
+    binaries, skipped = find_peers(args.systems, install=not args.no_install)
     for name, reason in skipped.items():
         log.warning("skipping %s: %s", name, reason)
     args.systems = [s for s in args.systems if s not in skipped]
@@ -285,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         "timestamp": stamp,
         "wall_seconds": round(time.time() - started, 1),
         "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
-        "machine": machine(),
+        "machine": {**machine(), "load_average_before": [round(x, 2) for x in load]},
         "versions": {
             "shoal": _dist_version("shoal"),
             "redis_server": _version([binaries["redis"], "--version"]) if "redis" in binaries else None,
@@ -319,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "latest.json").write_text(text)
     log.info("wrote %s and latest.json", args.out / f"{stamp}.json")
     if not args.no_plots:
-        plots.write_plots(doc, args.img_dir)
+        try:
+            plots.write_plots(doc, args.img_dir)
+        except ImportError as exc:
+            log.warning("no plots: %s (pip install -e '.[bench]')", exc)
     print(report.markdown(doc))
     return 0

@@ -14,7 +14,6 @@ Throughput counts record payload bytes only, so different framings compare fairl
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -55,23 +54,16 @@ def batch_sizes(records: int, batch: int, max_seconds: float | None):
 async def paced_batches(rate: float, duration: float, record_size: int, send: Callable[[int], Awaitable]) -> BenchResult:
     """The latency run for systems that acknowledge a batch at once.
 
-    Every tick of the fixed-rate schedule, the records due go out together as
-    ``send(n)`` in a task of its own, so requests overlap and a slow reply does not
-    hold back the schedule; each record's latency counts from when it was due.
+    One request in flight, as a partition's producer has: whenever the previous reply
+    is in, every record due by then goes out as one ``send(n)``, so batches grow when
+    replies are slow. Each record's latency counts from when it was due.
     """
     pacer = Pacer(rate, duration=duration)
     recorder = LatencyRecorder()
-    pending: set[asyncio.Task] = set()
-
-    async def one(due: list[float]) -> None:
-        await send(len(due))
-        recorder.ack_many(due)
-
     start = time.perf_counter()
     while not pacer.done:
-        task = asyncio.create_task(one(await pacer.due()))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-    await asyncio.gather(*pending)
+        due = pacer.take() or await pacer.due()
+        await send(len(due))
+        recorder.ack_many(due)
     n = len(recorder.samples)
     return BenchResult(n, n * record_size, time.perf_counter() - start, recorder.summary())

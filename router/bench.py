@@ -18,14 +18,19 @@ import math
 import os
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 
-from shoal.client import AsyncConsumer, AsyncProducer
+from shoal.client.consumer import AsyncConsumer
+from shoal.client.producer import AsyncProducer
 from shoal.client.structs import TopicPartition
 
 MB = 1_000_000
+TICK = 0.001  # the pacer's shortest sleep, in seconds
+SAMPLE_EVERY = 16  # unthrottled runs time one record in this many
+REPORT_EVERY = 1024  # records between progress reports
 KEY_MODES = "none, random or a number of distinct keys"
 
 
@@ -136,7 +141,10 @@ class Pacer:
 
     ``await due()`` sleeps until at least one record is due and returns the due times
     of every record that is due now and not yet handed out, so a sender that fell
-    behind catches up in a burst instead of shifting the schedule.
+    behind catches up in a burst instead of shifting the schedule. It sleeps at least
+    ``TICK``: shorter sleeps would spin (event loop timers have millisecond
+    resolution) and steal the CPU from the system under test; the cost is up to a
+    tick of waiting, counted in every system's latency alike.
     """
 
     def __init__(self, rate: float, *, limit: int | None = None, duration: float | None = None) -> None:
@@ -155,15 +163,21 @@ class Pacer:
     def done(self) -> bool:
         return self.issued >= self.limit
 
+    def take(self) -> list[float]:
+        """Due times of the records due by now and not yet handed out (maybe none)."""
+        target = min(self.limit, int((time.perf_counter() - self.start) * self.rate) + 1)
+        times = [self.start + i / self.rate for i in range(self.issued, target)]
+        self.issued = max(self.issued, target)
+        return times
+
     async def due(self) -> list[float]:
-        while True:
-            now = time.perf_counter()
-            target = min(self.limit, int((now - self.start) * self.rate) + 1)
-            if target > self.issued:
-                times = [self.start + i / self.rate for i in range(self.issued, target)]
-                self.issued = target
+        """Like ``take()``, but sleeps until at least one record is due (none when done)."""
+        while not self.done:
+            times = self.take()
+            if times:
                 return times
-            await asyncio.sleep(self.start + self.issued / self.rate - now)
+            await asyncio.sleep(max(TICK, self.start + self.issued / self.rate - time.perf_counter()))
+        return []
 
 
 def key_source(keys: str) -> Callable[[int], bytes | None]:
@@ -241,21 +255,33 @@ async def produce(
     if batch_bytes is not None:
         options["max_batch_bytes"] = batch_bytes
     recorder = LatencyRecorder()
-    sent = 0
-    payload = 0
-    report_every = max(1, min(10_000, int(rate or 10_000) // 10))
+    # Unthrottled, one record in SAMPLE_EVERY is timed: a callback per record would
+    # cost the producer loop more than the client itself does.
+    stride = 1 if rate else SAMPLE_EVERY
+    unacked: deque = deque()  # every future, to count failures; trimmed as acks come in
+    failed = sent = payload = 0
 
     async with AsyncProducer(bootstrap, **options) as producer:
 
-        async def send_one(due: float) -> None:
+        def trim() -> None:
+            nonlocal failed
+            while unacked and unacked[0].done():
+                if unacked.popleft().exception() is not None:
+                    failed += 1
+
+        async def send_one(due: float | None) -> None:
             nonlocal sent, payload
             key = key_of(sent)
-            part = sent % partitions if partitions else None
-            recorder.track(await producer.send(topic, value, key=key, partition=part), due)
+            future = await producer.send(topic, value, key=key, partition=sent % partitions if partitions else None)
+            unacked.append(future)
+            if sent % stride == 0:
+                recorder.track(future, due if due is not None else time.perf_counter())
             sent += 1
             payload += record_size + (len(key) if key else 0)
-            if progress and sent % report_every == 0:
-                progress(len(recorder.samples) + recorder.errors)
+            if sent % REPORT_EVERY == 0:
+                trim()
+                if progress:
+                    progress(sent - len(unacked))
 
         start = time.perf_counter()
         if rate:
@@ -266,15 +292,14 @@ async def produce(
         else:
             deadline = start + duration if duration else math.inf
             limit = records if records is not None else math.inf
-            while sent < limit and time.perf_counter() < deadline:
-                await send_one(time.perf_counter())
+            while sent < limit and (sent % 256 or time.perf_counter() < deadline):  # the clock every 256
+                await send_one(None)
         await producer.flush()
         elapsed = time.perf_counter() - start
-        while len(recorder.samples) + recorder.errors < sent:
-            await asyncio.sleep(0)  # every future is done: let their callbacks run
+        await asyncio.sleep(0)  # every future is done: let the timing callbacks run
+        trim()
     if progress:
         progress(sent)
-    failed = recorder.errors
     return BenchResult(
         records=sent - failed,
         bytes=payload * (sent - failed) // sent if sent else 0,
@@ -297,19 +322,19 @@ async def consume(
 ) -> BenchResult:
     """Read ``topic`` from the earliest offset through ``AsyncConsumer``; measure throughput.
 
-    Stops after ``records`` records, ``duration`` seconds, or ``idle_timeout`` seconds
-    without a new record. The clock starts at the first fetch, after the consumer has
-    learned the topology.
+    Reads every partition, or only ``partitions``. Stops after ``records`` records,
+    ``duration`` seconds, or ``idle_timeout`` seconds without a new record. The clock
+    starts once the consumer has learned the topology.
 
     Raises:
         BenchError when nothing at all could be read.
     """
     check_bounds(records, duration)
-    async with AsyncConsumer(bootstrap=bootstrap, auto_offset_reset="earliest") as consumer:
-        if partitions is None:
-            count = await _partition_count(consumer, topic)
-            partitions = range(count)
-        consumer.assign([TopicPartition(topic, p) for p in partitions])
+    topics = (topic,) if partitions is None else ()
+    async with AsyncConsumer(*topics, bootstrap=bootstrap, auto_offset_reset="earliest") as consumer:
+        if partitions is not None:
+            consumer.assign([TopicPartition(topic, p) for p in partitions])
+        await consumer.start()
         got = 0
         payload = 0
         start = time.perf_counter()
@@ -320,7 +345,8 @@ async def consume(
             now = time.perf_counter()
             if now >= deadline or now - last_progress > idle_timeout:
                 break
-            batches = await consumer.getmany(timeout_ms=500, max_records=max_records)
+            want = max_records if limit == math.inf else min(max_records, limit - got)
+            batches = await consumer.getmany(timeout_ms=500, max_records=want)
             for batch in batches.values():
                 got += len(batch)
                 payload += sum(len(r.value or b"") + len(r.key or b"") for r in batch)
@@ -332,10 +358,6 @@ async def consume(
     if got == 0:
         raise BenchError(f"read nothing from {topic} in {idle_timeout:.0f}s")
     return BenchResult(records=got, bytes=payload, seconds=elapsed)
-
-
-async def _partition_count(consumer: AsyncConsumer, topic: str) -> int:
-    return len(await consumer.partitions_for(topic))
 
 
 def render_text(kind: str, result: BenchResult) -> str:
