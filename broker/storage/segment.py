@@ -186,6 +186,18 @@ class Segment:
             self._max_timestamp = times[-1][0] if times else NO_TIMESTAMP
         return True
 
+    def _index_prefix(self) -> list[tuple[int, int]]:
+        """The entries of the .index file up to the first one out of order (may be none)."""
+        try:
+            raw = self.index_path.read_bytes()
+        except FileNotFoundError:
+            return []
+        entries = list(INDEX_ENTRY.iter_unpack(raw[: len(raw) - len(raw) % INDEX_ENTRY.size]))
+        for i in range(1, len(entries)):
+            if entries[i - 1][0] >= entries[i][0] or entries[i - 1][1] >= entries[i][1]:
+                return entries[:i]
+        return entries
+
     def _entry_fits(self, rel: int, pos: int) -> bool:
         """Does an index entry point at a whole frame with the base offset it claims?"""
         if pos + HEADER_SIZE > self.size:
@@ -421,11 +433,10 @@ class Segment:
         file_size = os.fstat(fd).st_size
         self.size = file_size
         crc_from = 0
-        if self._load_indexes(sealed=False):
-            for rel, pos in zip(reversed(self._rel_offsets), reversed(self._positions)):
-                if self._entry_fits(rel, pos) and self._crc_ok(pos, read_header(self.pread(pos, HEADER_SIZE))):
-                    crc_from = pos
-                    break
+        for rel, pos in reversed(self._index_prefix()):
+            if self._entry_fits(rel, pos) and self._crc_ok(pos, read_header(self.pread(pos, HEADER_SIZE))):
+                crc_from = pos
+                break
         self._reset_index()
         self._max_timestamp = NO_TIMESTAMP
         frames: list[Located] = []
