@@ -211,6 +211,14 @@ class LogManager:
         log.info("deleted partition %s (%s)", tp, path)
         return True
 
+    async def delete_topic(self, topic: str) -> int:
+        """Close and remove every partition of ``topic`` held here; return how many."""
+        check_name(topic, "topic")
+        partitions = sorted(tp.partition for tp in self._logs if tp.topic == topic)
+        for partition in partitions:
+            await self.delete(topic, partition)
+        return len(partitions)
+
     async def enforce_retention(self, now_ms: int | None = None) -> int:
         """Run retention over every log once; return how many segments were deleted."""
         deleted = 0

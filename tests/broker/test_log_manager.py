@@ -116,6 +116,17 @@ async def test_delete_removes_the_partition(open_manager, tmp_path):
     assert not await manager.delete("t", 0)
 
 
+async def test_delete_topic_removes_all_its_partitions(open_manager, tmp_path):
+    """delete_topic() removes every partition of that topic and nothing else."""
+    manager = await open_manager()
+    for p in range(3):
+        await manager.get_or_create("gone", p)
+    await manager.get_or_create("gone-too", 0)
+    assert await manager.delete_topic("gone") == 3
+    assert manager.partitions() == [TopicPartition("gone-too", 0)]
+    assert sorted(os.listdir(tmp_path / "data")) == ["__offsets", "gone-too-0"]
+
+
 async def test_thousands_of_partitions_use_bounded_threads_and_fds(open_manager):
     """2,000 partitions written and fsynced: threads stay few, one fd per active segment."""
     n = 2_000
