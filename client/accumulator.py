@@ -151,6 +151,7 @@ class RecordAccumulator:
         self._wakeup = wakeup
         self._loop = asyncio.get_running_loop()
         self.queues: dict[tuple[str, int], deque[ProducerBatch]] = {}
+        self._open: dict[tuple[str, int], ProducerBatch] = {}  # the last batch of a queue, while it takes records
         self.muted: set[tuple[str, int]] = set()
         self.incomplete: set[ProducerBatch] = set()
         self.buffered = 0
@@ -160,11 +161,8 @@ class RecordAccumulator:
 
     def has_room(self, tp: tuple[str, int], size: int) -> bool:
         """Whether a record of ``size`` bytes would join an open batch of ``tp``."""
-        q = self.queues.get(tp)
-        if not q:
-            return False
-        batch = q[-1]
-        return batch.frame is None and batch.size + size <= self.max_batch_bytes
+        batch = self._open.get(tp)
+        return batch is not None and batch.size + size <= self.max_batch_bytes
 
     def append(
         self,
@@ -177,13 +175,9 @@ class RecordAccumulator:
     ) -> RecordFuture:
         """Queue one record (already bytes, ``size`` from ``record_size``); never blocks."""
         ts = _time_ns() // 1_000_000 if timestamp_ms is None else timestamp_ms
-        q = self.queues.get(tp)
-        if q:
-            batch = q[-1]
-            if batch.frame is not None or batch.size + size > self.max_batch_bytes:
-                batch = self._open(tp, q, ts)
-        else:
-            batch = self._open(tp, q, ts)
+        batch = self._open.get(tp)
+        if batch is None or batch.size + size > self.max_batch_bytes:
+            batch = self._new_batch(tp, ts)
         records = batch.records
         records.append((ts - batch.first_ts, key, value, headers))
         if ts > batch.max_ts:
@@ -192,11 +186,13 @@ class RecordAccumulator:
         self.buffered += size
         return RecordFuture(batch, len(records) - 1)
 
-    def _open(self, tp: tuple[str, int], q: deque | None, ts: int) -> ProducerBatch:
+    def _new_batch(self, tp: tuple[str, int], ts: int) -> ProducerBatch:
         loop = self._loop
         now = loop.time()
         batch = ProducerBatch(TopicPartition(*tp), ts, now, loop.create_future())
         self.incomplete.add(batch)
+        self._open[tp] = batch
+        q = self.queues.get(tp)
         if q is None:
             self.queues[tp] = q = deque()
         q.append(batch)
@@ -251,6 +247,8 @@ class RecordAccumulator:
         q.popleft()
         if not q:
             del self.queues[key]
+        if self._open.get(key) is batch:
+            del self._open[key]
         self.muted.add(key)
 
     def unmute(self, tp: TopicPartition) -> None:
@@ -282,6 +280,13 @@ class RecordAccumulator:
             self.incomplete.discard(batch)
             self.buffered -= batch.size - BATCH_OVERHEAD
 
+    def abort(self, exc: BaseException) -> None:
+        """Fail every batch not yet acknowledged, queued or in flight, with ``exc``."""
+        self.queues.clear()
+        self._open.clear()
+        for batch in list(self.incomplete):
+            self.fail(batch, exc)
+
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -296,5 +301,5 @@ def record_size(key: bytes | None, value: bytes | None, headers: dict[str, bytes
     if value is not None:
         size += len(value)
     if headers:
-        size += 5 + sum(len(k) + len(v) + 10 for k, v in headers.items())
+        size += 5 + sum(len(k.encode()) + len(v) + 10 for k, v in headers.items())
     return size

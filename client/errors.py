@@ -37,6 +37,8 @@ __all__ = [
     "TopologyConflict",
     "DuplicateSequence",
     "OutOfOrderSequence",
+    "IllegalGeneration",
+    "UnknownMemberId",
     "Unauthorized",
     "Forbidden",
     "NotFound",
@@ -248,6 +250,25 @@ class OutOfOrderSequence(ShoalApiError):
     title = "Out of order sequence"
     http_status = 409
     fields = ("producer_id", "expected")
+
+
+class IllegalGeneration(ShoalApiError):
+    """A group member's commit is fenced: its generation is over, or it does not hold
+    the partition (any more). Re-heartbeat and commit only what is still assigned."""
+
+    code = "ILLEGAL_GENERATION"
+    title = "Illegal generation"
+    http_status = 409
+    fields = ("member_id", "generation")
+
+
+class UnknownMemberId(ShoalApiError):
+    """The coordinator does not know this member (it timed out or left): join again."""
+
+    code = "UNKNOWN_MEMBER_ID"
+    title = "Unknown member id"
+    http_status = 409
+    fields = ("member_id",)
 
 
 class Unauthorized(ShoalApiError):

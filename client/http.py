@@ -41,6 +41,10 @@ def _partition_path(topic: str, partition: int) -> str:
     return f"/v1/topics/{topic}/partitions/{partition}"
 
 
+def _committed_path(group: str, topic: str, partition: int) -> str:
+    return f"/v1/groups/{group}/topics/{topic}/partitions/{partition}/offset"
+
+
 class BrokerClient:
     """One kept-alive aiohttp session for every broker of a cluster.
 
@@ -149,7 +153,7 @@ class BrokerClient:
 
     async def committed(self, url: str, group: str, topic: str, partition: int) -> OffsetAndMetadata | None:
         """The group's committed offset, or None when it never committed here."""
-        body = await self._json("GET", url, f"/v1/groups/{group}{_partition_path(topic, partition)}/offset")
+        body = await self._json("GET", url, _committed_path(group, topic, partition))
         if body.get("offset") is None:
             return None
         return OffsetAndMetadata(body["offset"], body.get("metadata") or "")
@@ -159,7 +163,7 @@ class BrokerClient:
         await self._json(
             "PUT",
             url,
-            f"/v1/groups/{group}{_partition_path(topic, partition)}/offset",
+            _committed_path(group, topic, partition),
             json_body={"offset": offset.offset, "metadata": offset.metadata},
         )
 

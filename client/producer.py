@@ -150,6 +150,8 @@ class AsyncProducer:
         self._in_flight: dict[str, int] = defaultdict(int)
         self._requests: set[asyncio.Task] = set()
         self._sender: asyncio.Task | None = None
+        self._accepting = False  # started, not closing, sender alive: send()'s one check
+        self._max_record = 0
         self._starting: asyncio.Future | None = None
         self._failure: ShoalError | None = None
         self._closing = False
@@ -185,10 +187,12 @@ class AsyncProducer:
             raise
         if meta.max_batch_bytes and meta.max_batch_bytes < self._max_batch_bytes:
             self._max_batch_bytes = meta.max_batch_bytes
+        self._max_record = min(self._buffer_memory, self._max_batch_bytes - BATCH_OVERHEAD)
         self._acc = RecordAccumulator(
             max_batch_bytes=self._max_batch_bytes, linger_ms=self._linger_ms, wakeup=self._wakeup.set
         )
         self._sender = asyncio.get_running_loop().create_task(self._run(), name="shoal-producer-sender")
+        self._accepting = True
 
     async def __aenter__(self) -> "AsyncProducer":
         await self.start()
@@ -232,6 +236,7 @@ class AsyncProducer:
             await self._closed_event.wait()
             return
         self._closing = True
+        self._accepting = False
         try:
             if self._sender is not None and not self._sender.done():
                 try:
@@ -282,11 +287,11 @@ class AsyncProducer:
             BufferFullError: the buffer stayed full for ``max_block_ms``.
             ProducerClosedError: the producer is closed, or its sender died.
         """
-        if self._sender is None or self._closing or self._failure is not None:
+        if not self._accepting:
             await self._check_open()
-        if value is not None and value.__class__ is not bytes:
+        if value.__class__ is not bytes and value is not None:
             value = _to_bytes(value, "value")
-        if key is not None and key.__class__ is not bytes:
+        if key.__class__ is not bytes and key is not None:
             key = _to_bytes(key, "key")
         if headers is not None:
             headers = _headers(headers)
@@ -307,7 +312,7 @@ class AsyncProducer:
                 topic=topic, partition=partition, partitions=n,
             )
         acc = self._acc
-        if acc.buffered + size > self._buffer_memory:
+        if acc.buffered + size > self._buffer_memory or size > self._max_record:
             await self._wait_for_room(size)
         return acc.append((topic, partition), key, value, headers, timestamp_ms, size)
 
@@ -323,9 +328,12 @@ class AsyncProducer:
         await self.start()
 
     async def _wait_for_room(self, size: int) -> None:
-        limit = min(self._buffer_memory, self._max_batch_bytes - BATCH_OVERHEAD)
-        if size > limit:
-            raise BatchTooLarge(f"a record of {size} bytes cannot fit in a batch of at most {limit}", max_bytes=limit)
+        if size > self._max_record:
+            raise BatchTooLarge(
+                f"a record of about {size} bytes cannot fit in a batch of at most "
+                f"{self._max_batch_bytes} bytes (or in buffer_memory={self._buffer_memory})",
+                max_bytes=self._max_batch_bytes,
+            )
         acc = self._acc
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._max_block
@@ -369,6 +377,7 @@ class AsyncProducer:
     def _die(self, err: ProducerClosedError, cause: BaseException | None = None) -> None:
         err.__cause__ = cause
         self._failure = err
+        self._accepting = False
         self._fail_all(err)
         self._room.set()
 
@@ -477,9 +486,5 @@ class AsyncProducer:
         log.warning("producer id %d -> %d: %s", old, self._producer_id, why)
 
     def _fail_all(self, exc: BaseException) -> None:
-        acc = self._acc
-        if acc is None:
-            return
-        acc.queues.clear()
-        for batch in list(acc.incomplete):
-            acc.fail(batch, exc)
+        if self._acc is not None:
+            self._acc.abort(exc)
