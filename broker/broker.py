@@ -7,19 +7,28 @@ view for the rest of its request.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
+import aiohttp
+
+from shoal.broker.coordinator import GroupCoordinator, partition_map
 from shoal.broker.storage.log_manager import LogManager
 from shoal.broker.storage.partition_log import LogConfig, PartitionLog
 from shoal.client.errors import (
+    BrokerUnavailable,
     InvalidRequest,
     NotOwner,
+    ShoalError,
     StaleEpoch,
     TopologyConflict,
 )
 from shoal.client.names import check_name
-from shoal.router.topology import TopicConfig, Topology
+from shoal.client.structs import TopicPartition
+from shoal.router.hashing import group_coordinator
+from shoal.router.topology import BrokerSpec, TopicConfig, Topology
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +52,21 @@ class Broker:
         self.broker_id = broker_id
         self.data_dir = data_dir
         self.logs = LogManager(data_dir, self._config_for)
+        self.coordinator = GroupCoordinator(self._partition_counts)
+        self._peers: aiohttp.ClientSession | None = None
 
     def _config_for(self, topic: str) -> LogConfig:
         config = self.topology.topics.get(topic, self.topology.defaults)
         return log_config(config)
 
+    def _partition_counts(self, topics: Iterable[str]) -> dict[str, int]:
+        known = self.topology.topics
+        return {t: known[t].partitions for t in topics if t in known}
+
     async def start(self) -> None:
         await self.logs.start()
+        await self.coordinator.start()
+        self._peers = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10, sock_connect=3))
         owned = sum(
             1
             for name, cfg in self.topology.topics.items()
@@ -62,6 +79,9 @@ class Broker:
         )
 
     async def stop(self) -> None:
+        await self.coordinator.stop()
+        if self._peers is not None:
+            await self._peers.close()
         await self.logs.stop()
 
     def check_owner(self, topic: str, partition: int) -> None:
@@ -74,6 +94,48 @@ class Broker:
                 f"broker {self.broker_id} does not own {topic}/{partition}; broker {owner.id} does",
                 owner_id=owner.id, owner_url=owner.url, epoch=topology.epoch,
             )
+
+    def coordinator_of(self, group: str) -> BrokerSpec:
+        check_name(group, "group")
+        return self.topology.broker(group_coordinator(group, self.topology.broker_ids))
+
+    def check_coordinator(self, group: str) -> None:
+        """Raise NOT_OWNER (naming the coordinator) unless this broker coordinates ``group``."""
+        coordinator = self.coordinator_of(group)
+        if coordinator.id != self.broker_id:
+            raise NotOwner(
+                f"broker {self.broker_id} does not coordinate group {group}; broker {coordinator.id} does",
+                owner_id=coordinator.id, owner_url=coordinator.url, epoch=self.topology.epoch,
+            )
+
+    async def fence(self, group: str, member_id: str | None, generation: int | None, tps: list[TopicPartition]) -> None:
+        """Ask the group's coordinator (maybe this broker) whether a commit may be stored.
+
+        A commit without a member id is let through when the coordinator cannot be
+        reached, so tools and manually assigned consumers do not depend on it.
+        """
+        coordinator = self.coordinator_of(group)
+        if coordinator.id == self.broker_id:
+            self.coordinator.fence(group, member_id, generation, tps)
+            return
+        body = {
+            "member_id": member_id,
+            "generation": generation,
+            "partitions": partition_map(tps),
+        }
+        try:
+            async with self._peers.post(f"{coordinator.url}/v1/groups/{group}/fence", json=body) as resp:
+                if resp.status == 200:
+                    return
+                problem = await resp.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+            if member_id is None:
+                log.warning("group %s: coordinator %d unreachable (%s); storing a member-less commit", group, coordinator.id, exc)
+                return
+            raise BrokerUnavailable(
+                f"coordinator {coordinator.id} of group {group} did not answer: {exc}", broker_id=coordinator.id
+            ) from None
+        raise ShoalError.from_problem(problem, status=resp.status)
 
     async def partition_log(self, topic: str, partition: int) -> PartitionLog:
         """The log of an owned partition, created on first use."""

@@ -6,11 +6,11 @@ an error response by hand.
 
 from __future__ import annotations
 
-import json
 import logging
 
 from aiohttp import web
 
+from shoal.broker.group_handlers import add_group_routes
 from shoal.broker.json_records import encode_json_batch, records_to_json
 from shoal.broker.state import BROKER, METRICS
 from shoal.client.errors import (
@@ -21,7 +21,8 @@ from shoal.client.errors import (
 )
 from shoal.client.names import check_name
 from shoal.client.records import decode_fetch, validate_frames
-from shoal.router.params import path_partition, query_int
+from shoal.client.structs import TopicPartition
+from shoal.router.params import json_body, json_object, path_partition, query_int
 from shoal.router.topology import Topology, TopologyError
 
 log = logging.getLogger(__name__)
@@ -30,18 +31,6 @@ BATCH = "application/vnd.shoal.batch"
 JSON = "application/json"
 DEFAULT_FETCH_BYTES = 1 << 20
 MAX_METADATA = 4096
-
-
-async def _json_body(request: web.Request):
-    if request.content_type != JSON:
-        raise UnsupportedMediaType(
-            f"send {JSON}, not {request.content_type or 'no content type'}", supported=[JSON]
-        )
-    body = await request.read()
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"body is not valid JSON: {exc}") from None
 
 
 def _wants_batch(request: web.Request) -> bool:
@@ -72,7 +61,7 @@ async def produce(request: web.Request) -> web.Response:
         body = await request.read()
         headers = validate_frames(body, max_batch_bytes=broker.topology.settings.max_batch_bytes)
     elif ctype == JSON:
-        body = encode_json_batch(await _json_body(request))
+        body = encode_json_batch(await json_body(request))
         headers = validate_frames(body)
     else:
         raise UnsupportedMediaType(
@@ -152,9 +141,7 @@ async def put_committed(request: web.Request) -> web.Response:
     group = check_name(request.match_info["group"], "group")
     topic, partition = path_partition(request)
     plog = await broker.partition_log(topic, partition)
-    body = await _json_body(request)
-    if not isinstance(body, dict):
-        raise InvalidRequest('body must be an object {"offset": n, "metadata": "..."}', field="offset")
+    body = await json_object(request)
     offset = body.get("offset")
     if not isinstance(offset, int) or isinstance(offset, bool):
         raise InvalidRequest("offset must be an integer", field="offset")
@@ -169,6 +156,13 @@ async def put_committed(request: web.Request) -> web.Response:
             f"{plog.log_start_offset}..{plog.high_watermark}",
             offset=offset, log_start_offset=plog.log_start_offset, high_watermark=plog.high_watermark,
         )
+    member_id = body.get("member_id")
+    generation = body.get("generation")
+    if member_id is not None and not isinstance(member_id, str):
+        raise InvalidRequest("member_id must be a string", field="member_id")
+    if generation is not None and (not isinstance(generation, int) or isinstance(generation, bool)):
+        raise InvalidRequest("generation must be an integer", field="generation")
+    await broker.fence(group, member_id, generation, [TopicPartition(topic, partition)])
     await broker.logs.offsets.commit(group, [(topic, partition, offset, metadata)])
     return web.json_response({"group": group, "topic": topic, "partition": partition, "offset": offset, "metadata": metadata})
 
@@ -218,7 +212,7 @@ async def get_cluster(request: web.Request) -> web.Response:
 
 async def put_cluster(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
-    body = await _json_body(request)
+    body = await json_body(request)
     try:
         new = Topology.from_dict(body, source="PUT /v1/cluster")
     except TopologyError as exc:
@@ -251,4 +245,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_put("/v1/cluster", put_cluster)
     app.router.add_get("/v1/health", health)
     app.router.add_get("/metrics", metrics)
+    add_group_routes(app)
 

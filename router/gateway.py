@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import random
 from collections import defaultdict
@@ -28,13 +27,13 @@ from shoal.client.errors import (
     ShoalApiError,
     ShoalError,
     StaleEpoch,
-    UnsupportedMediaType,
 )
 from shoal.client.names import check_name
 from shoal.client.partitioner import partition_for_key
+from shoal.router.hashing import group_coordinator
 from shoal.router.middlewares import MAX_BODY, problem_errors, request_context
 from shoal.router.openapi import build_openapi
-from shoal.router.params import path_partition
+from shoal.router.params import json_body, path_partition
 from shoal.router.topology import Topology, TopologyError
 
 log = logging.getLogger(__name__)
@@ -130,17 +129,21 @@ async def partition_request(request: web.Request) -> web.Response:
     return await request.app[GATEWAY].to_owner(request, topic, partition)
 
 
+async def coordinator_request(request: web.Request) -> web.Response:
+    """Group membership calls go to the group's coordinator."""
+    gw = request.app[GATEWAY]
+    group = check_name(request.match_info["group"], "group")
+    coordinator = group_coordinator(group, gw.topology.broker_ids)
+    body = await request.read() if request.can_read_body else None
+    return await gw.forward(request, coordinator, request.path_qs, body)
+
+
 async def topic_records(request: web.Request) -> web.Response:
     """Spread JSON records over partitions: by key (murmur2), else round-robin per request."""
     gw = request.app[GATEWAY]
     topic = check_name(request.match_info["topic"], "topic")
     config = gw.topology.topic(topic)
-    if request.content_type != "application/json":
-        raise UnsupportedMediaType("send application/json", supported=["application/json"])
-    try:
-        payload = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"body is not valid JSON: {exc}") from None
+    payload = await json_body(request)
     records = payload.get("records") if isinstance(payload, dict) else None
     if not isinstance(records, list) or not records:
         raise InvalidRequest('body must be {"records": [...]} with at least one record', field="records")
@@ -229,9 +232,10 @@ async def get_cluster(request: web.Request) -> web.Response:
 async def put_cluster(request: web.Request) -> web.Response:
     """Install a topology on every broker (admin); the gateway adopts it when all accept."""
     gw = request.app[GATEWAY]
+    body = await json_body(request)
     try:
-        new = Topology.from_dict(json.loads(await request.read()), source="PUT /v1/cluster")
-    except (ValueError, TopologyError) as exc:
+        new = Topology.from_dict(body, source="PUT /v1/cluster")
+    except TopologyError as exc:
         raise InvalidRequest(f"invalid topology: {exc}", field="topology") from None
     body = new.to_dict()
     for broker in new.brokers:
@@ -280,6 +284,10 @@ def create_gateway_app(topology: Topology) -> web.Application:
     app.router.add_get(part + "/offsets", partition_request)
     app.router.add_route("*", "/v1/groups/{group}/topics/{topic}/partitions/{partition}/offset", partition_request)
     app.router.add_post("/v1/topics/{topic}/records", topic_records)
+    app.router.add_route("*", "/v1/groups/{group}/members", coordinator_request)
+    app.router.add_route("*", "/v1/groups/{group}/members/{member}", coordinator_request)
+    app.router.add_post("/v1/groups/{group}/members/{member}/heartbeat", coordinator_request)
+    app.router.add_post("/v1/groups/{group}/fence", coordinator_request)
     app.router.add_get("/v1/groups", list_groups)
     app.router.add_get("/v1/groups/{group}", describe_group)
     app.router.add_delete("/v1/groups/{group}", delete_group)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 from aiohttp import web
 
-from shoal.client.errors import InvalidRequest
+from shoal.client.errors import InvalidRequest, UnsupportedMediaType
 from shoal.client.names import check_name
 
 INT64_MAX = 2**63 - 1
@@ -33,3 +35,22 @@ def query_int(request: web.Request, name: str, default: int | None, *, minimum: 
     if not minimum <= value <= INT64_MAX:
         raise InvalidRequest(f"{name} must be between {minimum} and {INT64_MAX}, got {value}", field=name)
     return value
+
+
+async def json_body(request: web.Request):
+    """The parsed JSON body, or UNSUPPORTED_MEDIA_TYPE / INVALID_REQUEST saying why not."""
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType(
+            f"send application/json, not {request.content_type or 'no content type'}", supported=["application/json"]
+        )
+    try:
+        return json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"body is not valid JSON: {exc}") from None
+
+
+async def json_object(request: web.Request) -> dict:
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise InvalidRequest("body must be a JSON object")
+    return body
