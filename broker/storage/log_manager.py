@@ -33,6 +33,7 @@ from .segment import OpenSegments
 log = logging.getLogger(__name__)
 
 OFFSETS_DIR = "__offsets"
+_LOADERS = 4  # threads that open existing logs at start
 _DELETING = ".deleting"  # suffix of a partition directory being removed
 
 
@@ -91,6 +92,8 @@ class LogManager:
         await self.offsets.start()
         found = await asyncio.to_thread(self._scan_data_dir)
         logs = [self._new_log(tp) for tp in found]
+        # recover in a few threads, a batch each: one thread hop per log costs more than the IO
+        await asyncio.gather(*(asyncio.to_thread(_load_all, logs[i::_LOADERS]) for i in range(_LOADERS)))
         await asyncio.gather(*(plog.start() for plog in logs))
         self._logs.update((TopicPartition(plog.topic, plog.partition), plog) for plog in logs)
         self._running = True
@@ -236,6 +239,11 @@ class LogManager:
                 await self.enforce_retention()
             except Exception:
                 log.exception("retention check failed")
+
+
+def _load_all(logs: list[PartitionLog]) -> None:
+    for plog in logs:
+        plog.load()
 
 
 def _raise_fd_limit() -> None:

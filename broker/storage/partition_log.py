@@ -244,21 +244,31 @@ class PartitionLog:
 
     async def start(self) -> None:
         """Open the segments, recover the active one, and start the writer. Idempotent."""
-        if self._state != "new":
+        if self._state not in ("new", "loaded"):
             return
-        self._state = "starting"
-        try:
-            await asyncio.to_thread(self._open)
-        except BaseException:
-            self._state = "new"
-            raise
+        if self._state == "new":
+            self._state = "starting"
+            try:
+                await asyncio.to_thread(self.load)
+            except BaseException:
+                self._state = "new"
+                raise
         self._state = "running"
         self._writer = asyncio.get_running_loop().create_task(
             self._write_loop(), name=f"shoal-writer-{self.topic}-{self.partition}"
         )
 
-    def _open(self) -> None:
-        """Find the segments on disk and open the active one (runs in a thread, before use)."""
+    def load(self) -> None:
+        """Find the segments on disk and open (or recover) the active one.
+
+        Blocking: ``start()`` runs it in a thread, or a caller opening many logs runs it
+        for a batch of them in one thread and then awaits ``start()``.
+        """
+        self._load_files()
+        if self._state == "new":
+            self._state = "loaded"
+
+    def _load_files(self) -> None:
         d = self.directory
         d.mkdir(parents=True, exist_ok=True)
         sizes: dict[int, int] = {}
@@ -350,7 +360,9 @@ class PartitionLog:
         if self._state in ("stopping", "stopped"):
             await self._stopped.wait()
             return
-        if self._state in ("new", "starting"):
+        if self._state in ("new", "starting", "loaded"):
+            if self._view.segments:
+                self._active.close()
             self._state = "stopped"
             self._stopped.set()
             return

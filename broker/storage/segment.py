@@ -270,6 +270,8 @@ class Segment:
         ):
             tmp = path.with_name(path.name + ".tmp")
             try:
+                if path.exists() and path.read_bytes() == data:
+                    continue
                 tmp.write_bytes(data)
                 os.replace(tmp, path)
             except OSError as exc:
