@@ -1,16 +1,24 @@
 """``shoal``: the admin CLI, ``shoal <noun> <verb> [ARGS]`` in the manner of rpk.
 
 The nouns live in their own modules (``cli_cluster``, ``cli_topology``, ...); this one
-only assembles them. See docs/cli.md for every command.
+assembles them and owns the exit: every failure is one line on stderr, never a
+traceback (exit 1 for a failed command, 2 for a command line that does not parse).
 """
 
 from __future__ import annotations
+
+import errno
+import os
+import sys
 
 import click
 
 from .cli_base import global_options
 from .cli_bench import bench
 from .cli_cluster import broker, cluster
+from .cli_group import group
+from .cli_output import fail
+from .cli_topic import topic
 from .cli_topology import topology
 
 
@@ -35,13 +43,36 @@ def cli() -> None:
     """
 
 
-for _command in (cluster, broker, topology, bench):
+for _command in (cluster, broker, topology, topic, group, bench):
     cli.add_command(_command)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """The console script."""
-    cli(prog_name="shoal")
+    try:
+        code = cli.main(args=argv, prog_name="shoal", standalone_mode=False)
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx else "shoal"
+        fail(f"{where}: {exc.format_message()} (see {where} --help)")
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        fail("interrupted")
+        code = 130
+    except BrokenPipeError:
+        # The reader went away (| head): stop quietly, and keep Python from
+        # complaining when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
+    except OSError as exc:
+        if exc.errno != errno.EPIPE:
+            raise
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

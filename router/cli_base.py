@@ -100,6 +100,8 @@ def action(what: str) -> Callable[[Callable], Callable]:
             configure_logging(level)
             try:
                 return f(opts, *args, **kwargs)
+            except BrokenPipeError:
+                raise  # the reader went away: main() exits quietly
             except (CliError, ShoalError, TopologyError, OSError, aiohttp.ClientError, ValueError) as exc:
                 log.debug("unable to %s", what, exc_info=True)
                 raise Failed(f"unable to {what}: {explain(exc)}") from None

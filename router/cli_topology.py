@@ -23,7 +23,7 @@ _CHECK_CONCURRENCY = 16
 @click.group()
 @global_options
 def topology() -> None:
-    """Inspect cluster.yaml and push changes of it to the running brokers
+    """Inspect cluster.yaml and push it to the running brokers
 
     cluster.yaml is the source of truth: brokers, topics and their config, and an
     epoch that goes up with every change. Partition owners are not configured: they
