@@ -34,7 +34,7 @@ def partitions_run(partitions: int, idle_seconds: float, **broker_kw) -> dict:
     """Resource readings of one broker owning ``partitions`` partitions."""
     with ShoalBroker({"many": partitions}, **broker_kw) as broker:
         started = {"rss_mib": _mib(broker.rss_bytes()), "threads": broker.threads()}
-        written = asyncio.run(_touch_all(broker.url, "many", partitions))
+        written = asyncio.run(touch_all(broker.url, "many", partitions))
         touched = {"rss_mib": _mib(broker.rss_bytes()), "threads": broker.threads(), "seconds": round(written, 3)}
         cpu0, t0 = broker.cpu_seconds(), time.monotonic()
         time.sleep(idle_seconds)  # the measurement interval itself, not a wait for an event
@@ -49,7 +49,7 @@ def partitions_run(partitions: int, idle_seconds: float, **broker_kw) -> dict:
     }
 
 
-async def _touch_all(url: str, topic: str, partitions: int, concurrency: int = 32) -> float:
+async def touch_all(url: str, topic: str, partitions: int, concurrency: int = 32) -> float:
     """Write one record to every partition; return the seconds it took."""
     frame = encode_batch([(None, b"x" * 100, None, None)])
     http = BrokerClient()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 
+from shoal.client.accumulator import BATCH_OVERHEAD, record_size
 from shoal.client.http import BrokerClient
 from shoal.client.records import decode_records, encode_batch, iter_frames
 from shoal.router import bench as perf
@@ -22,7 +23,6 @@ from shoal.router.bench import BenchResult
 from .workloads import batch_sizes, paced_batches
 
 FETCH_BYTES = 8 * 1024 * 1024
-RECORD_OVERHEAD = 8  # msgpack bytes around one keyless 100-byte value in a batch
 
 
 class ShoalClient:
@@ -44,7 +44,7 @@ class ShoalClient:
             records=records,
             duration=max_seconds,
             record_size=len(value),
-            batch_bytes=batch * (len(value) + RECORD_OVERHEAD) + 64,
+            batch_bytes=BATCH_OVERHEAD + batch * record_size(None, value, None),
         )
 
     async def consume(self, stream, *, records) -> BenchResult:
