@@ -14,7 +14,8 @@ from pathlib import Path
 
 import aiohttp
 
-from shoal.broker.coordinator import GroupCoordinator, partition_map
+from shoal.broker.coordinator import GroupCoordinator
+from shoal.client.membership import partition_map
 from shoal.broker.storage.log_manager import LogManager
 from shoal.broker.storage.partition_log import LogConfig, PartitionLog
 from shoal.client.errors import (

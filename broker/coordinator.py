@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from shoal.broker.assignors import ASSIGNORS
 from shoal.client.errors import IllegalGeneration, InvalidRequest, UnknownMemberId
+from shoal.client.membership import partition_map
 from shoal.client.structs import TopicPartition
 
 log = logging.getLogger(__name__)
@@ -71,13 +72,6 @@ class Group:
             return "empty"
         settled = all(m.held == self.target.get(m.member_id, set()) for m in self.members.values())
         return "stable" if settled else "rebalancing"
-
-
-def partition_map(tps: Iterable[TopicPartition]) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    for tp in sorted(tps):
-        out.setdefault(tp.topic, []).append(tp.partition)
-    return out
 
 
 class GroupCoordinator:
