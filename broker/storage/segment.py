@@ -202,7 +202,7 @@ class Segment:
         """Does an index entry point at a whole frame with the base offset it claims?"""
         if pos + HEADER_SIZE > self.size:
             return False
-        h = read_header(self.pread(pos, HEADER_SIZE))
+        h = read_header(self.read(pos, HEADER_SIZE))
         return h.base_offset == self.base_offset + rel and pos + h.size <= self.size
 
     def _rebuild_indexes(self) -> None:
@@ -310,9 +310,10 @@ class Segment:
 
     # -- reading -------------------------------------------------------------------
 
-    def pread(self, position: int, n: int) -> bytes:
+    def read(self, position: int, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` from ``position`` (os.pread: no shared file offset)."""
         assert self.fd is not None, f"{self.log_path} is not open"
-        return os.pread(self.fd, n, position)
+        return os.pread(self.fd, max_bytes, position)
 
     def scan(self, start: int, end: int) -> Iterator[Located]:
         """Yield the frames that start in [start, end), reading headers only.
@@ -327,7 +328,7 @@ class Segment:
         while pos + HEADER_SIZE <= end:
             if pos + HEADER_SIZE > block_at + len(block):
                 block_at = pos
-                block = self.pread(pos, min(_SCAN_BLOCK, end - pos))
+                block = self.read(pos, min(_SCAN_BLOCK, end - pos))
                 if len(block) < HEADER_SIZE:
                     return
             h = read_header(block, pos - block_at)
@@ -355,8 +356,8 @@ class Segment:
         """Whole frames from ``found`` on, up to ``max_bytes`` but at least that frame."""
         first = found.header.size
         if first >= max_bytes:
-            return self.pread(found.position, first)
-        data = self.pread(found.position, min(max_bytes, end - found.position))
+            return self.read(found.position, first)
+        data = self.read(found.position, min(max_bytes, end - found.position))
         # cut a frame the byte budget splits: walk the length fields in memory
         pos = first
         n = len(data)
@@ -436,7 +437,7 @@ class Segment:
         self.size = file_size
         crc_from = 0
         for rel, pos in reversed(self._index_prefix()):
-            if self._entry_fits(rel, pos) and self._crc_ok(pos, read_header(self.pread(pos, HEADER_SIZE))):
+            if self._entry_fits(rel, pos) and self._crc_ok(pos, read_header(self.read(pos, HEADER_SIZE))):
                 crc_from = pos
                 break
         self._reset_index()
@@ -473,7 +474,7 @@ class Segment:
         return frames
 
     def _crc_ok(self, pos: int, h: FrameHeader) -> bool:
-        body = self.pread(pos + CRC_START, h.size - CRC_START)
+        body = self.read(pos + CRC_START, h.size - CRC_START)
         return len(body) == h.size - CRC_START and crc32c(body) == h.crc
 
     def resume(self, *, size: int, next_offset: int, max_timestamp: int, max_ts_offset: int) -> bool:

@@ -54,7 +54,7 @@ def test_append_patches_base_offsets_and_keeps_the_body(seg):
     """The stored frame is the producer's frame with only the base offset changed."""
     bodies = frames(3)
     append_frames(seg, bodies)
-    data = seg.pread(0, seg.size)
+    data = seg.read(0, seg.size)
     stored = list(iter_frames(data))
     assert [h.base_offset for h, _ in stored] == [100, 102, 104]
     for body, (_, frame) in zip(bodies, stored):
@@ -95,7 +95,7 @@ def test_locate_finds_the_batch_holding_any_offset(seg):
     for offset in range(100, 250):
         found = seg.locate(offset, seg.size)
         assert found is not None
-        h = read_header(seg.pread(found.position, 50))
+        h = read_header(seg.read(found.position, 50))
         assert h == found.header
         assert h.base_offset <= offset < h.next_offset
 
