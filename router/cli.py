@@ -18,6 +18,7 @@ from .cli_bench import bench
 from .cli_cluster import broker, cluster
 from .cli_group import group
 from .cli_output import fail
+from .cli_router import router
 from .cli_topic import topic
 from .cli_topology import topology
 
@@ -43,7 +44,7 @@ def cli() -> None:
     """
 
 
-for _command in (cluster, broker, topology, topic, group, bench):
+for _command in (cluster, broker, router, topology, topic, group, bench):
     cli.add_command(_command)
 
 

@@ -304,30 +304,9 @@ def run_gateway(topology: Topology, host: str, port: int) -> None:
     web.run_app(create_gateway_app(topology), host=host, port=port, print=None, access_log=None, shutdown_timeout=5)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m shoal.router.gateway --config cluster.yaml --listen 127.0.0.1:9090``."""
-    import argparse
+if __name__ == "__main__":  # python -m shoal.router.gateway ARGS == shoal router start ARGS
     import sys
 
-    from shoal.router.logs import FORMATS, LEVELS, configure_logging
-    from shoal.router.topology import load_topology
+    from .cli import main
 
-    parser = argparse.ArgumentParser(prog="python -m shoal.router.gateway", description="Run the shoal gateway.")
-    parser.add_argument("--config", default="cluster.yaml")
-    parser.add_argument("--listen", default="127.0.0.1:9090", help="HOST:PORT (default 127.0.0.1:9090)")
-    parser.add_argument("--log-level", default="info", choices=LEVELS)
-    parser.add_argument("--log-format", default="text", choices=FORMATS)
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level, args.log_format)
-    try:
-        topology = load_topology(args.config)
-        host, _, port = args.listen.rpartition(":")
-        run_gateway(topology, host or "0.0.0.0", int(port))
-    except (TopologyError, OSError, ValueError) as exc:
-        print(f"unable to start gateway: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    main(["router", "start", *sys.argv[1:]])
