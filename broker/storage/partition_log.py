@@ -186,6 +186,7 @@ class PartitionLog:
         self._flush_timer: asyncio.TimerHandle | None = None
         self._flush_task: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
+        self._unsynced_dirs: list[Path] = []  # hold new entries (a segment file) not yet fsynced
 
     def __repr__(self) -> str:
         return f"PartitionLog({self.topic}/{self.partition}, {self.directory})"
@@ -292,6 +293,7 @@ class PartitionLog:
             active = Segment(d, 0, index_interval_bytes=interval)
             active.create()
             segments.append(active)
+            self._unsynced_dirs = [d, d.parent]
         else:
             active = segments[-1]
             if not (
@@ -377,10 +379,8 @@ class PartitionLog:
                 self._flush_timer = None
             while self._background:
                 await asyncio.gather(*self._background, return_exceptions=True)
-            active = self._active
-            active.persist_indexes(force=True)
-            await asyncio.to_thread(_sync, active.fd)
-            self.stats.fsyncs += 1
+            self._active.persist_indexes(force=True)
+            await self._fsync_active()
             if self._failure is None:
                 self._write_clean_shutdown()
         finally:
@@ -522,8 +522,7 @@ class PartitionLog:
             try:
                 active.write(iov, nbytes)
                 if cfg.flush == "always":
-                    await asyncio.to_thread(_sync, active.fd)
-                    self.stats.fsyncs += 1
+                    await self._fsync_active()
             except OSError as exc:
                 if active.size != position:
                     active.truncate(position)
@@ -620,6 +619,7 @@ class PartitionLog:
         view = self._view
         self._view = _View((*view.bases, new.base_offset), (*view.segments, new))
         self._readable_end = 0
+        self._unsynced_dirs.append(self.directory)
         forgotten = self._producers.forget_before(old.base_offset)
         self.stats.rolls += 1
         log.info(
@@ -670,9 +670,18 @@ class PartitionLog:
             return
         self._dirty = False
         try:
-            await _sync_files(self._active.detach_fd(), [])
+            await self._fsync_active()
         except OSError:
             self._dirty = True
+            raise
+
+    async def _fsync_active(self) -> None:
+        """fsync the active segment, and the directories that got new entries."""
+        dirs, self._unsynced_dirs = self._unsynced_dirs, []
+        try:
+            await _sync_files(self._active.detach_fd(), dirs)
+        except OSError:
+            self._unsynced_dirs = dirs + self._unsynced_dirs
             raise
         self.stats.fsyncs += 1
 
