@@ -1,0 +1,106 @@
+"""Typed errors the client raises against a real cluster, and the stale-topology recovery."""
+
+from __future__ import annotations
+
+import pytest
+
+from shoal.client import AsyncConsumer, AsyncProducer, TopicPartition
+from shoal.client.errors import (
+    BrokerUnreachable,
+    InvalidRequest,
+    OffsetOutOfRange,
+    UnknownPartition,
+    UnknownTopic,
+)
+from tests.harness import http_json
+
+
+async def test_unknown_topic(cluster_factory):
+    cluster = cluster_factory(1, {"t": 2})
+    async with AsyncProducer(cluster.urls) as producer:
+        with pytest.raises(UnknownTopic) as info:
+            await producer.send("nope", b"x")
+        assert info.value.topic == "nope"
+        with pytest.raises(InvalidRequest) as bad:
+            await producer.send("no/pe", b"x")
+        assert bad.value.field == "topic"
+    with pytest.raises(UnknownTopic):
+        async with AsyncConsumer("nope", bootstrap=cluster.urls):
+            pass
+    async with AsyncConsumer(bootstrap=cluster.urls) as consumer:
+        consumer.assign([TopicPartition("nope", 0)])
+        with pytest.raises(UnknownTopic):
+            await consumer.getmany(timeout_ms=5000)
+
+
+async def test_unknown_partition(cluster_factory):
+    cluster = cluster_factory(1, {"t": 2})
+    async with AsyncProducer(cluster.urls) as producer:
+        with pytest.raises(UnknownPartition) as info:
+            await producer.send("t", b"x", partition=2)
+        assert (info.value.partition, info.value.partitions) == (2, 2)
+    async with AsyncConsumer(bootstrap=cluster.urls) as consumer:
+        consumer.assign([TopicPartition("t", 5)])
+        with pytest.raises(UnknownPartition):
+            await consumer.getmany(timeout_ms=5000)
+
+
+async def test_out_of_range_offset(cluster_factory):
+    cluster = cluster_factory(1, {"t": 1})
+    async with AsyncProducer(cluster.urls) as producer:
+        await producer.send_and_wait("t", b"only")
+    async with AsyncConsumer(bootstrap=cluster.urls, auto_offset_reset="none", group="g") as consumer:
+        consumer.assign([TopicPartition("t", 0)])
+        await consumer.seek(TopicPartition("t", 0), 42)
+        with pytest.raises(OffsetOutOfRange) as info:
+            await consumer.getmany(timeout_ms=5000)
+        assert (info.value.offset, info.value.log_start_offset, info.value.high_watermark) == (42, 0, 1)
+        with pytest.raises(OffsetOutOfRange):
+            await consumer.commit({TopicPartition("t", 0): 42})
+
+
+async def test_no_bootstrap_broker_answers():
+    from tests.harness import free_port
+
+    producer = AsyncProducer(f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(BrokerUnreachable):
+        await producer.start()
+    await producer.close()
+
+
+def _put_topology(cluster, broker_ids, epoch, members):
+    _, body = http_json("GET", cluster.url(broker_ids[0]) + "/v1/cluster")
+    body["epoch"] = epoch
+    body["brokers"] = [b for b in body["brokers"] if b["id"] in members]
+    for broker_id in broker_ids:
+        status, answer = http_json("PUT", cluster.url(broker_id) + "/v1/cluster", body)
+        assert status == 200, answer
+
+
+async def test_a_misrouted_partition_refreshes_the_topology_and_succeeds(cluster_factory, caplog):
+    """A producer and a consumer holding an old epoch hit NOT_OWNER, refresh, and carry on."""
+    cluster = cluster_factory(4, {"t": 12})
+    # Epoch 2 leaves broker 4 out; the clients learn it ...
+    _put_topology(cluster, [1, 2, 3], 2, {1, 2, 3})
+    producer = AsyncProducer(cluster.url(1))
+    consumer = AsyncConsumer(bootstrap=cluster.url(1), fetch_max_wait_ms=100)
+    await producer.start()
+    await consumer.start()
+    # ... then epoch 3 brings broker 4 back, and with it the partitions it ranks first.
+    _put_topology(cluster, [4, 1, 2, 3], 3, {1, 2, 3, 4})
+    moved = [p for p in range(12) if cluster.owner("t", p) == 4]
+    assert moved
+    p = moved[0]
+    caplog.set_level("WARNING", logger="shoal.client")
+    try:
+        meta = await producer.send_and_wait("t", b"found it", partition=p)
+        assert any("NOT_OWNER" in r.getMessage() for r in caplog.records)
+        consumer.assign([TopicPartition("t", p)])
+        got = await consumer.getmany(timeout_ms=10_000)
+        assert [r.value for r in got[TopicPartition("t", p)]] == [b"found it"]
+        assert got[TopicPartition("t", p)][0].offset == meta.offset
+    finally:
+        await producer.close()
+        await consumer.close()
+    _, on_four = http_json("GET", f"{cluster.url(4)}/v1/topics/t/partitions/{p}/offsets")
+    assert on_four["high_watermark"] == 1  # it went to the real owner

@@ -1,0 +1,55 @@
+"""The blocking Producer and Consumer wrappers against a real broker."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import pytest
+
+from shoal.client import Consumer, OffsetAndMetadata, Producer, RecordMetadata, TopicPartition
+from shoal.client.errors import UnknownTopic
+
+
+def test_blocking_produce_and_consume(cluster_factory):
+    cluster = cluster_factory(2, {"t": 4})
+    with Producer(str(cluster.config_path), linger_ms=2) as producer:
+        futures = [producer.send("t", f"v{i}", key=f"k{i % 7}") for i in range(500)]
+        producer.flush()
+        assert all(isinstance(f, concurrent.futures.Future) and f.done() for f in futures)
+        meta = producer.send_and_wait("t", b"last", partition=3)
+        assert isinstance(meta, RecordMetadata) and meta.partition == 3
+        with pytest.raises(UnknownTopic):
+            producer.send("nope", b"x")
+    seen = []
+    with Consumer("t", bootstrap=cluster.urls, group="sync", fetch_max_wait_ms=100) as consumer:
+        for record in consumer:
+            seen.append(record)
+            if len(seen) == 250:
+                consumer.commit()
+            if len(seen) == 501:
+                break
+        assert consumer.getmany(timeout_ms=200) == {}
+        committed = {tp: consumer.committed(tp) for tp in consumer.assignment()}
+    assert sorted(r.value for r in seen) == sorted([f"v{i}".encode() for i in range(500)] + [b"last"])
+    assert sum(c.offset for c in committed.values() if c) == 250  # what the iterator had handed out
+
+    with Consumer(bootstrap=cluster.urls, group="sync") as again:
+        again.assign([TopicPartition("t", p) for p in range(4)])
+        rest = []
+        while len(rest) < 251:
+            for records in again.getmany(timeout_ms=1000).values():
+                rest.extend(records)
+        again.seek(TopicPartition("t", 3), 0)
+        assert again.position(TopicPartition("t", 3)) == 0
+        again.commit({TopicPartition("t", 3): 1})
+        assert again.committed(TopicPartition("t", 3)) == OffsetAndMetadata(1, "")
+    assert {(r.partition, r.offset) for r in rest}.isdisjoint({(r.partition, r.offset) for r in seen[:250]})
+
+
+def test_blocking_wrappers_report_errors_and_close_cleanly(cluster_factory):
+    cluster = cluster_factory(1, {"t": 1})
+    producer = Producer(cluster.urls)
+    producer.close()
+    producer.close()
+    with pytest.raises(UnknownTopic):
+        Consumer("nope", bootstrap=cluster.urls)
