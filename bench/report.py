@@ -76,7 +76,8 @@ def markdown(doc: dict) -> str:
         after = part["after_one_record_each"]
         lines += ["", f"{part['partitions']:,} partitions on one broker: RSS {part['at_start']['rss_mib']} MiB at start, "
                   f"{after['rss_mib']} MiB after one record in each; {after['threads']} threads; "
-                  f"idle CPU {part['idle_cpu_percent']}% over {part['idle_seconds']} s."]  # fmt: skip
+                  f"idle CPU {part['idle_cpu_percent']}% over {part['idle_seconds']} s "
+                  f"({part['settling_cpu_percent']}% while the writes' fsyncs settled)."]  # fmt: skip
     restart = res.get("restart") or {}
     if "ready_seconds" in restart:
         lines += ["", f"Restart after kill -9 with {restart['log_gib']} GiB in one partition: healthy in "

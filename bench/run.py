@@ -61,6 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="batch sizes of the throughput sweep; empty for none (default 1,10,100,1000,10000)")  # fmt: skip
     p.add_argument("--sweep-records", type=int, default=200_000, help="most records per sweep point (default 200,000)")
     p.add_argument("--sweep-seconds", type=float, default=5.0, help="most seconds per sweep point (default 5)")
+    p.add_argument("--raw-in-flight", type=int, default=1,
+                   help="concurrent requests of shoal-raw's produce runs (default 1, as the client per partition)")  # fmt: skip
     p.add_argument("--latency-rate", type=int, default=10_000, help="records/s of the latency run (default 10,000)")
     p.add_argument("--latency-seconds", type=float, help="length of the latency run (default 10)")
     p.add_argument("--flush", default="interval", choices=("always", "interval", "never"),
@@ -97,7 +99,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = sorted(set(args.systems) - set(SYSTEMS))
     if unknown:
         p.error(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
-    for name in ("records", "record_size", "batch", "latency_rate", "partitions"):
+    for name in ("records", "record_size", "batch", "latency_rate", "partitions", "raw_in_flight"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if any(b < 1 for b in args.sweep):
@@ -158,7 +160,7 @@ def find_peers(wanted: list[str], *, install: bool) -> tuple[dict[str, str], dic
     return binaries, skipped
 
 
-def _driver(name: str, server) -> System:
+def _driver(name: str, server, args: argparse.Namespace) -> System:
     if name == "redis":
         from .redis_streams import RedisStreams
 
@@ -169,7 +171,9 @@ def _driver(name: str, server) -> System:
         return NatsJetStream(server.url)
     from .shoal_systems import ShoalClient, ShoalRaw
 
-    return (ShoalClient if name == "shoal" else ShoalRaw)(server.url)
+    if name == "shoal":
+        return ShoalClient(server.url)
+    return ShoalRaw(server.url, in_flight=args.raw_in_flight)
 
 
 async def run_system(driver: System, args: argparse.Namespace) -> dict:
@@ -246,7 +250,7 @@ def run_comparison(args: argparse.Namespace, binaries: dict[str, str]) -> dict[s
             if name not in servers:
                 continue
             with asyncio.Runner(loop_factory=_new_loop) as runner:
-                results[name] = runner.run(run_system(_driver(name, servers[name]), args))
+                results[name] = runner.run(run_system(_driver(name, servers[name], args), args))
             results[name]["server_rss_mib"] = round(servers[name].rss_bytes() / 1024**2, 1)
     return results
 
@@ -304,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             "records": args.records,
             "record_size": args.record_size,
             "batch": args.batch,
+            "raw_in_flight": args.raw_in_flight,
             "sweep": args.sweep,
             "sweep_records": args.sweep_records,
             "sweep_seconds": args.sweep_seconds,

@@ -33,6 +33,7 @@ class ShoalBroker(ServerProcess):
         **kw,
     ) -> None:
         super().__init__(**kw)
+        self.flush_interval_ms = flush_interval_ms
         defaults: dict = {"partitions": 1, "flush": flush, "flush_interval_ms": flush_interval_ms}
         if segment_bytes:
             defaults["segment_bytes"] = segment_bytes

@@ -5,13 +5,14 @@ The two together separate client cost from broker cost:
 - ``ShoalClient`` runs ``shoal.router.bench`` (what ``shoal bench`` runs): AsyncProducer
   with its linger and batch-size bounds, AsyncConsumer decoding every record.
 - ``ShoalRaw`` posts frames made once by ``encode_batch`` before the clock starts, one
-  request in flight, through the client's bare HTTP layer (``BrokerClient``), and
+  request in flight by default (as the client has per partition), through the client's bare HTTP layer (``BrokerClient``), and
   counts fetched records from frame headers (no CRC check, no record decoding): what
   remains is HTTP plus the broker.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from shoal.client.accumulator import BATCH_OVERHEAD, record_size
@@ -55,10 +56,13 @@ class ShoalClient:
 
 
 class ShoalRaw:
+    """Args: ``in_flight``: concurrent produce requests (1, as the client has per partition)."""
+
     name = "shoal-raw"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, in_flight: int = 1) -> None:
         self.url = url
+        self.in_flight = in_flight
         self.http = BrokerClient()
 
     async def open(self) -> None:
@@ -69,11 +73,17 @@ class ShoalRaw:
 
     async def produce(self, stream, *, records, batch, value, max_seconds=None) -> BenchResult:
         frames = {n: encode_batch([(None, value, None, None)] * n) for n in {min(batch, records), records % batch or batch}}
+        sizes = batch_sizes(records, batch, max_seconds)
         sent = 0
+
+        async def worker() -> None:
+            nonlocal sent
+            for n in sizes:
+                await self.http.produce(self.url, stream, 0, frames[n])
+                sent += n
+
         start = time.perf_counter()
-        for n in batch_sizes(records, batch, max_seconds):
-            await self.http.produce(self.url, stream, 0, frames[n])
-            sent += n
+        await asyncio.gather(*(worker() for _ in range(self.in_flight)))
         return BenchResult(sent, sent * len(value), time.perf_counter() - start)
 
     async def consume(self, stream, *, records) -> BenchResult:
