@@ -69,6 +69,16 @@ async def test_one_body_with_several_frames_is_one_append(open_log):
     assert [h.base_offset for h, _ in iter_frames(plog.read(0, 1 << 20))] == [0, 2]
 
 
+async def test_more_frames_than_iov_max_in_one_group(open_log):
+    """A group of more buffers than IOV_MAX is written in chunks, every frame intact."""
+    plog = await open_log(linger_ms=20)
+    bodies = [b"".join(batch(1, value=b"%04d" % (i * 10 + j)) for j in range(10)) for i in range(80)]
+    results = await asyncio.gather(*(plog.append(body) for body in bodies))
+    assert plog.stats.writes == 1 and plog.stats.batches == 800  # 1,600 buffers, IOV_MAX is 1,024 here
+    assert [r.base_offset for r in results] == list(range(0, 800, 10))
+    assert [r.value[:4] for r in read_all(plog)] == [b"%04d" % i for i in range(800)]
+
+
 async def test_read_returns_stored_frames_byte_for_byte(open_log):
     """A fetch returns the producer's frames, only the base offset patched."""
     plog = await open_log()
