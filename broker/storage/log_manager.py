@@ -178,6 +178,8 @@ class LogManager:
 
     async def _open_log(self, tp: TopicPartition, plog: PartitionLog) -> PartitionLog:
         try:
+            if not plog.directory.exists():
+                plog.load()  # a new partition: a mkdir and one file, cheaper than a thread hop
             await plog.start()
             self._logs[tp] = plog
             return plog

@@ -380,7 +380,8 @@ class PartitionLog:
             while self._background:
                 await asyncio.gather(*self._background, return_exceptions=True)
             self._active.persist_indexes(force=True)
-            await self._fsync_active()
+            if self._dirty or self._unsynced_dirs:
+                await self._fsync_active()
             if self._failure is None:
                 self._write_clean_shutdown()
         finally:
@@ -550,7 +551,7 @@ class PartitionLog:
             stats.duplicates += len(p.headers) - len(p.placed)
             if not p.future.done():
                 p.future.set_result(p.result)
-        if nbytes and cfg.flush == "interval":
+        if nbytes and cfg.flush != "always":
             self._mark_dirty()
 
     def _place(self, p: _Pending, layer, next_offset: int, position: int, iov: list) -> tuple[int, int]:
@@ -647,7 +648,7 @@ class PartitionLog:
 
     def _mark_dirty(self) -> None:
         self._dirty = True
-        if self._flush_timer is None and self._flush_task is None:
+        if self._config.flush == "interval" and self._flush_timer is None and self._flush_task is None:
             delay = self._config.flush_interval_ms / 1000
             self._flush_timer = asyncio.get_running_loop().call_later(delay, self._flush_due)
 
@@ -666,22 +667,18 @@ class PartitionLog:
 
     async def flush(self) -> None:
         """fsync everything written so far (in a thread; the writer keeps going)."""
-        if not self._dirty or not self._active.is_open:
-            return
-        self._dirty = False
-        try:
+        if self._dirty and self._active.is_open:
             await self._fsync_active()
-        except OSError:
-            self._dirty = True
-            raise
 
     async def _fsync_active(self) -> None:
         """fsync the active segment, and the directories that got new entries."""
         dirs, self._unsynced_dirs = self._unsynced_dirs, []
+        self._dirty = False  # a write from now on makes it dirty again
         try:
             await _sync_files(self._active.detach_fd(), dirs)
         except OSError:
             self._unsynced_dirs = dirs + self._unsynced_dirs
+            self._dirty = True
             raise
         self.stats.fsyncs += 1
 

@@ -157,12 +157,19 @@ class Segment:
     # -- indexes -----------------------------------------------------------------
 
     def _load_indexes(self, *, sealed: bool) -> bool:
-        """Load both index files; False when they are missing or do not fit the log."""
+        """Load both index files; False when they do not fit the log.
+
+        The active segment creates them with its first entries, so for it a missing
+        file is an empty one; a sealed segment without them needs a rebuild.
+        """
         try:
             raw = self.index_path.read_bytes()
             traw = self.timeindex_path.read_bytes()
         except FileNotFoundError:
-            return False
+            if sealed:
+                return False
+            raw = self.index_path.read_bytes() if self.index_path.exists() else b""
+            traw = self.timeindex_path.read_bytes() if self.timeindex_path.exists() else b""
         if len(raw) % INDEX_ENTRY.size or len(traw) % TIME_ENTRY.size:
             return False
         entries = list(INDEX_ENTRY.iter_unpack(raw))
@@ -241,7 +248,7 @@ class Segment:
         if not force and pending < _PERSIST_EVERY:
             return
         try:
-            if pending or force:
+            if pending:
                 with open(self.index_path, "ab") as f:
                     f.write(
                         b"".join(
@@ -250,7 +257,7 @@ class Segment:
                         )
                     )
                 self._persisted_index = len(self._rel_offsets)
-            if len(self._times) > self._persisted_times or force:
+            if len(self._times) > self._persisted_times:
                 with open(self.timeindex_path, "ab") as f:
                     f.write(
                         b"".join(
@@ -283,6 +290,8 @@ class Segment:
         """Stop appending: record the newest timestamp in the time index and persist both."""
         self._maybe_add_time()
         self.persist_indexes(force=True)
+        for path in (self.index_path, self.timeindex_path):
+            path.touch()  # a sealed segment always has both (a missing one means: rebuild)
 
     @property
     def max_timestamp(self) -> int | None:
