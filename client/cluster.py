@@ -187,6 +187,12 @@ class Cluster:
         fut.add_done_callback(_log_failure)
         return fut
 
+    async def close(self) -> None:
+        """Cancel a refresh in progress (before the session it uses is closed)."""
+        if self._refreshing is not None and not self._refreshing.done():
+            self._refreshing.cancel()
+            await asyncio.gather(self._refreshing, return_exceptions=True)
+
     async def _refresh(self) -> ClusterMetadata:
         wait = self._last_refresh + self._min_refresh - time.monotonic()
         if wait > 0:

@@ -281,6 +281,7 @@ class AsyncConsumer:
         finally:
             self._parts.clear()
             self._data.set()
+            await self._cluster.close()
             await self._http.close()
 
     # --- reading -------------------------------------------------------------------
@@ -301,6 +302,8 @@ class AsyncConsumer:
             ``auto_offset_reset="none"``, ``UnknownTopic``, ``UnknownPartition``,
             ``CorruptRecordError``.
         """
+        if max_records is not None and max_records < 1:
+            raise ValueError(f"max_records must be >= 1 or None, got {max_records!r}")
         await self._ensure_started()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_ms / 1000

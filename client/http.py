@@ -60,14 +60,18 @@ class BrokerClient:
     def __init__(self, *, request_timeout_ms: int = 30_000):
         self._timeout = request_timeout_ms / 1000
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     async def start(self) -> None:
+        if self._closed:
+            raise ShoalError("this BrokerClient is closed")
         if self._session is None:
             # limit=0: concurrency is bounded by the producer and consumer, not here.
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(connector=connector)
 
     async def close(self) -> None:
+        self._closed = True
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()

@@ -250,6 +250,7 @@ class AsyncProducer:
                 self._fail_all(ProducerClosedError("the producer was closed before the record was acknowledged"))
                 self._acc.close()
         finally:
+            await self._cluster.close()
             await self._http.close()
             self._closed = True
             self._closed_event.set()
