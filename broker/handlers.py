@@ -17,6 +17,7 @@ from shoal.client.errors import (
     InvalidRequest,
     NotAcceptable,
     OffsetOutOfRange,
+    StorageFull,
     UnsupportedMediaType,
 )
 from shoal.client.names import check_name
@@ -68,7 +69,11 @@ async def produce(request: web.Request) -> web.Response:
             f"send {BATCH} or {JSON}, not {ctype or 'no content type'}", supported=[BATCH, JSON]
         )
     plog = await broker.partition_log(topic, partition)
-    result = await plog.append(body, headers)
+    try:
+        result = await plog.append(body, headers)
+    except StorageFull as exc:
+        exc.broker_id = broker.broker_id
+        raise
     count = result.last_offset - result.base_offset + 1
     request.app[METRICS].appended(topic, count, len(body))
     return web.json_response(
