@@ -184,10 +184,19 @@ def broker() -> None:
     """
 
 
+def _check_listen(value: str | None) -> str | None:
+    if value is not None:
+        _, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise click.BadParameter(f"{value!r} is not HOST:PORT (e.g. 0.0.0.0:9091)")
+    return value
+
+
 @broker.command("start")
 @global_options
 @click.option("--id", "broker_id", type=int, required=True, help="This broker's id in cluster.yaml.")
-@click.option("--listen", metavar="HOST:PORT", help="Where to bind (default: the host and port of its URL).")
+@click.option("--listen", metavar="HOST:PORT", callback=lambda _c, _p, v: _check_listen(v),
+              help="Where to bind (default: the host and port of its URL).")
 @click.option("--data-dir", metavar="DIR", help="Where to store partitions (default: its data_dir in cluster.yaml).")
 @click.option("--log-level", type=click.Choice(LEVELS), default="info", show_default=True)
 @click.option("--log-format", type=click.Choice(FORMATS), default="text", show_default=True,
