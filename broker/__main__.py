@@ -16,15 +16,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="where logs are stored (default: the broker's data_dir)")
     parser.add_argument("--log-level", default="info", choices=LEVELS)
     parser.add_argument("--log-format", default="text", choices=FORMATS)
+    parser.add_argument("--tls-cert", help="PEM certificate chain to serve HTTPS with (default: tls.cert_file)")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert (default: tls.key_file)")
     args = parser.parse_args(argv)
 
     from shoal.broker.main import run
+    from shoal.router.tls import TlsError
     from shoal.router.topology import TopologyError
 
     try:
         run(args.config, args.id, listen=args.listen, data_dir=args.data_dir,
-            log_level=args.log_level, log_format=args.log_format)
-    except TopologyError as exc:
+            log_level=args.log_level, log_format=args.log_format, tls_cert=args.tls_cert, tls_key=args.tls_key)
+    except (TopologyError, TlsError) as exc:
         print(f"unable to start broker {args.id}: {exc}", file=sys.stderr)
         return 1
     except KeyError:

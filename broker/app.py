@@ -10,7 +10,8 @@ from shoal.broker.broker import Broker
 from shoal.broker.handlers import add_routes
 from shoal.broker.metrics import BrokerMetrics
 from shoal.broker.state import BROKER, METRICS
-from shoal.router.middlewares import MAX_BODY, problem_errors, request_context
+from shoal.router.auth import authenticate
+from shoal.router.middlewares import MAX_BODY, limit_load, problem_errors, request_context
 from shoal.router.openapi import build_openapi
 from shoal.router.topology import Topology
 
@@ -18,8 +19,11 @@ from shoal.router.topology import Topology
 def create_app(topology: Topology, broker_id: int, data_dir: Path) -> web.Application:
     """The broker's application; its logs open and recover when the app starts up."""
     limit = topology.settings.max_request_bytes
-    app = web.Application(middlewares=[request_context, problem_errors], client_max_size=limit)
     broker = Broker(topology, broker_id, data_dir)
+    middlewares = [request_context, problem_errors, limit_load(lambda: broker.topology.settings)]
+    if topology.auth is not None:
+        middlewares.append(authenticate(topology.auth))  # from the file at start-up, kept across epochs
+    app = web.Application(middlewares=middlewares, client_max_size=limit)
     app[BROKER] = broker
     app[METRICS] = BrokerMetrics(broker)
     app[MAX_BODY] = limit

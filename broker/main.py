@@ -9,6 +9,7 @@ from pathlib import Path
 from aiohttp import web
 
 from shoal.router.logs import configure_logging
+from shoal.router.tls import serving_context
 from shoal.router.topology import load_topology
 
 log = logging.getLogger("shoal.broker")
@@ -31,10 +32,16 @@ def run(
     data_dir: str | Path | None = None,
     log_level: str = "info",
     log_format: str = "text",
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
 ) -> None:
     """Serve broker ``broker_id`` of the topology in ``config``; returns after a clean stop.
 
-    Raises TopologyError for an invalid file and KeyError when the id is not in it.
+    HTTPS when ``tls_cert``/``tls_key`` are given or the file has a ``tls:`` section
+    (the arguments win).
+
+    Raises TopologyError for an invalid file, KeyError when the id is not in it, and
+    TlsError when the certificate or key cannot be loaded.
     """
     from shoal.broker.app import create_app
 
@@ -46,14 +53,17 @@ def run(
         host, _, port_text = listen.rpartition(":")
         host, port = host or "0.0.0.0", int(port_text)
     data = Path(data_dir or spec.data_dir or f"data/broker-{broker_id}")
+    ssl_context = serving_context(topology.tls, tls_cert, tls_key)
     loop_kind = _install_uvloop()
     app = create_app(topology, broker_id, data)
     access = logging.getLogger("shoal.broker.access")
-    log.info("broker %d listening on %s:%d (advertised %s, %s)", broker_id, host, port, spec.url, loop_kind)
+    scheme = "https" if ssl_context else "http"
+    log.info("broker %d listening on %s://%s:%d (advertised %s, %s)", broker_id, scheme, host, port, spec.url, loop_kind)
     web.run_app(
         app,
         host=host,
         port=port,
+        ssl_context=ssl_context,
         print=None,
         access_log=access if access.isEnabledFor(logging.DEBUG) or log_level == "debug" else None,
         handle_signals=True,

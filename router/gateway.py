@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import random
 from collections import defaultdict
 
@@ -31,9 +32,11 @@ from shoal.client.errors import (
 from shoal.client.names import check_name
 from shoal.client.partitioner import partition_for_key
 from shoal.router.hashing import group_coordinator
-from shoal.router.middlewares import MAX_BODY, problem_errors, request_context
+from shoal.router.auth import authenticate
+from shoal.router.middlewares import MAX_BODY, limit_load, problem_errors, request_context
 from shoal.router.openapi import build_openapi
 from shoal.router.params import json_body, path_partition
+from shoal.router.tls import client_context, serving_context
 from shoal.router.topology import Topology, TopologyError
 
 log = logging.getLogger(__name__)
@@ -45,17 +48,23 @@ REFRESH_S = 10.0
 class Gateway:
     """Routes requests to partition owners. Use from one event loop."""
 
-    def __init__(self, topology: Topology, *, timeout_s: float = 35.0):
+    def __init__(self, topology: Topology, *, timeout_s: float = 35.0, token: str | None = None):
         self.topology = topology
         self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=3)
         self.session: aiohttp.ClientSession | None = None
         self._rr = itertools.count(random.randrange(1 << 16))
+        # The gateway's own calls carry its token; forwarded requests carry the caller's.
+        self._headers = {"Authorization": f"Bearer {token}"} if token else None
+        self._ssl = client_context(topology.tls.ca_file if topology.tls else None)
 
     async def start(self) -> None:
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=512, limit_per_host=128, keepalive_timeout=30),
+            connector=aiohttp.TCPConnector(
+                limit=512, limit_per_host=128, keepalive_timeout=30, ssl=self._ssl if self._ssl else True
+            ),
             timeout=self.timeout,
             auto_decompress=False,
+            headers=self._headers,
         )
         await self.refresh()
 
@@ -253,11 +262,20 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "role": "gateway", "epoch": gw.topology.epoch})
 
 
-def create_gateway_app(topology: Topology) -> web.Application:
-    """The gateway application; topology refreshes run while it is up."""
+def create_gateway_app(topology: Topology, *, token: str | None = None) -> web.Application:
+    """The gateway application; topology refreshes run while it is up.
+
+    ``token`` authenticates the gateway's own calls to brokers (topology refreshes,
+    cluster-wide group views, keyed produce) when the cluster has ``auth:``. Callers
+    are checked here against the same ``auth:`` section, and a request forwarded to
+    an owner carries the caller's own token, which the owner checks again.
+    """
     limit = topology.settings.max_request_bytes
-    app = web.Application(middlewares=[request_context, problem_errors], client_max_size=limit)
-    gw = Gateway(topology, timeout_s=topology.settings.max_wait_ms / 1000 + 5)
+    gw = Gateway(topology, timeout_s=topology.settings.max_wait_ms / 1000 + 5, token=token)
+    middlewares = [request_context, problem_errors, limit_load(lambda: gw.topology.settings)]
+    if topology.auth is not None:
+        middlewares.append(authenticate(topology.auth))
+    app = web.Application(middlewares=middlewares, client_max_size=limit)
     app[GATEWAY] = gw
     app[MAX_BODY] = limit
     openapi = build_openapi("shoal gateway")
@@ -298,10 +316,29 @@ def create_gateway_app(topology: Topology) -> web.Application:
     return app
 
 
-def run_gateway(topology: Topology, host: str, port: int) -> None:
-    """Serve the gateway until SIGTERM/SIGINT."""
-    log.info("gateway listening on %s:%d for cluster %s (%d brokers)", host, port, topology.cluster, len(topology.brokers))
-    web.run_app(create_gateway_app(topology), host=host, port=port, print=None, access_log=None, shutdown_timeout=5)
+def run_gateway(
+    topology: Topology,
+    host: str,
+    port: int,
+    *,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    token: str | None = None,
+) -> None:
+    """Serve the gateway until SIGTERM/SIGINT.
+
+    HTTPS with ``tls_cert``/``tls_key``, else with the ``tls:`` section if any.
+    ``token`` (default ``$SHOAL_TOKEN``) is the gateway's own, for its calls to brokers.
+
+    Raises:
+        TlsError: the certificate or key cannot be loaded.
+    """
+    ssl_context = serving_context(topology.tls, tls_cert, tls_key)
+    token = token or os.environ.get("SHOAL_TOKEN") or None
+    log.info("gateway listening on %s://%s:%d for cluster %s (%d brokers)",
+             "https" if ssl_context else "http", host, port, topology.cluster, len(topology.brokers))
+    web.run_app(create_gateway_app(topology, token=token), host=host, port=port, ssl_context=ssl_context,
+                print=None, access_log=None, shutdown_timeout=5)
 
 
 if __name__ == "__main__":  # python -m shoal.router.gateway ARGS == shoal router start ARGS

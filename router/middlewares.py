@@ -1,5 +1,5 @@
-"""Middlewares of the broker and the gateway: request ids, and the one place errors
-become problem+json.
+"""Middlewares of the broker and the gateway: request ids, the one place errors
+become problem+json, and load shedding.
 
 Handlers only raise. ``ShoalApiError`` is rendered from ``exc.to_problem()``; aiohttp's
 own HTTP errors (unknown path, wrong method, body over the size limit) are mapped to
@@ -12,7 +12,9 @@ import itertools
 import json
 import logging
 import os
+from collections.abc import Callable
 from contextvars import ContextVar
+from typing import Any
 
 from aiohttp import web
 
@@ -23,6 +25,7 @@ from shoal.client.errors import (
     MethodNotAllowed,
     NotFound,
     ShoalApiError,
+    Throttled,
     UnsupportedMediaType,
 )
 
@@ -33,6 +36,15 @@ MAX_BODY = web.AppKey("max_body", int)
 request_id: ContextVar[str] = ContextVar("request_id", default="-")
 _ids = itertools.count(1)
 _prefix = os.urandom(3).hex()
+# Cheap routes for probes and scrapers: no token needed, never shed.
+PROBES = frozenset({("GET", "/v1/health"), ("GET", "/metrics"), ("GET", "/v1/openapi.json")})
+
+
+def route_key(request: web.Request) -> tuple[str, str | None]:
+    """(method, path template) of the matched route; the template is None when none matched."""
+    match = request.match_info
+    template = None if match.http_exception is not None else match.route.resource.canonical
+    return ("GET" if request.method == "HEAD" else request.method), template
 
 
 def problem_response(exc: ShoalApiError) -> web.Response:
@@ -90,3 +102,42 @@ async def problem_errors(request: web.Request, handler):
     except Exception:
         log.exception("request %s %s %s failed unexpectedly", request_id.get(), request.method, request.path)
         return problem_response(InternalError("internal error; see the broker log"))
+
+
+def limit_load(settings: Callable[[], Any]):
+    """Shed load with 429 THROTTLED (Retry-After) instead of queueing without bound.
+
+    ``settings()`` gives the current ``Settings`` (re-read per request, so a new
+    topology epoch changes the limits): at most ``max_connections`` requests in
+    progress, long-polls included, and at most ``max_buffered_bytes`` of request
+    bodies held at once. Probes are never counted nor refused.
+    """
+    in_progress = 0
+    buffered = 0
+
+    @web.middleware
+    async def limits(request: web.Request, handler):
+        nonlocal in_progress, buffered
+        if route_key(request) in PROBES:
+            return await handler(request)
+        current = settings()
+        size = 0
+        if request.body_exists:
+            size = min(request.content_length or current.max_request_bytes, current.max_request_bytes)
+        if in_progress >= current.max_connections:
+            raise Throttled(
+                f"{in_progress} requests in progress, the most this server takes (max_connections)", retry_after=1
+            )
+        if buffered and buffered + size > current.max_buffered_bytes:
+            raise Throttled(
+                f"{buffered} bytes of request bodies held, no room for {size} more (max_buffered_bytes)", retry_after=1
+            )
+        in_progress += 1
+        buffered += size
+        try:
+            return await handler(request)
+        finally:
+            in_progress -= 1
+            buffered -= size
+
+    return limits

@@ -11,6 +11,8 @@ The YAML file is the source of truth; see ``cluster.yaml`` at the repository roo
       orders: {partitions: 6}
       audit: {partitions: 1, flush: always, retention_ms: null}
     settings: {max_request_bytes: 8388608, ...}       # broker limits, see Settings
+    auth: {principals: {ops: {token_hash: "sha256:...", admin: true}}}  # optional, see router.auth
+    tls: {cert_file: server.pem, key_file: server.key}                 # optional, see router.tls
 
 Loading validates everything before anything is built and reports every problem at
 once in a ``TopologyError``, one line each naming the file, the line (when the text
@@ -18,6 +20,9 @@ came from YAML) and the field path. An invalid file is never half-applied.
 
 Partition owners are not configured: they are the rendezvous hash of
 ``(topic, partition)`` over the broker ids (``router.hashing``).
+
+``auth`` and ``tls`` are each process's own: they are read from the file at start-up,
+never served by ``GET /v1/cluster`` nor accepted by ``PUT /v1/cluster``.
 
 Pure data and validation: no network IO (``load_topology`` reads one file).
 """
@@ -40,6 +45,8 @@ from shoal.client.names import MAX_NAME_LENGTH, is_valid_name
 from shoal.client.structs import TopicPartition
 
 from . import hashing
+from .auth import ACTIONS, AuthConfig, Principal, pattern_problem, token_hash_problem
+from .tls import TlsConfig
 
 __all__ = [
     "FLUSH_POLICIES",
@@ -102,12 +109,19 @@ class Settings:
         max_batch_bytes: largest single batch frame accepted (413 beyond).
         max_wait_ms: longest long-poll a fetch may ask for.
         max_fetch_bytes: most bytes one fetch answers with (at least one batch).
+        max_connections: most requests served at once, long-polls included; one more
+            gets 429 THROTTLED (health checks and metrics are not counted).
+        max_buffered_bytes: most request-body bytes held at once (each request counts
+            its Content-Length, or max_request_bytes when it has none); a body that
+            would go past it gets 429 THROTTLED.
     """
 
     max_request_bytes: int = 8 * _MIB
     max_batch_bytes: int = 4 * _MIB
     max_wait_ms: int = 30_000
     max_fetch_bytes: int = 8 * _MIB
+    max_connections: int = 1024
+    max_buffered_bytes: int = 256 * _MIB
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -157,6 +171,8 @@ class Topology:
     topics: dict[str, TopicConfig]
     defaults: TopicConfig = TopicConfig()
     settings: Settings = Settings()
+    auth: AuthConfig | None = None
+    tls: TlsConfig | None = None
     source: str = field(default="<memory>", compare=False)
 
     @property
@@ -228,7 +244,7 @@ class Topology:
     def to_dict(self) -> dict[str, Any]:
         """The ``GET /v1/cluster`` body, plus ``defaults`` and ``settings``.
 
-        Broker data dirs are left out: they are each broker's own business.
+        Broker data dirs, ``auth`` and ``tls`` are left out: they are each process's own business.
         """
         names = sorted(self.topics)
         return {
@@ -274,6 +290,10 @@ class Topology:
         else:
             out.append("topics: {}\n")
         out.append(dump({"settings": self.settings.to_dict()}))
+        for name in ("auth", "tls"):
+            section = getattr(self, name)
+            if section is not None:
+                out.append(dump({name: section.to_dict()}))
         return "".join(out)
 
 
@@ -396,8 +416,11 @@ _TOPIC_RULES: dict[str, Rule] = {
 _SETTINGS_RULES: dict[str, Rule] = {f.name: _int_rule(1) for f in dataclasses.fields(Settings)}
 assert set(_TOPIC_RULES) == {f.name for f in dataclasses.fields(TopicConfig)}
 
-_TOP_KEYS = ("cluster", "epoch", "defaults", "brokers", "topics", "settings")
+_TOP_KEYS = ("cluster", "epoch", "defaults", "brokers", "topics", "settings", "auth", "tls")
+_LOCAL_KEYS = ("auth", "tls")
 _BROKER_KEYS = ("id", "url", "data_dir")
+_PRINCIPAL_KEYS = ("token_hash", "admin") + ACTIONS
+_TLS_KEYS = ("cert_file", "key_file", "ca_file")
 
 
 def _url_problem(url: Any) -> str | None:
@@ -495,6 +518,12 @@ class _Builder:
         settings = Settings(**self.fields(top.get("settings"), ("settings",), _SETTINGS_RULES))
         brokers = self.brokers(top.get("brokers"))
         topics = self.topics(top.get("topics"), defaults)
+        if self.accept_owners:
+            for name in _LOCAL_KEYS:
+                if name in top:
+                    self.problem((name,), "is read from each process's cluster.yaml at start-up, never installed over the API")
+        auth = self.auth(top["auth"]) if "auth" in top else None
+        tls = self.tls(top["tls"], brokers) if "tls" in top else None
 
         if self._problems:
             raise self.fail()
@@ -505,6 +534,8 @@ class _Builder:
             topics=topics,
             defaults=defaults,
             settings=settings,
+            auth=auth,
+            tls=tls,
             source=self.source,
         )
 
@@ -579,3 +610,67 @@ class _Builder:
                 continue
             out[name] = dataclasses.replace(defaults, **self.fields(config, here, _TOPIC_RULES))
         return out
+
+    def auth(self, value: Any) -> AuthConfig | None:
+        path = ("auth",)
+        section = self.mapping(value, path, ("principals",))
+        entries = section.get("principals")
+        if not isinstance(entries, Mapping) or not entries:
+            self.problem(path + ("principals",), "must map at least one principal name to its token_hash and permissions")
+            return None
+        principals = []
+        hashes: dict[str, str] = {}
+        for name, entry in entries.items():
+            here = path + ("principals", str(name))
+            if not is_valid_name(name):
+                self.problem(here, f"invalid principal name {_show(name)}: use 1-{MAX_NAME_LENGTH} characters of A-Z a-z 0-9 . _ -")
+                continue
+            if not isinstance(entry, Mapping):
+                self.problem(here, f"must be a mapping with token_hash and permissions, got {_show(entry)}")
+                continue
+            before = len(self._problems)
+            fields = self.mapping(entry, here, _PRINCIPAL_KEYS)
+            token_hash = fields.get("token_hash")
+            if token_hash is None:
+                self.problem(here, "missing token_hash")
+            elif message := token_hash_problem(token_hash):
+                self.problem(here + ("token_hash",), message)
+            elif token_hash in hashes:
+                self.problem(here + ("token_hash",), f"the same token as principal {hashes[token_hash]}")
+            else:
+                hashes[token_hash] = name
+            admin = fields.get("admin", False)
+            if not isinstance(admin, bool):
+                self.problem(here + ("admin",), f"must be true or false, got {_show(admin)}")
+            patterns = {action: self.patterns(fields.get(action), here + (action,)) for action in ACTIONS}
+            if len(self._problems) == before:
+                principals.append(Principal(name, token_hash, admin, **patterns))
+        return AuthConfig(tuple(principals))
+
+    def patterns(self, value: Any, path: tuple) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self.problem(path, f"must be a list of name patterns, got {_show(value)}")
+            return ()
+        for i, item in enumerate(value):
+            if message := pattern_problem(item):
+                self.problem(path + (i,), message)
+        return tuple(value)
+
+    def tls(self, value: Any, brokers: list[BrokerSpec]) -> TlsConfig | None:
+        path = ("tls",)
+        if not isinstance(value, Mapping):
+            self.problem(path, f"must be a mapping with cert_file and key_file, got {_show(value)}")
+            return None
+        fields = self.mapping(value, path, _TLS_KEYS)
+        for key in _TLS_KEYS:
+            item = fields.get(key)
+            if item is None and key != "ca_file":
+                self.problem(path, f"missing {key}")
+            elif item is not None and not (isinstance(item, str) and item.strip() and "\0" not in item):
+                self.problem(path + (key,), f"must be a file path, got {_show(item)}")
+        for broker in brokers:
+            if not broker.url.startswith("https://"):
+                self.problem(path, f"is set, so broker {broker.id} must have an https:// url, not {broker.url}")
+        return TlsConfig(fields.get("cert_file", ""), fields.get("key_file", ""), fields.get("ca_file"))

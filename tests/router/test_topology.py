@@ -108,7 +108,7 @@ def test_yaml_syntax_error_names_file_and_line():
 
 def test_top_level_must_be_a_mapping():
     assert problems("- 1\n- 2\n") == [
-        "cluster.yaml:1: must be a mapping with cluster, epoch, defaults, brokers, topics, settings, got [1, 2]"
+        "cluster.yaml:1: must be a mapping with cluster, epoch, defaults, brokers, topics, settings, auth, tls, got [1, 2]"
     ]
 
 
@@ -149,7 +149,7 @@ def test_every_problem_is_reported_at_once_with_lines():
     assert problems(text) == [
         "cluster.yaml:1: cluster: must be a name of 1-249 characters of A-Z a-z 0-9 . _ -, got 'bad name'",
         "cluster.yaml:2: epoch: must be an integer >= 0, got -1",
-        "cluster.yaml:3: colour: unknown key (expected one of: cluster, epoch, defaults, brokers, topics, settings)",
+        "cluster.yaml:3: colour: unknown key (expected one of: cluster, epoch, defaults, brokers, topics, settings, auth, tls)",
         "cluster.yaml:5: defaults.flush: must be one of always, interval, never, got 'sometimes'",
         "cluster.yaml:6: defaults.partitions: must be an integer >= 1, got 0",
         "cluster.yaml:10: brokers[1].id: duplicate broker id 1 (also brokers[0])",
@@ -177,7 +177,7 @@ def test_every_problem_is_reported_at_once_with_lines():
         "cluster.yaml:24: topics.ok.segment_bytes: must be an integer >= 1, got '1GB'",
         "cluster.yaml:26: settings.max_wait_ms: must be an integer >= 1, got True",
         "cluster.yaml:27: settings.max_bytes: unknown key (expected one of: "
-        "max_request_bytes, max_batch_bytes, max_wait_ms, max_fetch_bytes)",
+        "max_request_bytes, max_batch_bytes, max_wait_ms, max_fetch_bytes, max_connections, max_buffered_bytes)",
     ]
 
 
@@ -238,7 +238,7 @@ def test_data_dir_must_be_a_path():
 
 def test_owners_are_not_configurable_in_yaml():
     assert problems('brokers: [{id: 1, url: "http://h:1"}]\nowners: {t: [1]}\n') == [
-        "cluster.yaml:2: owners: unknown key (expected one of: cluster, epoch, defaults, brokers, topics, settings)"
+        "cluster.yaml:2: owners: unknown key (expected one of: cluster, epoch, defaults, brokers, topics, settings, auth, tls)"
     ]
 
 
