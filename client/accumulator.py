@@ -111,6 +111,11 @@ class RecordFuture:
         tp = self._batch.tp
         return RecordMetadata(tp.topic, tp.partition, base + self._index if base >= 0 else -1)
 
+    @property
+    def shared(self) -> asyncio.Future:
+        """The future the record's whole batch shares (its result is the base offset)."""
+        return self._batch.future
+
     def done(self) -> bool:
         return self._batch.future.done()
 

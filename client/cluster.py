@@ -170,20 +170,24 @@ class Cluster:
         self._last_refresh = -1e9
         self._refreshing: asyncio.Future[ClusterMetadata] | None = None
 
-    async def refresh(self) -> ClusterMetadata:
+    async def refresh(self, prefer: str | None = None) -> ClusterMetadata:
         """The current topology, freshly read.
+
+        Args:
+            prefer: a broker to ask first, such as the one that just answered
+                ``NOT_OWNER`` with an epoch newer than ours.
 
         Raises:
             BrokerUnreachable: no broker answered.
         """
         if self._refreshing is None or self._refreshing.done():
-            self._refreshing = asyncio.ensure_future(self._refresh())
+            self._refreshing = asyncio.ensure_future(self._refresh(prefer))
             self._refreshing.add_done_callback(_retrieve)
         return await asyncio.shield(self._refreshing)
 
-    def refresh_soon(self) -> asyncio.Future[ClusterMetadata]:
+    def refresh_soon(self, prefer: str | None = None) -> asyncio.Future[ClusterMetadata]:
         """Start a refresh in the background (a failure is logged, not raised)."""
-        fut = asyncio.ensure_future(self.refresh())
+        fut = asyncio.ensure_future(self.refresh(prefer))
         fut.add_done_callback(_log_failure)
         return fut
 
@@ -193,13 +197,15 @@ class Cluster:
             self._refreshing.cancel()
             await asyncio.gather(self._refreshing, return_exceptions=True)
 
-    async def _refresh(self) -> ClusterMetadata:
+    async def _refresh(self, prefer: str | None) -> ClusterMetadata:
         wait = self._last_refresh + self._min_refresh - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
         candidates = list(self.metadata.brokers.values()) if self.metadata else []
         random.shuffle(candidates)  # spread refreshes; a dead broker is not always first
         candidates += [url for url in self.bootstrap if url not in candidates]
+        if prefer:
+            candidates = [prefer] + [url for url in candidates if url != prefer]
         failures = []
         try:
             for url in candidates:

@@ -448,7 +448,7 @@ class AsyncConsumer:
             delay = max(delay, exc.retry_after or 0)
         log.warning("%s: retrying in %.0f ms (attempt %d): %s", tp, delay * 1000, attempt + 1, exc)
         if exc.refresh_topology:
-            self._cluster.refresh_soon()
+            self._cluster.refresh_soon(getattr(exc, "owner_url", None))
         await asyncio.sleep(delay)
 
     async def _owner(self, tp: TopicPartition) -> str:

@@ -459,7 +459,7 @@ class AsyncProducer:
             self._fail_batch(batch, self._expired(batch, exc))
             return
         if exc.refresh_topology:
-            self._cluster.refresh_soon().add_done_callback(lambda _: self._wakeup.set())
+            self._cluster.refresh_soon(getattr(exc, "owner_url", None)).add_done_callback(lambda _: self._wakeup.set())
         log.warning(
             "retrying batch of %d records to %s in %.0f ms (attempt %d): %s",
             len(batch.records), batch.tp, delay * 1000, batch.attempts + 1, exc,

@@ -1,15 +1,14 @@
 """Blocking ``Producer`` and ``Consumer``: the async ones, run on a private event loop.
 
 As in kafka-python, each wrapper owns one daemon thread running its own event loop;
-a method hands its coroutine to that loop and blocks until it is done. Methods are
-safe to call from any thread except the wrapper's own loop thread (from a future's
-callback, for example), where waiting would deadlock: that raises RuntimeError.
+a method hands its coroutine to that loop and blocks until it is done, so methods may
+be called from any thread. The producer's ``send()`` is the exception: it hands
+records over without waiting, so a thread can send hundreds of thousands a second.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import threading
 from collections import deque
 from collections.abc import Coroutine, Iterable, Iterator, Mapping
@@ -17,16 +16,18 @@ from typing import Any, TypeVar
 
 from .accumulator import RecordFuture
 from .consumer import AsyncConsumer
+from .errors import ProducerClosedError
 from .producer import AsyncProducer
 from .structs import OffsetAndMetadata, Record, RecordMetadata, TopicPartition
 
-__all__ = ["Consumer", "Producer"]
+__all__ = ["Consumer", "FutureRecordMetadata", "Producer"]
 
 T = TypeVar("T")
 # getmany() calls made by the iterator wait this long at most, so close() from
 # another thread is noticed.
 _POLL_MS = 500
 _ITER_CHUNK = 1000
+_HANDOFF_LINGER = 0.001
 
 
 class _LoopThread:
@@ -43,9 +44,6 @@ class _LoopThread:
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the loop and return its result (or raise its error)."""
-        if threading.current_thread() is self._thread:
-            coro.close()
-            raise RuntimeError("a blocking shoal client cannot be called from its own event loop thread")
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def stop(self) -> None:
@@ -61,60 +59,169 @@ async def _started(client: T) -> T:
     return client
 
 
-def _settle(out: concurrent.futures.Future, record: RecordFuture) -> None:
-    exc = record.exception()
-    if exc is not None:
-        out.set_exception(exc)
-    else:
-        out.set_result(record.result())
+class FutureRecordMetadata:
+    """The blocking producer's promise of one record's ``RecordMetadata``.
+
+    Lighter than a ``concurrent.futures.Future`` (no lock per record): all futures of a
+    producer wait on its one condition, notified once per acknowledged batch.
+    """
+
+    __slots__ = ("_cond", "_record", "_error")
+
+    def __init__(self, cond: threading.Condition):
+        self._cond = cond
+        self._record: RecordFuture | None = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._error is not None or (self._record is not None and self._record.done())
+
+    def result(self, timeout: float | None = None) -> RecordMetadata:
+        """The record's metadata once acknowledged; raises its error.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first.
+        """
+        self._wait(timeout)
+        if self._error is not None:
+            raise self._error
+        return self._record.result()
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._wait(timeout)
+        return self._error if self._error is not None else self._record.exception()
+
+    def _wait(self, timeout: float | None) -> None:
+        if not self.done():
+            with self._cond:
+                if not self._cond.wait_for(self.done, timeout):
+                    raise TimeoutError(f"record not acknowledged within {timeout}s")
+
+    def __repr__(self) -> str:
+        return f"<FutureRecordMetadata {'done' if self.done() else 'pending'}>"
 
 
 class Producer:
     """A blocking ``AsyncProducer``: same arguments, same methods.
 
-    ``send()`` returns once the record is queued, with a ``concurrent.futures.Future``
-    of its ``RecordMetadata``.
+    ``send()`` hands the record to the producer's loop thread without waiting for it
+    (the loop takes every record handed over since it last looked in one go), and
+    returns a ``FutureRecordMetadata``: ``result(timeout)`` gives the ``RecordMetadata``. Errors the async
+    ``send()`` would raise (``UnknownTopic``, ``BufferFullError``, ...) are set on that
+    future; ``send()`` itself only blocks while ``max_pending`` records wait to be taken,
+    which happens when the producer's buffer is full. Records sent from one thread keep
+    their order.
 
     Example::
 
         with Producer("cluster.yaml") as producer:
             producer.send("orders", b"paid", key="user-1")
             meta = producer.send_and_wait("orders", b"shipped", key="user-1")
+
+    Args:
+        bootstrap, **config: as for ``AsyncProducer``.
+        max_pending: records handed over and not yet queued before ``send()`` blocks.
     """
 
-    def __init__(self, bootstrap: Any, **config: Any):
+    def __init__(self, bootstrap: Any, *, max_pending: int = 10_000, **config: Any):
         self._thread = _LoopThread("shoal-producer")
         try:
             self._producer: AsyncProducer = self._thread.call(_started(AsyncProducer(bootstrap, **config)))
         except BaseException:
             self._thread.stop()
             raise
+        self._handoff: deque[tuple] = deque()
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max_pending)
+        self._done = threading.Condition()  # notified when a batch is acknowledged or a record fails
+        self._taking: asyncio.Task | None = None  # loop side: the task emptying the handoff
+        self._waking = False  # a wake-up of the loop is on its way
+        self._closed = False
 
-    def send(self, topic: str, value: bytes | str | None, **kwargs: Any) -> concurrent.futures.Future:
-        """Queue one record (see ``AsyncProducer.send``); returns a future of its metadata."""
-        out: concurrent.futures.Future = concurrent.futures.Future()
-        self._thread.call(self._send(out, topic, value, kwargs))
+    def send(self, topic: str, value: bytes | str | None, **kwargs: Any) -> FutureRecordMetadata:
+        """Hand one record over (see ``AsyncProducer.send``); returns a future of its metadata.
+
+        Raises:
+            ProducerClosedError: the producer is closed.
+        """
+        if self._closed:
+            raise ProducerClosedError("the producer is closed")
+        out = FutureRecordMetadata(self._done)
+        self._slots.acquire()
+        with self._lock:
+            self._handoff.append((topic, value, kwargs, out))
+            wake, self._waking = not self._waking, True
+        if wake:
+            self._thread.loop.call_soon_threadsafe(self._take)
         return out
 
-    async def _send(self, out: concurrent.futures.Future, topic: str, value: Any, kwargs: dict) -> None:
-        record = await self._producer.send(topic, value, **kwargs)
-        record.add_done_callback(lambda r: _settle(out, r))
+    def _take(self) -> None:
+        if self._taking is None or self._taking.done():
+            self._taking = self._thread.loop.create_task(self._take_all())
+
+    async def _take_all(self) -> None:
+        producer, handoff = self._producer, self._handoff
+        lingered = False
+        last_batch = None
+        while True:
+            with self._lock:
+                if not handoff:
+                    if lingered:
+                        self._waking = False
+                        return
+                    # A sender streaming records would wake this thread for each one;
+                    # look again a moment later instead (well within linger_ms).
+                    lingered = True
+                    item = None
+                else:
+                    lingered = False
+                    item = handoff.popleft()
+            if item is None:
+                await asyncio.sleep(_HANDOFF_LINGER)
+                continue
+            topic, value, kwargs, out = item
+            try:
+                record = await producer.send(topic, value, **kwargs)
+            except Exception as exc:
+                out._error = exc
+                self._notify()
+            else:
+                out._record = record
+                if record.shared is not last_batch:
+                    last_batch = record.shared
+                    last_batch.add_done_callback(self._notify)
+            finally:
+                self._slots.release()
+
+    def _notify(self, *_: Any) -> None:
+        with self._done:
+            self._done.notify_all()
+
+    async def _flush(self, timeout: float | None) -> None:
+        while self._taking is not None and not self._taking.done():
+            await asyncio.shield(self._taking)
+        await self._producer.flush(timeout)
 
     def send_and_wait(self, topic: str, value: bytes | str | None, **kwargs: Any) -> RecordMetadata:
-        """Send one record and wait for its acknowledgement."""
+        """Send one record and wait for its acknowledgement (raises its error)."""
         return self.send(topic, value, **kwargs).result()
 
     def flush(self, timeout: float | None = None) -> None:
-        self._thread.call(self._producer.flush(timeout))
+        """Wait until every record sent so far is acknowledged or failed."""
+        self._thread.call(self._flush(timeout))
 
     def close(self, timeout: float | None = None) -> None:
         """Flush, close the producer and stop its thread. Idempotent."""
-        if self._thread.loop.is_closed():
+        if self._closed:
             return
+        self._closed = True
         try:
-            self._thread.call(self._producer.close(timeout))
+            self._thread.call(self._flush(timeout))
         finally:
-            self._thread.stop()
+            try:
+                self._thread.call(self._producer.close(timeout))
+            finally:
+                self._thread.stop()
 
     def __enter__(self) -> "Producer":
         return self

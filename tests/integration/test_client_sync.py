@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import concurrent.futures
+import threading
 
 import pytest
 
 from shoal.client import Consumer, OffsetAndMetadata, Producer, RecordMetadata, TopicPartition
-from shoal.client.errors import UnknownTopic
+from shoal.client.errors import ProducerClosedError, UnknownTopic
 
 
 def test_blocking_produce_and_consume(cluster_factory):
@@ -15,11 +15,14 @@ def test_blocking_produce_and_consume(cluster_factory):
     with Producer(str(cluster.config_path), linger_ms=2) as producer:
         futures = [producer.send("t", f"v{i}", key=f"k{i % 7}") for i in range(500)]
         producer.flush()
-        assert all(isinstance(f, concurrent.futures.Future) and f.done() for f in futures)
+        assert all(f.done() for f in futures)
+        assert len({(f.result().partition, f.result().offset) for f in futures}) == 500
         meta = producer.send_and_wait("t", b"last", partition=3)
         assert isinstance(meta, RecordMetadata) and meta.partition == 3
         with pytest.raises(UnknownTopic):
-            producer.send("nope", b"x")
+            producer.send("nope", b"x").result(timeout=10)
+        with pytest.raises(UnknownTopic):
+            producer.send_and_wait("nope", b"x")
     seen = []
     with Consumer("t", bootstrap=cluster.urls, group="sync", fetch_max_wait_ms=100) as consumer:
         for record in consumer:
@@ -46,10 +49,31 @@ def test_blocking_produce_and_consume(cluster_factory):
     assert {(r.partition, r.offset) for r in rest}.isdisjoint({(r.partition, r.offset) for r in seen[:250]})
 
 
+def test_records_sent_from_several_threads_keep_each_thread_s_order(cluster_factory):
+    cluster = cluster_factory(1, {"t": 1})
+    with Producer(cluster.urls, max_pending=50) as producer:
+        def worker(name):
+            return [producer.send("t", f"{name}:{i}") for i in range(2000)]
+
+        results = {}
+        threads = [threading.Thread(target=lambda n=n: results.update({n: worker(n)})) for n in "abc"]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for futures in results.values():
+            offsets = [f.result(timeout=30).offset for f in futures]
+            assert offsets == sorted(offsets) and len(set(offsets)) == 2000
+
+
 def test_blocking_wrappers_report_errors_and_close_cleanly(cluster_factory):
     cluster = cluster_factory(1, {"t": 1})
     producer = Producer(cluster.urls)
+    future = producer.send("t", b"x")
     producer.close()
     producer.close()
+    assert future.result(timeout=0).offset == 0  # close() flushed it
+    with pytest.raises(ProducerClosedError):
+        producer.send("t", b"y")
     with pytest.raises(UnknownTopic):
         Consumer("nope", bootstrap=cluster.urls)
