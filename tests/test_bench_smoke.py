@@ -78,12 +78,12 @@ def test_ratios_compare_shoal_with_each_peer_that_ran(bench_run):
 
 def test_resource_runs_report_memory_threads_cpu_and_restart(bench_run):
     resources = bench_run["doc"]["resources"]
-    part = resources["partitions"]
+    part, restart = resources["partitions"], resources["restart"]
+    assert "error" not in part and "error" not in restart, resources
     assert part["partitions"] == 500
     _positive(part["at_start"], "rss_mib", "threads")
     _positive(part["after_one_record_each"], "rss_mib", "threads", "seconds")
     assert part["idle_cpu_percent"] >= 0
-    restart = resources["restart"]
     _positive(restart, "log_bytes", "records", "ready_seconds", "serving_seconds")
     assert restart["serving_seconds"] >= restart["ready_seconds"]
 
