@@ -63,14 +63,15 @@ class BrokerClient:
         self._closed = False
 
     async def start(self) -> None:
-        if self._closed:
-            raise ShoalError("this BrokerClient is closed")
+        """Open the session (again, after ``close()``); calls made before open it too."""
+        self._closed = False
         if self._session is None:
             # limit=0: concurrency is bounded by the producer and consumer, not here.
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(connector=connector)
 
     async def close(self) -> None:
+        """Close the session; later calls raise until ``start()`` opens it again."""
         self._closed = True
         if self._session is not None:
             session, self._session = self._session, None
@@ -90,6 +91,8 @@ class BrokerClient:
     ) -> tuple[bytes, Any]:
         """Send one request; return (body, response headers) of a 2xx answer or raise."""
         if self._session is None:
+            if self._closed:
+                raise ShoalError(f"{method} {url}{path}: the client is closed")
             await self.start()
         timeout = self._timeout if timeout is None else timeout
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from shoal.client import AsyncConsumer, AsyncProducer, TopicPartition
@@ -59,13 +61,22 @@ async def test_out_of_range_offset(cluster_factory):
             await consumer.commit({TopicPartition("t", 0): 42})
 
 
-async def test_no_bootstrap_broker_answers():
-    from tests.harness import free_port
-
-    producer = AsyncProducer(f"http://127.0.0.1:{free_port()}")
+async def test_start_fails_while_no_broker_answers_and_works_once_one_does(cluster_factory):
+    cluster = cluster_factory(1, {"t": 1}, start=False)
+    producer = AsyncProducer(cluster.urls)
+    consumer = AsyncConsumer("t", bootstrap=cluster.urls)
     with pytest.raises(BrokerUnreachable):
         await producer.start()
-    await producer.close()
+    with pytest.raises(BrokerUnreachable):
+        await consumer.start()
+    await asyncio.to_thread(cluster.start)
+    try:
+        meta = await producer.send_and_wait("t", b"x")
+        got = await consumer.getmany(timeout_ms=10_000)
+        assert [r.offset for r in got[TopicPartition("t", 0)]] == [meta.offset]
+    finally:
+        await producer.close()
+        await consumer.close()
 
 
 def _put_topology(cluster, broker_ids, epoch, members):
