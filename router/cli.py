@@ -13,6 +13,7 @@ import sys
 
 import click
 
+from .cli_auth import auth
 from .cli_base import global_options
 from .cli_bench import bench
 from .cli_cluster import broker, cluster
@@ -44,7 +45,7 @@ def cli() -> None:
     """
 
 
-for _command in (cluster, broker, router, topology, topic, group, bench):
+for _command in (cluster, broker, router, topology, topic, group, bench, auth):
     cli.add_command(_command)
 
 

@@ -16,6 +16,7 @@ using aiohttp's defaults (the CLI, the client library), ``SSL_CERT_FILE=ca.pem``
 
 from __future__ import annotations
 
+import os
 import ssl
 from dataclasses import dataclass
 
@@ -51,12 +52,13 @@ def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     Raises:
         TlsError: a file is missing or the pair does not load.
     """
+    for path in (cert_file, key_file):
+        if not os.path.isfile(path):
+            raise TlsError(f"cannot read {path}: no such file")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(cert_file, key_file)
-    except FileNotFoundError as exc:
-        raise TlsError(f"cannot read {exc.filename or cert_file}: no such file") from None
     except (ssl.SSLError, OSError) as exc:
         raise TlsError(f"cannot load the TLS certificate {cert_file} with key {key_file}: {exc}") from None
     return context
