@@ -188,6 +188,9 @@ class Broker:
         dropped = sorted({tp.topic for tp in self.logs.partitions()} - set(new.topics))
         self.topology = new
         await self.logs.reconfigure()
-        for topic in dropped:
-            await self.logs.delete_topic(topic)
+        for topic in dropped:  # the new topology is in force: a failed delete only leaves files
+            try:
+                await self.logs.delete_topic(topic)
+            except OSError as exc:
+                log.error("could not delete the data of dropped topic %s: %s", topic, exc)
         log.info("installed topology epoch %d (%d topics); deleted topics: %s", new.epoch, len(new.topics), dropped or "none")

@@ -11,7 +11,6 @@ import logging
 from aiohttp import web
 
 from shoal.broker.group_handlers import add_group_routes
-from shoal.broker.json_records import encode_json_batch, records_to_json
 from shoal.broker.state import BROKER, METRICS
 from shoal.client.errors import (
     InvalidRequest,
@@ -20,6 +19,7 @@ from shoal.client.errors import (
     StorageFull,
     UnsupportedMediaType,
 )
+from shoal.client.json_records import encode_json_batch, records_to_json
 from shoal.client.names import check_name
 from shoal.client.records import decode_fetch, validate_frames
 from shoal.client.structs import TopicPartition

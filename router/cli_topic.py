@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import json
 import signal
@@ -16,6 +15,7 @@ import yaml
 
 from shoal.client import AsyncConsumer, AsyncProducer
 from shoal.client.errors import ShoalError
+from shoal.client.json_records import record_to_json
 from shoal.client.names import check_name
 from shoal.client.structs import Record, TopicPartition
 
@@ -413,16 +413,8 @@ def _start_offset(value: str) -> str | int:
 
 
 def record_view(record: Record) -> dict[str, Any]:
-    """A consumed record as JSON: text where it is UTF-8, ``*_b64`` where it is not."""
-    view: dict[str, Any] = {"topic": record.topic, "partition": record.partition, "offset": record.offset,
-                            "timestamp": record.timestamp}  # fmt: skip
-    for field, data in (("key", record.key), ("value", record.value)):
-        try:
-            view[field] = None if data is None else data.decode("utf-8")
-        except UnicodeDecodeError:
-            view[f"{field}_b64"] = base64.b64encode(data).decode()
-    view["headers"] = {k: v.decode("utf-8", "backslashreplace") for k, v in (record.headers or {}).items()}
-    return view
+    """A consumed record as JSON, in the API's record form plus where it came from."""
+    return {"topic": record.topic, "partition": record.partition, **record_to_json(record)}
 
 
 @topic.command("consume")

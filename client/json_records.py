@@ -1,4 +1,4 @@
-"""The JSON form of records, for people and curl (not the fast path).
+"""The JSON form of records in API v1, for people, curl and the CLI (not the fast path).
 
 Produce: ``{"records": [{"key": "k", "value": "v", "headers": {"h": "x"}, "timestamp": ms}]}``
 where ``key_b64``/``value_b64`` (and header values given as ``{"b64": "..."}``) carry
@@ -14,9 +14,9 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from shoal.client.errors import InvalidRequest
-from shoal.client.records import encode_batch
-from shoal.client.structs import Record
+from .errors import InvalidRequest
+from .records import encode_batch
+from .structs import Record
 
 MAX_JSON_RECORDS = 10_000
 
