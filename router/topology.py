@@ -386,13 +386,14 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _int_rule(minimum: int, *, nullable: bool = False) -> Rule:
-    want = f"{'null or ' if nullable else ''}an integer >= {minimum}"
+def _int_rule(minimum: int, *, maximum: int | None = None, nullable: bool = False) -> Rule:
+    bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+    want = f"{'null or ' if nullable else ''}an integer {bounds}"
 
     def check(value: Any) -> str | None:
         if value is None and nullable:
             return None
-        if _is_int(value) and value >= minimum:
+        if _is_int(value) and value >= minimum and (maximum is None or value <= maximum):
             return None
         return f"must be {want}, got {_show(value)}"
 
@@ -409,7 +410,7 @@ _TOPIC_RULES: dict[str, Rule] = {
     "partitions": _int_rule(1),
     "flush": _flush_rule,
     "flush_interval_ms": _int_rule(1),
-    "segment_bytes": _int_rule(1),
+    "segment_bytes": _int_rule(1, maximum=2**31 - 1),  # index positions are 32-bit
     "retention_ms": _int_rule(1, nullable=True),
     "retention_bytes": _int_rule(1, nullable=True),
 }
