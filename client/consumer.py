@@ -32,7 +32,6 @@ from .errors import (
     NoOffsetForPartitionError,
     OffsetOutOfRange,
     ShoalError,
-    ShoalTimeoutError,
     Throttled,
     UnknownPartition,
 )
