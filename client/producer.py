@@ -296,6 +296,8 @@ class AsyncProducer:
             key = _to_bytes(key, "key")
         if headers is not None:
             headers = _headers(headers)
+        if timestamp_ms is not None and timestamp_ms.__class__ is not int:
+            raise TypeError(f"timestamp_ms must be an int (ms since the epoch), not {type(timestamp_ms).__name__}")
         n = self._cluster.metadata.partitions.get(topic)
         if n is None:
             n = await self._cluster.partitions(check_name(topic, "topic"))
@@ -403,8 +405,6 @@ class AsyncProducer:
                 continue
             acc.pop(batch)
             self._in_flight[url] += 1
-            if batch.frame is None:
-                self._stamp(batch)
             task = loop.create_task(self._produce(batch, url))
             self._requests.add(task)
             task.add_done_callback(self._requests.discard)
@@ -427,6 +427,8 @@ class AsyncProducer:
         tp = batch.tp
         acc = self._acc
         try:
+            if batch.frame is None:
+                self._stamp(batch)
             answer = await self._http.produce(url, tp.topic, tp.partition, batch.frame)
         except DuplicateSequence:
             # Already written, but the broker no longer knows where (Kafka does the same).

@@ -115,3 +115,20 @@ async def test_a_misrouted_partition_refreshes_the_topology_and_succeeds(cluster
         await consumer.close()
     _, on_four = http_json("GET", f"{cluster.url(4)}/v1/topics/t/partitions/{p}/offsets")
     assert on_four["high_watermark"] == 1  # it went to the real owner
+
+
+async def test_bad_arguments_to_send_raise_at_once_and_harm_nothing(cluster_factory):
+    cluster = cluster_factory(1, {"t": 1})
+    async with AsyncProducer(cluster.urls) as producer:
+        for kwargs, message in [
+            ({"value": 42}, "value must be bytes or str"),
+            ({"value": b"v", "key": 1.5}, "key must be bytes or str"),
+            ({"value": b"v", "timestamp_ms": 1.7e12}, "timestamp_ms must be an int"),
+            ({"value": b"v", "headers": {1: b"x"}}, "header names must be str"),
+            ({"value": b"v", "headers": {"h": 3}}, "header 'h' must be bytes or str"),
+        ]:
+            with pytest.raises(TypeError, match=message):
+                await producer.send("t", **kwargs)
+        with pytest.raises(ValueError, match="linger_ms"):
+            AsyncProducer(cluster.urls, linger_ms=-1)
+        assert (await producer.send_and_wait("t", b"fine")).offset == 0
