@@ -58,7 +58,7 @@ def wait_for(check: Callable[[], T], what: str, timeout: float = 30.0, interval:
 
 
 class ComposeCluster:
-    """Three broker containers of deploy/docker-compose.yml under a project of their own.
+    """The three brokers and the gateway of deploy/docker-compose.yml, under a project of their own.
 
     Args:
         compose: the compose command (see ``compose_command``).
@@ -75,8 +75,12 @@ class ComposeCluster:
         self.image = image
         self.project = f"shoal-e2e-{uuid.uuid4().hex[:10]}"
         self.ports = {i: free_port() for i in BROKER_IDS}
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path = workdir / "cluster.yaml"
+        self.gateway_port = free_port()
+        # The containers' non-root user reads this folder, mounted as /etc/shoal.
+        self.config_dir = workdir
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        self.config_dir.chmod(0o755)
+        self.config_path = self.config_dir / "cluster.yaml"
         self.config_path.write_text(yaml.safe_dump({
             "cluster": self.project,
             "epoch": 1,
@@ -84,13 +88,17 @@ class ComposeCluster:
             "brokers": [{"id": i, "url": self.url(i)} for i in BROKER_IDS],
             "topics": {name: {"partitions": n} for name, n in topics.items()},
         }, sort_keys=False))
-        self.config_path.chmod(0o644)  # read by the containers' non-root user
+        self.config_path.chmod(0o644)
         self.extra: list = []  # containers started beside the compose services
 
     # --- addresses ---------------------------------------------------------------------
 
     def url(self, broker_id: int) -> str:
         return f"http://127.0.0.1:{self.ports[broker_id]}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
 
     @property
     def urls(self) -> list[str]:
@@ -112,7 +120,8 @@ class ComposeCluster:
     def run_compose(self, *args: str, timeout: float = 120) -> str:
         env = {
             "SHOAL_IMAGE": self.image,
-            "SHOAL_CLUSTER_FILE": str(self.config_path),
+            "SHOAL_CONFIG_DIR": str(self.config_dir),
+            "SHOAL_GATEWAY_PORT": str(self.gateway_port),
             **{f"SHOAL_PORT_{i}": str(port) for i, port in self.ports.items()},
         }
         proc = subprocess.run(
@@ -127,6 +136,8 @@ class ComposeCluster:
         self.run_compose("up", "--detach")
         for i in BROKER_IDS:
             self.wait_serving(i)
+        wait_for(lambda: http_json("GET", self.gateway_url + "/v1/health", timeout=2)[0] == 200,
+                 f"gateway of {self.project} serving")
 
     def ps(self) -> str:
         return self.run_compose("ps")
@@ -168,15 +179,18 @@ class ComposeCluster:
         self.extra.append(container)
         return container
 
-    def broker(self, broker_id: int):
-        """The container of broker ``broker_id`` (fresh state on every call)."""
+    def service(self, name: str):
+        """The container of service ``name`` (fresh state on every call)."""
         found = self.client.containers.list(all=True, filters={"label": [
             f"com.docker.compose.project={self.project}",
-            f"com.docker.compose.service=broker-{broker_id}",
+            f"com.docker.compose.service={name}",
         ]})
         if len(found) != 1:
-            raise RuntimeError(f"{self.project}: {len(found)} containers for broker-{broker_id}")
+            raise RuntimeError(f"{self.project}: {len(found)} containers for {name}")
         return found[0]
+
+    def broker(self, broker_id: int):
+        return self.service(f"broker-{broker_id}")
 
     def network(self):
         """The project's private network (the one the brokers are attached to)."""
@@ -198,6 +212,6 @@ class ComposeCluster:
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}\n{self.broker(broker_id).logs(tail=40).decode(errors='replace')}") from None
 
-    def health(self, broker_id: int) -> str:
-        """Docker's HEALTHCHECK verdict: starting, healthy or unhealthy."""
-        return self.broker(broker_id).attrs["State"].get("Health", {}).get("Status", "none")
+    def health(self, service: str) -> str:
+        """Docker's HEALTHCHECK verdict for a service: starting, healthy or unhealthy."""
+        return self.service(service).attrs["State"].get("Health", {}).get("Status", "none")

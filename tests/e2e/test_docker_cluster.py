@@ -90,11 +90,19 @@ async def test_produce_and_consume_across_all_brokers(make_cluster):
     for key, values in by_key.items():  # per key, in the order sent
         assert values == [f"order-{i}" for i in range(600) if f"user-{i % 40}" == key]
 
+    # The gateway serves every partition to clients that do not route themselves.
+    for p in range(PARTITIONS):
+        status, body = http_json("GET", f"{cluster.gateway_url}/v1/topics/{TOPIC}/partitions/{p}/records?offset=0",
+                                 headers={"Accept": "application/json"})
+        assert status == 200, body
+        assert [r["value"] for r in body["records"]] == [f"order-{i}" for i in range(600) if metas[i].partition == p]
+
     # The image's HEALTHCHECK agrees, and the admin CLI on this host sees every broker.
-    wait_for(lambda: all(cluster.health(i) == "healthy" for i in (1, 2, 3)), "docker health of all brokers", 30)
+    services = ["broker-1", "broker-2", "broker-3", "gateway"]
+    wait_for(lambda: all(cluster.health(s) == "healthy" for s in services), "docker health of every service", 30)
     ps = cluster.ps()
     print(ps)
-    assert ps.count("(healthy)") == 3, ps
+    assert ps.count("(healthy)") == 4, ps
     shoal = Path(sys.executable).with_name("shoal")
     info = subprocess.run([str(shoal), "--config", str(cluster.config_path), "--output", "json", "cluster", "info"],
                           capture_output=True, text=True, timeout=30)
