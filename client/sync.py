@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from .accumulator import RecordFuture
 from .consumer import AsyncConsumer
-from .errors import ProducerClosedError
+from .errors import ConsumerClosedError, ProducerClosedError, ShoalError
 from .producer import AsyncProducer
 from .structs import OffsetAndMetadata, Record, RecordMetadata, TopicPartition
 
@@ -33,7 +33,8 @@ _HANDOFF_LINGER = 0.001
 class _LoopThread:
     """An event loop running forever in a daemon thread, until ``stop()``."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, closed: type[ShoalError]):
+        self._closed_error = closed
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -44,6 +45,9 @@ class _LoopThread:
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the loop and return its result (or raise its error)."""
+        if self.loop.is_closed():
+            coro.close()
+            raise self._closed_error("the client is closed")
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def stop(self) -> None:
@@ -124,7 +128,7 @@ class Producer:
     """
 
     def __init__(self, bootstrap: Any, *, max_pending: int = 10_000, **config: Any):
-        self._thread = _LoopThread("shoal-producer")
+        self._thread = _LoopThread("shoal-producer", ProducerClosedError)
         try:
             self._producer: AsyncProducer = self._thread.call(_started(AsyncProducer(bootstrap, **config)))
         except BaseException:
@@ -245,7 +249,7 @@ class Consumer:
     """
 
     def __init__(self, *topics: str, bootstrap: Any, **config: Any):
-        self._thread = _LoopThread("shoal-consumer")
+        self._thread = _LoopThread("shoal-consumer", ConsumerClosedError)
         self._held: deque[Record] = deque()  # taken from the async consumer, not yet handed out
         try:
             self._consumer: AsyncConsumer = self._thread.call(
@@ -286,7 +290,10 @@ class Consumer:
 
     def getone(self) -> Record:
         """The next record, waiting as long as it takes."""
-        return next(self)
+        try:
+            return next(self)
+        except StopIteration:
+            raise ConsumerClosedError("the consumer is closed") from None
 
     def __iter__(self) -> Iterator[Record]:
         return self

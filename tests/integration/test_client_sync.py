@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from shoal.client import Consumer, OffsetAndMetadata, Producer, RecordMetadata, TopicPartition
-from shoal.client.errors import ProducerClosedError, UnknownTopic
+from shoal.client.errors import ConsumerClosedError, ProducerClosedError, UnknownTopic
 
 
 def test_blocking_produce_and_consume(cluster_factory):
@@ -75,5 +75,14 @@ def test_blocking_wrappers_report_errors_and_close_cleanly(cluster_factory):
     assert future.result(timeout=0).offset == 0  # close() flushed it
     with pytest.raises(ProducerClosedError):
         producer.send("t", b"y")
+    with pytest.raises(ProducerClosedError):
+        producer.flush()
     with pytest.raises(UnknownTopic):
         Consumer("nope", bootstrap=cluster.urls)
+    consumer = Consumer(bootstrap=cluster.urls)
+    consumer.close()
+    with pytest.raises(ConsumerClosedError):
+        consumer.getmany()
+    with pytest.raises(ConsumerClosedError):
+        consumer.getone()
+    assert list(consumer) == []
