@@ -65,6 +65,13 @@ def split_by_owner(cluster: ComposeCluster, victim: int) -> tuple[list[int], lis
     return down, up
 
 
+def shoal_cli(cluster: ComposeCluster, *args: str) -> subprocess.CompletedProcess:
+    """The admin CLI of this host's venv against the cluster's cluster.yaml."""
+    shoal = Path(sys.executable).with_name("shoal")
+    return subprocess.run([str(shoal), "--config", str(cluster.config_path), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
 async def test_produce_and_consume_across_all_brokers(make_cluster):
     cluster = make_cluster({TOPIC: PARTITIONS})
     owners = cluster.owners(TOPIC)
@@ -103,11 +110,27 @@ async def test_produce_and_consume_across_all_brokers(make_cluster):
     ps = cluster.ps()
     print(ps)
     assert ps.count("(healthy)") == 4, ps
-    shoal = Path(sys.executable).with_name("shoal")
-    info = subprocess.run([str(shoal), "--config", str(cluster.config_path), "--output", "json", "cluster", "info"],
-                          capture_output=True, text=True, timeout=30)
+    info = shoal_cli(cluster, "--output", "json", "cluster", "info")
     assert info.returncode == 0, info.stderr
     assert sorted(b["id"] for b in json.loads(info.stdout)["brokers"]) == [1, 2, 3]
+
+
+async def test_topic_created_on_the_host_outlives_a_container_restart(make_cluster):
+    """`shoal topic create` replaces cluster.yaml; a broker restarted afterwards must read the new file."""
+    cluster = make_cluster({TOPIC: 3})
+    created = shoal_cli(cluster, "topic", "create", "payments", "-p", "6")
+    assert created.returncode == 0, created.stderr
+
+    container = cluster.broker(1)
+    await asyncio.to_thread(container.restart, timeout=5)
+    await asyncio.to_thread(cluster.wait_serving, 1)
+    status, topology = http_json("GET", cluster.url(1) + "/v1/cluster")
+    assert status == 200
+    assert topology["epoch"] == 2 and topology["topics"]["payments"]["partitions"] == 6
+
+    async with asyncio.timeout(60), make_producer(cluster) as producer:
+        futures = [await producer.send("payments", f"p{p}", partition=p) for p in range(6)]
+        assert [m.offset for m in await asyncio.gather(*futures)] == [0] * 6
 
 
 async def test_killed_broker_takes_down_only_its_partitions_and_returns_with_every_acked_record(make_cluster):
