@@ -390,16 +390,15 @@ class AsyncProducer:
         now = loop.time()
         meta = self._cluster.metadata
         for batch in acc.ready(now):
-            if now - batch.created > self._delivery_timeout:
-                acc.pop(batch)
-                acc.unmute(batch.tp)
-                self._fail_batch(batch, self._expired(batch, None))
-                continue
             url = meta.owner_url(batch.tp.topic, batch.tp.partition)
-            if url is None:
+            if now - batch.created > self._delivery_timeout or url is None:
                 acc.pop(batch)
                 acc.unmute(batch.tp)
-                self._fail_batch(batch, UnknownTopic(f"{batch.tp} is not in the cluster's topology any more", topic=batch.tp.topic))
+                if url is None:
+                    self._fail_batch(batch, UnknownTopic(f"{batch.tp} is not in the topology any more", topic=batch.tp.topic))
+                else:
+                    self._fail_batch(batch, self._expired(batch, None))
+                self._wakeup.set()  # the batch behind it may be ready too
                 continue
             if self._in_flight[url] >= self._max_in_flight:
                 continue
