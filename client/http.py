@@ -118,20 +118,26 @@ class BrokerClient:
             raise err
         return body, resp_headers
 
-    async def _json(self, method: str, url: str, path: str, **kwargs: Any) -> Any:
+    async def request_json(self, method: str, url: str, path: str, **kwargs: Any) -> Any:
+        """Any JSON call of the API (``json_body=``, ``params=``, ``timeout=``): the parsed answer.
+
+        For calls without a method of their own here (admin, group membership).
+        """
         body, _ = await self._call(method, url, path, **kwargs)
         try:
             return json.loads(body)
         except ValueError as exc:
             raise BrokerUnreachable(url, f"{method} {path} answered with non-JSON {body[:80]!r}") from exc
 
+    _json = request_json  # the name router/cli_session.py's AdminClient still calls
+
     async def cluster(self, url: str) -> dict[str, Any]:
         """``GET /v1/cluster``: the topology this broker has installed."""
-        return await self._json("GET", url, "/v1/cluster")
+        return await self.request_json("GET", url, "/v1/cluster")
 
     async def produce(self, url: str, topic: str, partition: int, frames: bytes) -> dict[str, Any]:
         """Append ``frames``; ``{"base_offset", "count", "duplicate"}`` once written."""
-        return await self._json(
+        return await self.request_json(
             "POST", url, _partition_path(topic, partition) + "/records", headers=_PRODUCE_HEADERS, data=frames
         )
 
@@ -156,18 +162,18 @@ class BrokerClient:
     async def offsets(self, url: str, topic: str, partition: int, *, timestamp: int | None = None) -> dict[str, Any]:
         """``{"log_start_offset", "high_watermark"}``, plus ``"offset"`` for a ``timestamp``."""
         params = None if timestamp is None else {"timestamp": timestamp}
-        return await self._json("GET", url, _partition_path(topic, partition) + "/offsets", params=params)
+        return await self.request_json("GET", url, _partition_path(topic, partition) + "/offsets", params=params)
 
     async def committed(self, url: str, group: str, topic: str, partition: int) -> OffsetAndMetadata | None:
         """The group's committed offset, or None when it never committed here."""
-        body = await self._json("GET", url, _committed_path(group, topic, partition))
+        body = await self.request_json("GET", url, _committed_path(group, topic, partition))
         if body.get("offset") is None:
             return None
         return OffsetAndMetadata(body["offset"], body.get("metadata") or "")
 
     async def commit(self, url: str, group: str, topic: str, partition: int, offset: OffsetAndMetadata) -> None:
         """Store ``offset`` as the group's committed offset (durable once this returns)."""
-        await self._json(
+        await self.request_json(
             "PUT",
             url,
             _committed_path(group, topic, partition),
