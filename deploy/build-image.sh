@@ -93,7 +93,8 @@ make_local_base() {  # $1: tag
       --dpkgopt='path-exclude=/usr/share/info/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
       --dpkgopt='path-include=/usr/share/locale/locale.alias' \
       --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/* "$1"/var/log/*.log "$1"/usr/share/doc/* "$1"/usr/share/man/* "$1"/usr/share/info/*' \
-      "$suite" - "${sources[@]}" | gzip -1 > "$tarball.tmp"
+      "$suite" - "${sources[@]}" 2>"$cache/last-step.log" | gzip -1 > "$tarball.tmp" \
+      || { cat "$cache/last-step.log" >&2; die "mmdebstrap failed"; }
     mv "$tarball.tmp" "$tarball"
   fi
   say "importing ${tarball#$root/} as $1"
