@@ -131,7 +131,7 @@ import hashlib, platform, sys, tomllib
 with open(sys.argv[1], "rb") as f:
     doc = tomllib.load(f)
 requires = doc["build-system"]["requires"]
-wanted = [doc["project"].get("dependencies", []), requires, platform.machine(), "run+build"]
+wanted = [doc["project"].get("dependencies", []), requires, platform.machine(), "run/ and build/"]
 print(" ".join(sorted({d.split("/")[0] for d in doc["tool"]["setuptools"]["package-dir"].values()})))
 print("\t".join(requires))
 print(hashlib.sha256(repr(wanted).encode()).hexdigest()[:16])
@@ -174,9 +174,14 @@ cp -rl "$deps/run" "$context/deps" 2>/dev/null || cp -r "$deps/run" "$context/de
 cp -rl "$app" "$context/app" 2>/dev/null || cp -r "$app" "$context/app"
 
 # --- the image ------------------------------------------------------------------------
-# No buildx here: the classic builder uses local images as they are and never looks for a registry.
+# Without buildx the CLI refuses BuildKit, so ask for the classic builder; both builders
+# use local base images as they are (no --pull, no `# syntax=` line: nothing asks a registry).
 if ! docker buildx version >/dev/null 2>&1; then export DOCKER_BUILDKIT=0; fi
 say "building $image on $base"
+previous=$(docker image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
 quietly docker build --build-arg BASE="$base" --tag "$image" --file "$here/Dockerfile" "$context"
+if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect --format '{{.Id}}' "$image")" ]; then
+  docker rmi "$previous" >/dev/null 2>&1 || true  # the image it replaced, unless a container still uses it
+fi
 size=$(docker image inspect --format '{{.Size}}' "$image")
 say "built $image on $base in $((SECONDS - started)) s ($((size / 1000000)) MB)"

@@ -6,8 +6,10 @@ the reason; with SHOAL_REQUIRE_DOCKER=1 (CI) that skip is a failure instead.
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
+import warnings
 
 import pytest
 
@@ -34,7 +36,14 @@ def docker_client():
         client = docker.from_env(timeout=60)
         client.ping()
     except docker.errors.DockerException as exc:
-        _unavailable(f"no Docker engine answers: {exc}")
+        failure = f"no Docker engine answers: {exc}"
+    else:
+        failure = None
+    if failure:
+        with warnings.catch_warnings():  # the SDK leaves its failed connection to the collector
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
+        _unavailable(failure)
     yield client
     client.close()
 
