@@ -278,7 +278,7 @@ def create_gateway_app(topology: Topology, *, token: str | None = None) -> web.A
     app = web.Application(middlewares=middlewares, client_max_size=limit)
     app[GATEWAY] = gw
     app[MAX_BODY] = limit
-    openapi = build_openapi("shoal gateway")
+    openapi = build_openapi("shoal gateway", gateway=True)
 
     async def serve_openapi(request: web.Request) -> web.Response:
         return web.json_response(openapi)

@@ -8,9 +8,15 @@ from typing import Any
 
 from shoal.client.errors import ShoalApiError, error_for_code
 
-NAME = {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,249}$"}
-INT = {"type": "integer", "minimum": 0}
+NAME = {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,249}$", "not": {"enum": [".", ".."]}}
+INT = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
+PARTITION = {"type": "integer", "minimum": 0, "maximum": 999_999_999}
 BATCH = "application/vnd.shoal.batch"
+_B64 = {
+    "type": "string",
+    "contentEncoding": "base64",
+    "pattern": "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
+}
 
 _PROBLEM = {
     "type": "object",
@@ -25,17 +31,27 @@ _PROBLEM = {
     "additionalProperties": True,
 }
 
+_HEADER_VALUE = {
+    "oneOf": [
+        {"type": "string"},
+        {"type": "object", "required": ["b64"], "properties": {"b64": _B64}},
+    ]
+}
+_ANY_JSON = {"description": "a string is stored as UTF-8; any other JSON value as its compact JSON text"}
+
 _RECORD_IN = {
     "type": "object",
     "properties": {
-        "key": {"type": ["string", "null"]},
-        "value": {"type": ["string", "null"]},
-        "key_b64": {"type": "string"},
-        "value_b64": {"type": "string"},
-        "headers": {"type": "object", "additionalProperties": {"type": "string"}},
-        "timestamp": INT,
+        "key": _ANY_JSON,
+        "value": _ANY_JSON,
+        "key_b64": _B64,
+        "value_b64": _B64,
+        "headers": {"type": ["object", "null"], "additionalProperties": _HEADER_VALUE},
+        "timestamp": {"type": ["integer", "null"], "minimum": 0, "maximum": 2**62 - 1},
+        "partition": {"description": "read by the gateway's POST /v1/topics/{topic}/records; ignored here"},
     },
     "additionalProperties": False,
+    "allOf": [{"not": {"required": ["key", "key_b64"]}}, {"not": {"required": ["value", "value_b64"]}}],
 }
 
 _RECORD_OUT = {
@@ -48,8 +64,32 @@ _RECORD_OUT = {
         "value": {"type": ["string", "null"]},
         "key_b64": {"type": "string"},
         "value_b64": {"type": "string"},
-        "headers": {"type": "object"},
+        "headers": {"type": "object", "additionalProperties": _HEADER_VALUE},
     },
+}
+
+_TOPOLOGY_IN = {
+    "type": "object",
+    "required": ["brokers"],
+    "properties": {
+        "cluster": NAME,
+        "epoch": INT,
+        "brokers": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["id", "url"],
+                "properties": {"id": INT, "url": {"type": "string", "format": "uri"}},
+                "additionalProperties": False,
+            },
+        },
+        "topics": {"type": "object", "additionalProperties": {"type": ["object", "null"]}},
+        "owners": {"type": "object"},
+        "defaults": {"type": ["object", "null"]},
+        "settings": {"type": ["object", "null"]},
+    },
+    "additionalProperties": False,
 }
 
 _GROUP = {
@@ -81,7 +121,7 @@ def _param(name: str, where: str = "path", schema: dict | None = None, required:
         "name": name,
         "in": where,
         "required": where == "path" if required is None else required,
-        "schema": schema or (NAME if name in ("topic", "group") else INT),
+        "schema": schema or {"topic": NAME, "group": NAME, "partition": PARTITION}.get(name, INT),
     }
 
 
@@ -109,7 +149,39 @@ _PART = [_param("topic"), _param("partition")]
 _PART_ERRORS = ("UNKNOWN_TOPIC", "UNKNOWN_PARTITION", "NOT_OWNER")
 
 
-def build_openapi(title: str = "shoal") -> dict[str, Any]:
+def _gateway_paths() -> dict[str, Any]:
+    """What only the gateway serves: keyed JSON produce over a whole topic."""
+    record = {**_RECORD_IN, "properties": {**_RECORD_IN["properties"], "partition": {
+        **PARTITION, "description": "this partition instead of the key's (murmur2) or the round-robin one"}}}
+    placed = {"type": "array", "items": {"oneOf": [
+        {"type": "object", "required": ["partition", "offset"], "properties": {"partition": PARTITION, "offset": INT}},
+        {"type": "null"}]}}
+    ok = {"type": "object", "required": ["topic", "offsets"], "properties": {"topic": NAME, "offsets": placed}}
+    op = _op(
+        "Append JSON records to a topic: by key (Kafka's murmur2 partitioner), else round-robin",
+        {"description": "every record written; offsets[i] is where records[i] landed", "content": _json(ok)},
+        "UNKNOWN_TOPIC", "UNSUPPORTED_MEDIA_TYPE", "BATCH_TOO_LARGE", "THROTTLED", "STORAGE_FULL",
+        "BROKER_UNAVAILABLE", "NOT_OWNER",
+        params=[_param("topic")],
+        body=_json({"type": "object", "required": ["records"], "properties": {
+            "records": {"type": "array", "minItems": 1, "maxItems": 10_000, "items": record}}}),
+    )
+    op["responses"]["207"] = {"description": "some partitions failed: their records' offsets are null", "content": _json(
+        {**ok, "required": ["topic", "offsets", "errors"], "properties": {
+            **ok["properties"], "errors": {"type": "array", "items": _PROBLEM}}})}
+    return {"/v1/topics/{topic}/records": {"post": op}}
+
+
+def build_openapi(title: str = "shoal", *, gateway: bool = False) -> dict[str, Any]:
+    """The document; ``gateway`` adds what only the gateway serves and drops /metrics."""
+    doc = _document(title)
+    if gateway:
+        del doc["paths"]["/metrics"]
+        doc["paths"].update(_gateway_paths())
+    return doc
+
+
+def _document(title: str) -> dict[str, Any]:
     watermarks = {"log_start_offset": INT, "high_watermark": INT}
     return {
         "openapi": "3.1.0",
@@ -126,7 +198,7 @@ def build_openapi(title: str = "shoal") -> dict[str, Any]:
                     params=_PART,
                     body={
                         "application/json": {"schema": {"type": "object", "required": ["records"], "properties": {
-                            "records": {"type": "array", "minItems": 1, "items": _RECORD_IN}}}},
+                            "records": {"type": "array", "minItems": 1, "maxItems": 10_000, "items": _RECORD_IN}}}},
                         BATCH: {"schema": {"type": "string", "format": "binary"}},
                     },
                 ),
@@ -139,7 +211,7 @@ def build_openapi(title: str = "shoal") -> dict[str, Any]:
                     *_PART_ERRORS, "OFFSET_OUT_OF_RANGE", "NOT_ACCEPTABLE",
                     params=_PART + [
                         _param("offset", "query", INT, False),
-                        _param("max_bytes", "query", {"type": "integer", "minimum": 1}, False),
+                        _param("max_bytes", "query", {**INT, "minimum": 1}, False),
                         _param("max_wait_ms", "query", INT, False),
                     ],
                 ),
@@ -165,7 +237,8 @@ def build_openapi(title: str = "shoal") -> dict[str, Any]:
                     *_PART_ERRORS, "OFFSET_OUT_OF_RANGE", "UNSUPPORTED_MEDIA_TYPE",
                     params=[_param("group")] + _PART,
                     body=_json({"type": "object", "required": ["offset"], "properties": {
-                        "offset": INT, "metadata": {"type": "string", "maxLength": 4096}}}),
+                        "offset": {"type": "integer", "description": "log_start_offset..high_watermark, else 416"},
+                        "metadata": {"type": ["string", "null"], "maxLength": 4096}}}),
                 ),
             },
             "/v1/groups": {"get": _op("Groups with committed offsets here", {"description": "groups", "content": _json(
@@ -181,7 +254,7 @@ def build_openapi(title: str = "shoal") -> dict[str, Any]:
                     {"type": "object", "required": ["cluster", "epoch", "brokers", "topics", "owners"]})}),
                 "put": _op("Install a newer topology (admin)", {"description": "installed", "content": _json(
                     {"type": "object"})}, "STALE_EPOCH", "TOPOLOGY_CONFLICT", "UNSUPPORTED_MEDIA_TYPE",
-                    body=_json({"type": "object"})),
+                    body=_json(_TOPOLOGY_IN)),
             },
             "/v1/health": {"get": _op("Liveness and epoch", {"description": "serving", "content": _json(
                 {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}})})},
