@@ -300,6 +300,9 @@ class MethodNotAllowed(ShoalApiError):
     http_status = 405
     fields = ("allowed",)
 
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(self.allowed or ())}  # required on a 405 (RFC 9110)
+
 
 class Throttled(ShoalApiError):
     """The broker's queues are full: retry after ``retry_after`` seconds."""

@@ -26,6 +26,7 @@ CHECKS = ",".join([
     "response_headers_conformance",
     "response_schema_conformance",
     "negative_data_rejection",
+    "unsupported_method",
 ])
 CONFIG = """\
 [dictionaries]
