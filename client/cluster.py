@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .errors import BrokerUnreachable, ShoalError, UnknownPartition, UnknownTopic
+from .errors import BrokerUnreachable, ShoalApiError, ShoalError, UnknownPartition, UnknownTopic
 from .http import BrokerClient
 
 __all__ = ["Cluster", "ClusterMetadata", "backoff_seconds", "parse_bootstrap"]
@@ -207,12 +207,15 @@ class Cluster:
         if prefer:
             candidates = [prefer] + [url for url in candidates if url != prefer]
         failures = []
+        refused: ShoalError | None = None  # an answer like 401 says more than "unreachable"
         try:
             for url in candidates:
                 try:
                     fresh = ClusterMetadata.from_json(await self._http.cluster(url))
                 except (ValueError, ShoalError) as exc:
                     failures.append(f"{url}: {exc}")
+                    if isinstance(exc, ShoalApiError) and not exc.retriable and refused is None:
+                        refused = exc
                     continue
                 if self.metadata is not None and fresh.epoch < self.metadata.epoch:
                     log.debug("broker %s still has epoch %d < %d; asking another", url, fresh.epoch, self.metadata.epoch)
@@ -225,6 +228,8 @@ class Cluster:
             self._last_refresh = time.monotonic()
         if self.metadata is not None and not failures:
             return self.metadata  # every answer was older than what we hold
+        if refused is not None:
+            raise refused
         raise BrokerUnreachable(", ".join(candidates), "; ".join(failures) or "no broker to ask")
 
     async def partitions(self, topic: str) -> int:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import warnings
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
@@ -118,6 +119,8 @@ class AsyncConsumer:
             and how long commits and offset look-ups retry (default 30000).
         retry_backoff_ms: the first retry's backoff; doubles per attempt (default 100).
         retry_backoff_max_ms: the backoff's ceiling (default 1000).
+        token: bearer token for a cluster with ``auth:`` (sent on every request).
+        ssl_context: for ``https://`` brokers, e.g. ``ssl.create_default_context(cafile=...)``.
     """
 
     def __init__(
@@ -134,6 +137,8 @@ class AsyncConsumer:
         request_timeout_ms: int = 30_000,
         retry_backoff_ms: int = 100,
         retry_backoff_max_ms: int = 1000,
+        token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ):
         for topic in topics:
             check_name(topic, "topic")
@@ -161,7 +166,7 @@ class AsyncConsumer:
         self._auto_commit = auto_commit_interval_ms / 1000 if enable_auto_commit else None
         self._request_timeout = request_timeout_ms / 1000
         self._backoff = (retry_backoff_ms, retry_backoff_max_ms)
-        self._http = BrokerClient(request_timeout_ms=request_timeout_ms)
+        self._http = BrokerClient(request_timeout_ms=request_timeout_ms, token=token, ssl_context=ssl_context)
         self._cluster = Cluster(bootstrap, self._http, min_refresh_ms=retry_backoff_ms)
         self._wanted: list[TopicPartition] = []
         self._parts: dict[TopicPartition, _Partition] = {}

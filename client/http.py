@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 from typing import Any, NamedTuple
 
 import aiohttp
@@ -55,10 +56,21 @@ class BrokerClient:
     Args:
         request_timeout_ms: how long one request may take, long-polls excluded
             (a fetch gets its ``max_wait_ms`` on top).
+        token: sent as ``Authorization: Bearer <token>`` on every request.
+        ssl_context: for ``https://`` brokers, e.g. one that trusts the cluster's CA;
+            None verifies against the system's CAs.
     """
 
-    def __init__(self, *, request_timeout_ms: int = 30_000):
+    def __init__(
+        self,
+        *,
+        request_timeout_ms: int = 30_000,
+        token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ):
         self._timeout = request_timeout_ms / 1000
+        self._headers = {"Authorization": f"Bearer {token}"} if token else None
+        self._ssl = ssl_context
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
 
@@ -67,8 +79,10 @@ class BrokerClient:
         self._closed = False
         if self._session is None:
             # limit=0: concurrency is bounded by the producer and consumer, not here.
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(connector=connector)
+            connector = aiohttp.TCPConnector(
+                limit=0, ttl_dns_cache=300, ssl=self._ssl if self._ssl is not None else True
+            )
+            self._session = aiohttp.ClientSession(connector=connector, headers=self._headers)
 
     async def close(self) -> None:
         """Close the session; later calls raise until ``start()`` opens it again."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -100,6 +101,8 @@ class AsyncProducer:
         idempotent: stamp batches with a producer id and sequence so retries are never
             written twice (default True).
         partitioner_seed: seed of the keyless (sticky) partitioner, for repeatable tests.
+        token: bearer token for a cluster with ``auth:`` (sent on every request).
+        ssl_context: for ``https://`` brokers, e.g. ``ssl.create_default_context(cafile=...)``.
     """
 
     def __init__(
@@ -117,6 +120,8 @@ class AsyncProducer:
         retry_backoff_max_ms: int = 1000,
         idempotent: bool = True,
         partitioner_seed: int | None = None,
+        token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ):
         for name, value, low in (
             ("linger_ms", linger_ms, 0),
@@ -131,7 +136,7 @@ class AsyncProducer:
         ):
             if not isinstance(value, (int, float)) or value < low:
                 raise ValueError(f"{name} must be a number >= {low}, got {value!r}")
-        self._http = BrokerClient(request_timeout_ms=request_timeout_ms)
+        self._http = BrokerClient(request_timeout_ms=request_timeout_ms, token=token, ssl_context=ssl_context)
         self._cluster = Cluster(bootstrap, self._http, min_refresh_ms=retry_backoff_ms)
         self._linger_ms = linger_ms
         self._max_batch_bytes = max_batch_bytes
