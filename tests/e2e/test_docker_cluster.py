@@ -1,8 +1,8 @@
 """The compose cluster as users run it, driven through faults with the docker SDK.
 
-Every test gets a fresh cluster of deploy/docker-compose.yml (three broker containers,
-named volumes, a private network, ports on 127.0.0.1) and talks to it from this host
-with shoal.client, as a user would.
+Every test gets a fresh cluster of deploy/docker-compose.yml (three broker containers and
+the gateway, named volumes, a private network, ports on 127.0.0.1) and talks to it from
+this host with shoal.client, as a user would.
 """
 
 from __future__ import annotations
