@@ -113,11 +113,16 @@ class Broker:
                 owner_id=coordinator.id, owner_url=coordinator.url, epoch=self.topology.epoch,
             )
 
-    async def fence(self, group: str, member_id: str | None, generation: int | None, tps: list[TopicPartition]) -> None:
+    async def fence(
+        self, group: str, member_id: str | None, generation: int | None, tps: list[TopicPartition],
+        *, authorization: str | None = None,
+    ) -> None:
         """Ask the group's coordinator (maybe this broker) whether a commit may be stored.
 
-        A commit without a member id is let through when the coordinator cannot be
-        reached, so tools and manually assigned consumers do not depend on it.
+        The committing client's ``Authorization`` goes along: the coordinator asks the
+        same principal's permission. A commit without a member id is let through when
+        the coordinator cannot be reached, so tools and manually assigned consumers do
+        not depend on it.
         """
         coordinator = self.coordinator_of(group)
         if coordinator.id == self.broker_id:
@@ -129,7 +134,8 @@ class Broker:
             "partitions": partition_map(tps),
         }
         try:
-            async with self._peers.post(f"{coordinator.url}/v1/groups/{group}/fence", json=body) as resp:
+            headers = {"Authorization": authorization} if authorization else None
+            async with self._peers.post(f"{coordinator.url}/v1/groups/{group}/fence", json=body, headers=headers) as resp:
                 if resp.status == 200:
                     return
                 problem = await resp.json(content_type=None)

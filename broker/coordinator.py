@@ -12,7 +12,9 @@ reporting it. So two members never hold one partition at once, and the old holde
 final commit is still accepted while a partition is in hand-off.
 
 Fencing: a commit names ``member_id`` and ``generation``; it is accepted only from a
-live member at the current generation that holds the partition. A commit without a
+live member that holds the partition, at the generation its last heartbeat was given
+(a member that has not heartbeated since the group moved on still commits what it
+holds: holding is what makes a commit safe, and no two members hold a partition). A commit without a
 member id is accepted only while the group has no live members (tools, manual
 assignment). All methods run on the broker's event loop; no thread, one sweep task for
 every group.
@@ -173,10 +175,10 @@ class GroupCoordinator:
         if not live or member_id not in group.members:
             raise UnknownMemberId(f"member {member_id} is not in group {group_name}", member_id=member_id)
         member = group.members[member_id]
-        if generation != group.generation:
+        if generation != member.generation:
             raise IllegalGeneration(
-                f"generation {generation} of group {group_name} is over; the group is at {group.generation}",
-                member_id=member_id, generation=group.generation,
+                f"generation {generation} of member {member_id} is over; it was last given {member.generation}",
+                member_id=member_id, generation=member.generation,
             )
         foreign = sorted(str(tp) for tp in tps if tp not in member.held)
         if foreign:

@@ -167,7 +167,10 @@ async def put_committed(request: web.Request) -> web.Response:
         raise InvalidRequest("member_id must be a string", field="member_id")
     if generation is not None and (not isinstance(generation, int) or isinstance(generation, bool)):
         raise InvalidRequest("generation must be an integer", field="generation")
-    await broker.fence(group, member_id, generation, [TopicPartition(topic, partition)])
+    await broker.fence(
+        group, member_id, generation, [TopicPartition(topic, partition)],
+        authorization=request.headers.get("Authorization"),
+    )
     await broker.logs.offsets.commit(group, [(topic, partition, offset, metadata)])
     return web.json_response({"group": group, "topic": topic, "partition": partition, "offset": offset, "metadata": metadata})
 

@@ -13,14 +13,16 @@ where that one committed); without one, ``auto_offset_reset``. Positions then li
 memory and survive broker restarts (a fetch names its offset); a position the log no
 longer holds (``OFFSET_OUT_OF_RANGE``) is reset by ``auto_offset_reset`` too.
 
-Group membership (``subscribe()``, partitions shared out among a group's consumers) is
-a later step: it will replace ``_assign_topics``, which today gives a consumer every
-partition of the topics it was constructed with.
+Group membership: ``subscribe()`` shares the partitions of its topics with the other
+consumers of the group (see ``membership``); the assignment then follows the group's
+rebalances, and commits carry the member id and generation so that the brokers can
+fence a member that lost its partitions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import ssl
 import warnings
@@ -33,10 +35,12 @@ from .errors import (
     NoOffsetForPartitionError,
     OffsetOutOfRange,
     ShoalError,
+    IllegalGeneration,
     Throttled,
     UnknownPartition,
 )
 from .http import BrokerClient
+from .membership import GroupMembership
 from .names import check_name
 from .records import decode_records, iter_frames
 from .structs import OffsetAndMetadata, Record, TopicPartition
@@ -121,6 +125,15 @@ class AsyncConsumer:
         retry_backoff_max_ms: the backoff's ceiling (default 1000).
         token: bearer token for a cluster with ``auth:`` (sent on every request).
         ssl_context: for ``https://`` brokers, e.g. ``ssl.create_default_context(cafile=...)``.
+        session_timeout_ms: with ``subscribe()``: how long the group waits for a silent
+            member before giving its partitions to the others (default 10000).
+        max_poll_interval_ms: with ``subscribe()``: a consumer whose application does
+            not call ``getmany``/``getone`` for this long leaves the group, and joins again
+            on its next poll (default 300000).
+        group_instance_id: with ``subscribe()``: a stable name that makes this a static
+            member: restarted within the session timeout, it gets its partitions back
+            without a rebalance, and ``close()`` does not leave the group.
+        assignor: with ``subscribe()``: "sticky" (default), "range" or "roundrobin".
     """
 
     def __init__(
@@ -139,6 +152,10 @@ class AsyncConsumer:
         retry_backoff_max_ms: int = 1000,
         token: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        session_timeout_ms: int = 10_000,
+        max_poll_interval_ms: int = 300_000,
+        group_instance_id: str | None = None,
+        assignor: str = "sticky",
     ):
         for topic in topics:
             check_name(topic, "topic")
@@ -168,6 +185,15 @@ class AsyncConsumer:
         self._backoff = (retry_backoff_ms, retry_backoff_max_ms)
         self._http = BrokerClient(request_timeout_ms=request_timeout_ms, token=token, ssl_context=ssl_context)
         self._cluster = Cluster(bootstrap, self._http, min_refresh_ms=retry_backoff_ms)
+        self._group_config = {
+            "session_timeout_ms": session_timeout_ms,
+            "max_poll_interval_ms": max_poll_interval_ms,
+            "group_instance_id": group_instance_id,
+            "assignor": assignor,
+            "retry_backoff_ms": retry_backoff_ms,
+        }
+        self._membership: GroupMembership | None = None
+        self._listener: Any = None
         self._wanted: list[TopicPartition] = []
         self._parts: dict[TopicPartition, _Partition] = {}
         self._slots: dict[str, asyncio.Semaphore] = {}
@@ -205,6 +231,8 @@ class AsyncConsumer:
             await self._cluster.refresh()
             if self._topics:
                 await self._assign_topics()
+            if self._membership is not None:
+                await self._membership.start()
         except BaseException:
             await self._http.close()
             raise
@@ -229,8 +257,11 @@ class AsyncConsumer:
         Raises:
             ValueError: the consumer was given topics at construction.
         """
-        if self._topics:
-            raise ValueError("this consumer reads the topics it was constructed with; assign() is for a consumer made without topics")
+        if self._topics or self._membership is not None:
+            raise ValueError(
+                "this consumer reads the topics it was constructed with or subscribed to; "
+                "assign() is for a consumer made without topics"
+            )
         wanted = []
         for tp in partitions:
             topic, partition = tp
@@ -243,6 +274,77 @@ class AsyncConsumer:
     def assignment(self) -> set[TopicPartition]:
         """The partitions this consumer reads."""
         return set(self._wanted)
+
+    def subscribe(self, topics: Iterable[str], *, listener: Any = None) -> None:
+        """Share the partitions of ``topics`` with the other consumers of the group.
+
+        The group's coordinator hands this consumer a share and moves partitions when
+        consumers come and go. Each newly assigned partition starts at the group's
+        committed offset. ``listener`` may define ``on_partitions_revoked(partitions)``
+        (called before partitions are taken away: commit them there),
+        ``on_partitions_assigned(partitions)`` and ``on_partitions_lost(partitions)``
+        (taken away without a chance to commit), each plain or async. With
+        ``enable_auto_commit``, revoked partitions are committed after the listener.
+
+        Raises:
+            ValueError: no group, or the consumer already has topics or a subscription.
+        """
+        group = self._need_group("subscribe")
+        if self._topics or self._membership is not None:
+            raise ValueError("subscribe() once, on a consumer made without topics")
+        if self._wanted:
+            raise ValueError("this consumer has an assign()ed set of partitions; use one or the other")
+        topics = [check_name(t, "topic") for t in topics]
+        if not topics:
+            raise ValueError("subscribe() needs at least one topic")
+        self._listener = listener
+        self._membership = GroupMembership(
+            self._http, self._cluster, group, topics,
+            on_revoked=self._revoked, on_assigned=self._assigned, on_lost=self._lost, **self._group_config,
+        )
+        if self._started:
+            asyncio.get_running_loop().create_task(self._membership.start())
+
+    def group_health(self) -> dict[str, Any] | None:
+        """Last poll, last heartbeat, generation and assignment of a subscribed consumer."""
+        return self._membership.health() if self._membership is not None else None
+
+    async def _listen(self, name: str, tps: set[TopicPartition]) -> None:
+        callback = getattr(self._listener, name, None)
+        if callback is None:
+            return
+        try:
+            result = callback(set(tps))
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("rebalance listener %s failed", name)
+
+    async def _assigned(self, tps: set[TopicPartition]) -> None:
+        self._wanted = [*self._wanted, *sorted(tps)]
+        if self._started:
+            self._sync_fetchers()
+        await self._listen("on_partitions_assigned", tps)
+
+    async def _revoked(self, tps: set[TopicPartition]) -> None:
+        await self._listen("on_partitions_revoked", tps)
+        if self._auto_commit:
+            todo = {tp: OffsetAndMetadata(p.position) for tp, p in self._parts.items()
+                    if tp in tps and p.position is not None and self._committed.get(tp) != p.position}
+            try:
+                await self._commit(self._group, todo)
+            except ShoalError as exc:
+                log.warning("commit of revoked partitions of group %s failed: %s", self._group, exc)
+        self._drop(tps)
+
+    async def _lost(self, tps: set[TopicPartition]) -> None:
+        name = "on_partitions_lost" if hasattr(self._listener, "on_partitions_lost") else "on_partitions_revoked"
+        await self._listen(name, tps)
+        self._drop(tps)
+
+    def _drop(self, tps: set[TopicPartition]) -> None:
+        self._wanted = [tp for tp in self._wanted if tp not in tps]
+        self._sync_fetchers()
 
     def _sync_fetchers(self) -> None:
         wanted = set(self._wanted)
@@ -281,6 +383,8 @@ class AsyncConsumer:
                     await self._commit_changed()
                 except ShoalError as exc:
                     log.warning("final auto-commit of group %s failed: %s", self._group, exc)
+            if self._membership is not None:
+                await self._membership.stop()
             await asyncio.gather(*(_stop(p) for p in self._parts.values()), return_exceptions=True)
         finally:
             self._parts.clear()
@@ -309,6 +413,8 @@ class AsyncConsumer:
         if max_records is not None and max_records < 1:
             raise ValueError(f"max_records must be >= 1 or None, got {max_records!r}")
         await self._ensure_started()
+        if self._membership is not None:
+            self._membership.polled()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_ms / 1000
         while True:
@@ -331,6 +437,8 @@ class AsyncConsumer:
     async def getone(self, *partitions: TopicPartition) -> Record:
         """The next record, waiting as long as it takes (raises as ``getmany`` does)."""
         await self._ensure_started()
+        if self._membership is not None:
+            self._membership.polled()
         while True:
             part = self._current
             if part is not None and part.buffered and (not partitions or part.tp in partitions):
@@ -576,18 +684,32 @@ class AsyncConsumer:
             }
         await self._commit(group, todo)
 
-    async def _commit(self, group: str, todo: dict[TopicPartition, OffsetAndMetadata]) -> None:
+    async def _commit(self, group: str, todo: dict[TopicPartition, OffsetAndMetadata], *, again: bool = True) -> None:
+        membership = self._membership
+        member = membership.commit_fields() if membership is not None else None
         results = await asyncio.gather(
             *(
-                self._retrying(tp, lambda url, tp=tp, om=om: self._http.commit(url, group, tp.topic, tp.partition, om))
+                self._retrying(
+                    tp, lambda url, tp=tp, om=om: self._http.commit(url, group, tp.topic, tp.partition, om, member=member)
+                )
                 for tp, om in todo.items()
             ),
             return_exceptions=True,
         )
+        retry = {}
         for (tp, om), result in zip(todo.items(), results):
+            if isinstance(result, IllegalGeneration) and again and membership is not None:
+                # A heartbeat moved the generation on while the commit was on its way:
+                # commit again what this member still holds.
+                if membership.generation != member["generation"] and tp in membership.assignment:
+                    retry[tp] = om
+                    continue
+                membership.heartbeat_now()
             if isinstance(result, BaseException):
                 raise result
             self._committed[tp] = om.offset
+        if retry:
+            await self._commit(group, retry, again=False)
 
     async def _commit_changed(self) -> None:
         todo = {

@@ -185,13 +185,20 @@ class BrokerClient:
             return None
         return OffsetAndMetadata(body["offset"], body.get("metadata") or "")
 
-    async def commit(self, url: str, group: str, topic: str, partition: int, offset: OffsetAndMetadata) -> None:
-        """Store ``offset`` as the group's committed offset (durable once this returns)."""
+    async def commit(
+        self, url: str, group: str, topic: str, partition: int, offset: OffsetAndMetadata,
+        *, member: dict[str, Any] | None = None,
+    ) -> None:
+        """Store ``offset`` as the group's committed offset (durable once this returns).
+
+        ``member``: ``{"member_id", "generation"}`` of a subscribed consumer, checked by
+        the group's coordinator (ILLEGAL_GENERATION / UNKNOWN_MEMBER_ID when fenced).
+        """
         await self.request_json(
             "PUT",
             url,
             _committed_path(group, topic, partition),
-            json_body={"offset": offset.offset, "metadata": offset.metadata},
+            json_body={"offset": offset.offset, "metadata": offset.metadata, **(member or {})},
         )
 
 

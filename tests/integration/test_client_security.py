@@ -52,11 +52,6 @@ async def test_tokens_open_what_their_principal_may_do(secured):
             await consumer.getmany(timeout_ms=10_000)  # reading the group's committed offset
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Broker.fence() (broker/broker.py) asks the group's coordinator without a token, "
-    "so with auth on, a commit to a partition whose owner is not the coordinator gets 401",
-)
 async def test_commits_to_every_owner_with_auth(cluster_factory):
     cluster = _secure(cluster_factory, 3)
     async with AsyncConsumer("orders", bootstrap=cluster.urls, token=READER, group="billing") as consumer:

@@ -139,8 +139,6 @@ async def test_gateway_checks_callers_and_forwards_their_token(secured):
         proc.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="Broker.fence calls the group's coordinator without a token "
-                   "(broker/broker.py: its peer session should send SHOAL_TOKEN)")
 async def test_a_commit_whose_group_is_coordinated_elsewhere_is_accepted(cluster_factory, monkeypatch):
     """On a 3-broker cluster the partition's owner asks the group's coordinator to fence the commit,
     with the brokers' own token (SHOAL_TOKEN)."""
