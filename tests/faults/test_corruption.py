@@ -7,19 +7,16 @@ the process: start-up recovery, the HTTP fetch path, index lookups and timestamp
 
 from __future__ import annotations
 
-import json
 import random
 import struct
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from shoal.client.records import decode_fetch, encode_batch
+from shoal.client.records import encode_batch
+from tests.faults.partition_http import post_batch, read_all
 from tests.harness import http_json
 
-BATCH = "application/vnd.shoal.batch"
 BATCHES = 240
 BASE_TS = 1_700_000_000_000
 
@@ -75,7 +72,7 @@ def test_restarted_broker_serves_every_whole_record(cluster_factory, damage):
         values = [f"{i}.{j}:".encode() + bytes(rng.randrange(256) for _ in range(rng.randint(50, 400)))
                   for j in range(rng.randint(1, 3))]
         body = encode_batch([(None, v, None, BASE_TS + i) for v in values])
-        status, ack = http_post(url + "/records", body)
+        status, ack = post_batch(url + "/records", body)
         assert status == 200, ack
         acked.update((ack["base_offset"] + j, v) for j, v in enumerate(values))
     hw = len(acked)
@@ -91,32 +88,7 @@ def test_restarted_broker_serves_every_whole_record(cluster_factory, damage):
     status, found = http_json("GET", url + "/offsets?timestamp=" + str(BASE_TS + BATCHES // 2))
     assert status == 200 and acked[found["offset"]].startswith(f"{BATCHES // 2}.0:".encode())
     assert found["high_watermark"] == hw
-    status, ack = http_post(url + "/records", encode_batch([(None, b"after", None, None)]))
+    status, ack = post_batch(url + "/records", encode_batch([(None, b"after", None, None)]))
     assert (status, ack["base_offset"]) == (200, hw)
     if expect_in_log:
         assert expect_in_log in cluster.log_path(1).read_text()
-
-
-def http_post(url: str, body: bytes) -> tuple[int, dict | bytes]:
-    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": BATCH})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-
-
-def read_all(url: str, offset: int, max_bytes: int = 256 * 1024) -> list[bytes]:
-    """Every record value from ``offset`` to the high watermark, fetch by fetch (one fetch with max_bytes=1)."""
-    values: list[bytes] = []
-    while True:
-        req = urllib.request.Request(f"{url}/records?offset={offset}&max_bytes={max_bytes}", headers={"Accept": BATCH})
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            frames = resp.read()
-            hw = int(resp.headers["Shoal-High-Watermark"])
-        records = list(decode_fetch("t", 0, frames, min_offset=offset))
-        assert records and records[0].offset == offset, (offset, hw)
-        values += [r.value for r in records]
-        offset = records[-1].offset + 1
-        if offset >= hw or max_bytes == 1:
-            return values

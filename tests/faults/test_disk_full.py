@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
 
 from shoal.client.errors import ShoalError, StorageFull
 from shoal.client.records import decode_fetch, encode_batch, iter_frames
-from tests.faults.test_corruption import http_post, read_all
+from tests.faults.partition_http import post_batch, read_all
 from tests.harness import http_json
 
 BATCH_VALUE = 16 * 1024
@@ -38,7 +37,7 @@ def fill(url: str, acked: list[bytes]) -> dict:
     """Append 16 KiB records until the broker refuses one; return the refusal's problem."""
     for _ in range(1000):
         value = f"{len(acked)}:".encode().ljust(BATCH_VALUE, b"x")
-        status, answer = http_post(url + "/records", encode_batch([(None, value, None, None)]))
+        status, answer = post_batch(url + "/records", encode_batch([(None, value, None, None)]))
         if status != 200:
             return {"status": status, **json.loads(answer)}
         acked.append(value)
@@ -67,14 +66,14 @@ def test_full_disk_is_507_and_recovers_when_space_returns(cluster_factory, small
     assert status == 200 or (status, answer["code"]) == (507, "STORAGE_FULL")
 
     ballast.unlink()  # space returns: a file deleted
-    status, ack = http_post(url + "/records", encode_batch([(None, b"after delete", None, None)]))
+    status, ack = post_batch(url + "/records", encode_batch([(None, b"after delete", None, None)]))
     assert (status, ack["base_offset"]) == (200, len(acked))
     acked.append(b"after delete")
 
     problem = fill(url, acked)
     assert problem["code"] == "STORAGE_FULL"
     subprocess.run(["mount", "-o", "remount,size=4m", str(small_disk)], check=True)  # space returns: a bigger disk
-    status, ack = http_post(url + "/records", encode_batch([(None, b"after remount", None, None)]))
+    status, ack = post_batch(url + "/records", encode_batch([(None, b"after remount", None, None)]))
     assert (status, ack["base_offset"]) == (200, len(acked))
     acked.append(b"after remount")
 
