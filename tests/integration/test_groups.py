@@ -1,0 +1,214 @@
+"""Consumer groups with real brokers and real consumer processes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from shoal.client import AsyncConsumer, AsyncProducer
+from shoal.router.hashing import group_coordinator
+from tests.harness import http_json
+
+SESSION_MS = 2000
+TOPIC = "t"
+
+
+class Workers:
+    """Consumer processes of one group, each writing what it processed to its own file."""
+
+    def __init__(self, cluster, root: Path, group: str = "g"):
+        self.cluster, self.root, self.group = cluster, root, group
+        self.procs: dict[str, subprocess.Popen] = {}
+        coordinator = group_coordinator(group, list(cluster.ports))
+        self.members_url = f"{cluster.url(coordinator)}/v1/groups/{group}/members"
+
+    def start(self, name: str, *extra: str) -> None:
+        log = open(self.root / f"{name}.log", "ab")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "tests.integration.group_worker", ",".join(self.cluster.urls), self.group,
+             TOPIC, str(self.root / f"{name}.out"), "--session", str(SESSION_MS), *extra],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+    def kill(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def describe(self) -> dict:
+        return http_json("GET", self.members_url)[1]
+
+    def wait_stable(self, members: int, timeout: float = 30.0) -> dict:
+        """Poll until ``members`` members hold disjoint shares covering every partition."""
+        deadline = time.monotonic() + timeout
+        while True:
+            view = self.describe()
+            held = [(t, p) for m in view["members"] for t, ps in m["assignment"].items() for p in ps]
+            if (view["state"] == "stable" and len(view["members"]) == members
+                    and sorted(held) == [(TOPIC, p) for p in range(12)]):
+                return view
+            assert time.monotonic() < deadline, f"group never settled with {members} members: {view}"
+            time.sleep(0.05)
+
+    def member_of(self, name: str, view: dict, timeout: float = 10.0) -> dict:
+        """The member entry of worker ``name`` (it writes its member id next to its output)."""
+        path = self.root / f"{name}.out.member"
+        deadline = time.monotonic() + timeout
+        while True:
+            member_id = path.read_text() if path.exists() else ""
+            found = [m for m in view["members"] if m["member_id"] == member_id]
+            if found:
+                return found[0]
+            assert time.monotonic() < deadline, f"worker {name} never reported a member of {view}"
+            time.sleep(0.05)
+
+    def processed(self) -> set[tuple[int, int]]:
+        out = set()
+        for path in self.root.glob("*.out"):
+            for line in path.read_text().splitlines():
+                p, o = line.split()
+                out.add((int(p), int(o)))
+        return out
+
+
+def shares(view: dict) -> dict[str, set[int]]:
+    return {m["member_id"]: set(m["assignment"].get(TOPIC, [])) for m in view["members"]}
+
+
+@pytest.fixture
+def workers(cluster_factory, tmp_path):
+    cluster = cluster_factory(3, {TOPIC: 12})
+    w = Workers(cluster, tmp_path)
+    yield w
+    w.stop_all()
+
+
+async def produce(urls, n: int) -> None:
+    async with AsyncProducer(urls, linger_ms=2) as producer:  # leaving flushes: all acknowledged
+        for i in range(n):
+            await producer.send(TOPIC, f"v{i}".encode(), key=f"k{i}".encode())
+
+
+async def test_members_share_partitions_and_take_over_from_a_killed_one(workers):
+    """Disjoint shares cover every partition; a SIGKILLed member's share moves, and its late commit is refused."""
+    await produce(workers.cluster.urls, 600)
+    for name in ("a", "b", "c"):
+        workers.start(name)
+    before = workers.wait_stable(3)
+    assert all(len(share) == 4 for share in shares(before).values())
+
+    victim_proc = next(iter(workers.procs))
+    victim = workers.member_of(victim_proc, before)
+    started = time.monotonic()
+    workers.kill(victim_proc)
+    after = workers.wait_stable(2, timeout=SESSION_MS / 1000 + 15)
+    took = time.monotonic() - started
+    print(f"reassignment after SIGKILL took {took:.2f}s (session {SESSION_MS} ms)")
+    assert victim["member_id"] not in shares(after)
+
+    partition = victim["assignment"][TOPIC][0]
+    owner = workers.cluster.owner(TOPIC, partition)
+    status, body = http_json(
+        "PUT", f"{workers.cluster.url(owner)}/v1/groups/g/topics/{TOPIC}/partitions/{partition}/offset",
+        {"offset": 0, "member_id": victim["member_id"], "generation": victim["generation"]},
+    )
+    assert (status, body["code"]) == (409, "UNKNOWN_MEMBER_ID")
+
+
+async def test_every_record_processed_while_consumers_keep_dying(workers):
+    """At least once: with a consumer killed every few seconds, every record is processed
+    and the committed offsets end at the high watermarks."""
+    cluster = workers.cluster
+    for name in ("a", "b", "c"):
+        workers.start(name)
+    workers.wait_stable(3)
+    producing = asyncio.create_task(produce(cluster.urls, 3000))
+    for round_ in range(3):
+        await asyncio.sleep(1.5)
+        workers.kill(next(iter(workers.procs)))
+        workers.start(f"r{round_}")
+    await producing
+    workers.wait_stable(3)
+
+    async with aiohttp.ClientSession() as http:
+        hws = {}
+        for p in range(12):
+            async with http.get(f"{cluster.url(cluster.owner(TOPIC, p))}/v1/topics/{TOPIC}/partitions/{p}/offsets") as r:
+                hws[p] = (await r.json())["high_watermark"]
+    assert sum(hws.values()) == 3000
+    deadline = time.monotonic() + 30
+    while True:
+        committed = {}
+        for p in range(12):
+            url = f"{cluster.url(cluster.owner(TOPIC, p))}/v1/groups/g/topics/{TOPIC}/partitions/{p}/offset"
+            committed[p] = http_json("GET", url)[1]["offset"]
+        if committed == hws:
+            break
+        assert time.monotonic() < deadline, f"committed {committed} never reached {hws}"
+        await asyncio.sleep(0.1)
+    done = workers.processed()
+    missing = [(p, o) for p in range(12) for o in range(hws[p]) if (p, o) not in done]
+    assert not missing
+
+
+async def test_sticky_rebalance_moves_only_what_the_newcomer_takes(workers):
+    for name in ("a", "b", "c"):
+        workers.start(name)
+    before = shares(workers.wait_stable(3))
+    workers.start("d")
+    after = shares(workers.wait_stable(4))
+    newcomer = next(m for m in after if m not in before)
+    moved = {p for m in before for p in before[m] - after[m]}
+    assert moved == after[newcomer] and len(moved) == 3
+
+
+async def test_static_member_restart_keeps_its_partitions(workers):
+    workers.start("a", "--instance", "worker-a")
+    workers.start("b", "--instance", "worker-b")
+    before = workers.wait_stable(2)
+    share_a = next(m for m in before["members"] if m["group_instance_id"] == "worker-a")
+    workers.kill("a")
+    workers.start("a2", "--instance", "worker-a")
+    deadline = time.monotonic() + 15
+    while True:
+        view = workers.describe()
+        back = [m for m in view["members"] if m["group_instance_id"] == "worker-a"]
+        if back and back[0]["member_id"] != share_a["member_id"]:
+            break
+        assert time.monotonic() < deadline, view
+        time.sleep(0.05)
+    assert back[0]["assignment"] == share_a["assignment"]
+    assert view["generation"] == before["generation"]
+
+
+async def test_a_member_that_stops_polling_leaves_and_reports_it(cluster_factory):
+    cluster = cluster_factory(3, {TOPIC: 12})
+    busy = AsyncConsumer(bootstrap=cluster.urls, group="g", max_poll_interval_ms=800, session_timeout_ms=SESSION_MS)
+    busy.subscribe([TOPIC])
+    idle_peer = AsyncConsumer(bootstrap=cluster.urls, group="g", session_timeout_ms=SESSION_MS)
+    idle_peer.subscribe([TOPIC])
+    async with busy, idle_peer:
+        deadline = time.monotonic() + 20
+        while len(idle_peer.assignment()) != 12:  # busy never polls: it leaves, the peer takes all
+            await idle_peer.getmany(timeout_ms=100)
+            assert time.monotonic() < deadline, idle_peer.group_health()
+        health = busy.group_health()
+        assert health["in_group"] is False and health["assignment"] == {}
+        assert idle_peer.group_health()["in_group"] is True
