@@ -143,7 +143,6 @@ class BrokerClient:
         except ValueError as exc:
             raise BrokerUnreachable(url, f"{method} {path} answered with non-JSON {body[:80]!r}") from exc
 
-    _json = request_json  # the name router/cli_session.py's AdminClient still calls
 
     async def cluster(self, url: str) -> dict[str, Any]:
         """``GET /v1/cluster``: the topology this broker has installed."""

@@ -13,20 +13,23 @@ from shoal.client.names import check_name
 from shoal.client.structs import OffsetAndMetadata, TopicPartition
 
 from .cli_base import Options, action, global_options
-from .cli_output import CliError, emit, key_values, note, table
+from .cli_output import CliError, emit, key_values, note, sections, table
 from .cli_session import ClusterSession, reason
+from .hashing import group_coordinator
 from .topology import Topology
 
 
 @click.group()
 @global_options
 def group() -> None:
-    """See and move consumer groups' committed offsets
+    """See and move consumer groups' members and committed offsets
 
     A group is a name under which consumers commit offsets: for each partition, the
     next offset the group should read. Each partition's owner stores the group's
     offsets for it; a consumer of the group that (re)starts resumes there. Lag is
-    the high watermark minus the committed offset.
+    the high watermark minus the committed offset. Consumers that subscribe share
+    the group's partitions; the group's coordinator (a broker chosen by hashing the
+    group name) keeps its members and their assignment.
     """
 
 
@@ -90,7 +93,7 @@ def render_list(view: list[dict[str, Any]]) -> str:
 @click.argument("name")
 @action("describe group")
 def describe(opts: Options, name: str) -> None:
-    """Show a group's committed offset, the log end and the lag per partition
+    """Show a group's state, members, and per partition the committed offset, log end and lag
 
     EXAMPLES
 
@@ -100,22 +103,38 @@ def describe(opts: Options, name: str) -> None:
     """
     check_name(name, "group")
 
-    async def run() -> list[dict[str, Any]]:
+    async def run() -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
         async with _session(opts) as session:
             running = await session.topology()
-            return await _collect(session, running, lambda url: _one(session, url, name))
+            rows = await _collect(session, running, lambda url: _one(session, url, name))
+            return rows, await _members(session, running, name)
 
-    view = describe_view(name, asyncio.run(run()))
-    if not view["partitions"]:
-        raise CliError(f"group {name} has no committed offsets")
+    rows, members = asyncio.run(run())
+    view = describe_view(name, rows, members)
+    if not view["partitions"] and not view["members"]:
+        raise CliError(f"group {name} has no members and no committed offsets")
     emit(opts.output, view, render_describe)
+
+
+async def _members(session: ClusterSession, running: Topology, name: str) -> dict[str, Any] | None:
+    """The coordinator's view of the group, None (with a note) when it does not answer."""
+    coordinator = running.broker(group_coordinator(name, running.broker_ids))
+    try:
+        return await session.api.members(coordinator.url, name)
+    except ShoalError as exc:
+        note(f"coordinator broker {coordinator.id} at {coordinator.url} did not answer ({reason(exc)}); members unknown")
+        return None
 
 
 async def _one(session: ClusterSession, url: str, name: str) -> list[dict[str, Any]]:
     return [await session.api.group(url, name)]
 
 
-def describe_view(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def describe_view(name: str, rows: list[dict[str, Any]], members: dict[str, Any] | None = None) -> dict[str, Any]:
+    holder = {}
+    for m in (members or {}).get("members", []):
+        for topic, parts in m["assignment"].items():
+            holder.update({(topic, p): m["member_id"] for p in parts})
     partitions = [
         {
             "topic": r["topic"],
@@ -123,22 +142,51 @@ def describe_view(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
             "current_offset": r["offset"],
             "log_end_offset": r["high_watermark"],
             "lag": r["lag"],
+            "member": holder.get((r["topic"], r["partition"]), ""),
             "metadata": r.get("metadata") or "",
         }
         for r in rows
     ]
-    return {"group": name, "total_lag": sum(p["lag"] or 0 for p in partitions), "partitions": partitions}
+    return {
+        "group": name,
+        "state": members["state"] if members else "unknown",
+        "generation": members["generation"] if members else None,
+        "coordinator": members.get("coordinator") if members else None,
+        "total_lag": sum(p["lag"] or 0 for p in partitions),
+        "members": [
+            {
+                "member_id": m["member_id"],
+                "group_instance_id": m.get("group_instance_id"),
+                "partitions": ", ".join(f"{t}:{','.join(map(str, ps))}" for t, ps in sorted(m["assignment"].items())),
+                "last_heartbeat_ms_ago": m.get("last_heartbeat_ms_ago"),
+            }
+            for m in (members or {}).get("members", [])
+        ],
+        "partitions": partitions,
+    }
 
 
 def render_describe(view: dict[str, Any]) -> str:
+    summary = [("group", view["group"]), ("state", view["state"])]
+    if view["generation"] is not None:
+        summary += [("generation", view["generation"]), ("coordinator", view["coordinator"])]
+    summary.append(("total-lag", view["total_lag"]))
+    member_columns = ["member_id", "partitions", "last_heartbeat_ms_ago"]
+    if any(m["group_instance_id"] for m in view["members"]):
+        member_columns.insert(1, "group_instance_id")
     columns = ["topic", "partition", "current_offset", "log_end_offset", "lag"]
+    if any(p["member"] for p in view["partitions"]):
+        columns.append("member")
     if any(p["metadata"] for p in view["partitions"]):
         columns.append("metadata")
-    return (
-        key_values([("group", view["group"]), ("total-lag", view["total_lag"])])
-        + "\n"
-        + table([c.replace("_", "-") for c in columns], ([p[c] for c in columns] for p in view["partitions"]))
-    )
+    parts = [
+        ("MEMBERS", view["members"] and table(
+            [c.replace("_", "-").replace("-ms-ago", "") if c.startswith("last") else c.replace("_", "-") for c in member_columns],
+            ([m[c] for c in member_columns] for m in view["members"]))),
+        ("PARTITIONS", view["partitions"] and table(
+            [c.replace("_", "-") for c in columns], ([p[c] for c in columns] for p in view["partitions"]))),
+    ]
+    return key_values(summary) + "\n" + sections(parts)
 
 
 # --- seek ------------------------------------------------------------------------------
@@ -257,6 +305,13 @@ def seek(opts: Options, name: str, to: str | int | None, to_timestamp: int | Non
 async def _seek(opts: Options, name: str, how: str, arg: Any, topics: tuple[str, ...], execute: bool) -> dict[str, Any]:
     async with _session(opts) as session:
         running = await session.topology()
+        members = await _members(session, running, name)
+        if execute and (members is None or members["members"]):
+            live = "its coordinator does not answer" if members is None else f"it has {len(members['members'])} live member(s)"
+            raise CliError(
+                f"group {name} cannot be moved while {live}: stop its consumers first "
+                "(or wait for their session timeout); without --execute the plan is still shown"
+            )
         if topics:
             tps = _parse_topics(running, topics)
         else:

@@ -31,19 +31,23 @@ class AdminClient(BrokerClient):
 
     async def health(self, url: str) -> dict[str, Any]:
         """``GET /v1/health``: ``{"status", "broker_id", "epoch"}``."""
-        return await self._json("GET", url, "/v1/health")
+        return await self.request_json("GET", url, "/v1/health")
 
     async def install(self, url: str, topology: dict[str, Any]) -> dict[str, Any]:
         """``PUT /v1/cluster``: install a newer topology; answers the installed one."""
-        return await self._json("PUT", url, "/v1/cluster", json_body=topology)
+        return await self.request_json("PUT", url, "/v1/cluster", json_body=topology)
 
     async def groups(self, url: str) -> list[dict[str, Any]]:
         """``GET /v1/groups``: the groups with committed offsets on this broker."""
-        return (await self._json("GET", url, "/v1/groups"))["groups"]
+        return (await self.request_json("GET", url, "/v1/groups"))["groups"]
+
+    async def members(self, url: str, group: str) -> dict[str, Any]:
+        """``GET /v1/groups/{group}/members`` at the group's coordinator: state and members."""
+        return await self.request_json("GET", url, f"/v1/groups/{group}/members")
 
     async def group(self, url: str, group: str) -> dict[str, Any]:
         """``GET /v1/groups/{group}``: the group's partitions on this broker."""
-        return await self._json("GET", url, f"/v1/groups/{group}")
+        return await self.request_json("GET", url, f"/v1/groups/{group}")
 
 
 @dataclass(frozen=True)

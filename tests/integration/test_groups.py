@@ -212,3 +212,34 @@ async def test_a_member_that_stops_polling_leaves_and_reports_it(cluster_factory
         health = busy.group_health()
         assert health["in_group"] is False and health["assignment"] == {}
         assert idle_peer.group_health()["in_group"] is True
+
+
+def shoal(cluster, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "shoal.router.cli", "--config", str(cluster.config_path), *args],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+async def test_cli_describes_members_and_refuses_to_seek_a_live_group(workers):
+    await produce(workers.cluster.urls, 120)
+    workers.start("a")
+    workers.start("b")
+    view = workers.wait_stable(2)
+    described = shoal(workers.cluster, "group", "describe", "g")
+    print(described.stdout)
+    assert described.returncode == 0, described.stderr
+    assert "STATE        stable" in described.stdout
+    for member in view["members"]:
+        assert member["member_id"] in described.stdout
+    refused = shoal(workers.cluster, "group", "seek", "g", "--to", "earliest", "--execute")
+    assert refused.returncode == 1
+    assert "2 live member(s)" in refused.stderr and "Traceback" not in refused.stderr
+    workers.stop_all()
+    workers.procs.clear()
+    deadline = time.monotonic() + 15
+    while workers.describe()["members"]:  # closed consumers leave at once
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    moved = shoal(workers.cluster, "group", "seek", "g", "--to", "earliest", "--execute")
+    assert moved.returncode == 0, moved.stderr

@@ -229,6 +229,7 @@ def test_group_describe_shows_metadata_only_when_used():
     assert view["total_lag"] == 2
     assert render_describe(view) == (
         "GROUP      billing\n"
+        "STATE      unknown\n"
         "TOTAL-LAG  2\n"
         "\n"
         "TOPIC   PARTITION  CURRENT-OFFSET  LOG-END-OFFSET  LAG  METADATA\n"
@@ -236,6 +237,35 @@ def test_group_describe_shows_metadata_only_when_used():
         "orders  1          0               0               0    m\n"
     )
     assert "METADATA" not in render_describe(describe_view("billing", GROUP_ROWS[:1]))
+
+
+def test_group_describe_with_members():
+    members = {
+        "state": "stable", "generation": 4, "coordinator": 2,
+        "members": [
+            {"member_id": "member-a1", "group_instance_id": None, "assignment": {"orders": [0]}, "last_heartbeat_ms_ago": 120},
+            {"member_id": "member-b2", "group_instance_id": None, "assignment": {"orders": [1]}, "last_heartbeat_ms_ago": 80},
+        ],
+    }
+    view = describe_view("billing", GROUP_ROWS[:2], members)
+    assert [p["member"] for p in view["partitions"]] == ["member-a1", "member-b2"]
+    assert render_describe(view) == (
+        "GROUP        billing\n"
+        "STATE        stable\n"
+        "GENERATION   4\n"
+        "COORDINATOR  2\n"
+        "TOTAL-LAG    2\n"
+        "\n"
+        "MEMBERS\n"
+        "MEMBER-ID  PARTITIONS  LAST-HEARTBEAT\n"
+        "member-a1  orders:0    120\n"
+        "member-b2  orders:1    80\n"
+        "\n"
+        "PARTITIONS\n"
+        "TOPIC   PARTITION  CURRENT-OFFSET  LOG-END-OFFSET  LAG  MEMBER     METADATA\n"
+        "orders  0          10              12              2    member-a1\n"
+        "orders  1          0               0               0    member-b2  m\n"
+    )
 
 
 def test_group_seek_plan_and_execution():
