@@ -8,7 +8,9 @@ view for the rest of its request.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from shoal.client.errors import (
 from shoal.client.names import check_name
 from shoal.client.structs import TopicPartition
 from shoal.router.hashing import group_coordinator
-from shoal.router.topology import BrokerSpec, TopicConfig, Topology
+from shoal.router.topology import BrokerSpec, TopicConfig, Topology, TopologyError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,13 @@ class Broker:
 
     def __init__(self, topology: Topology, broker_id: int, data_dir: Path):
         topology.broker(broker_id)  # KeyError when this broker is not in the topology
+        installed = _load_installed(data_dir)
+        if installed is not None and installed.epoch > topology.epoch:
+            log.info(
+                "using topology epoch %d installed at run time (newer than epoch %d of %s)",
+                installed.epoch, topology.epoch, topology.source,
+            )
+            topology = installed
         self.topology = topology
         self.broker_id = broker_id
         self.data_dir = data_dir
@@ -192,6 +201,7 @@ class Broker:
                 partitions=moved,
             )
         dropped = sorted({tp.topic for tp in self.logs.partitions()} - set(new.topics))
+        await asyncio.to_thread(_save_installed, self.data_dir, new)
         self.topology = new
         await self.logs.reconfigure()
         for topic in dropped:  # the new topology is in force: a failed delete only leaves files
@@ -200,3 +210,28 @@ class Broker:
             except OSError as exc:
                 log.error("could not delete the data of dropped topic %s: %s", topic, exc)
         log.info("installed topology epoch %d (%d topics); deleted topics: %s", new.epoch, len(new.topics), dropped or "none")
+
+
+INSTALLED = "topology.json"
+
+
+def _save_installed(data_dir: Path, topology: Topology) -> None:
+    """Keep an installed topology across restarts (write, fsync, rename)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = data_dir / (INSTALLED + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(topology.to_dict(), f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, data_dir / INSTALLED)
+
+
+def _load_installed(data_dir: Path) -> Topology | None:
+    path = data_dir / INSTALLED
+    try:
+        return Topology.from_dict(json.loads(path.read_text()), source=str(path))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TopologyError) as exc:
+        log.warning("ignoring %s: %s", path, exc)
+        return None

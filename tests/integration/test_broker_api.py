@@ -217,6 +217,12 @@ async def test_put_cluster_installs_newer_epoch_only(single, http):
     assert status == 200
     _, health, _ = await call(http, "GET", single.url(1) + "/v1/health")
     assert health == {"status": "ok", "broker_id": 1, "epoch": 2}
+    single.kill(1)  # an installed topology outlives a restart from the older file
+    single.start(1)
+    _, health, _ = await call(http, "GET", single.url(1) + "/v1/health")
+    assert health["epoch"] == 2
+    status, got, _ = await call(http, "GET", records_url(single, "fresh", 1), params={"offset": 0})
+    assert (status, [r["value"] for r in got["records"]]) == (200, ["x"])
 
 
 async def test_metrics_and_openapi(single, http):
