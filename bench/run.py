@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -71,6 +72,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--partitions", type=int, help="partitions on one broker for the resource run (default 10,000)")
     p.add_argument("--idle-seconds", type=float, help="idle CPU measuring interval (default 10)")
     p.add_argument("--restart-gb", type=float, help="log size for the kill -9 restart run; 0 skips it (default 5)")
+    p.add_argument("--step-timeout", type=float, default=300,
+                   help="seconds after which one workload is abandoned and recorded as an error (default 300)")  # fmt: skip
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results dir (default bench/results)")
     p.add_argument("--img-dir", type=Path, default=ROOT / "docs" / "img", help="plots dir (default docs/img)")
     p.add_argument("--no-plots", action="store_true", help="write no PNGs")
@@ -185,7 +188,8 @@ async def run_system(driver: System, args: argparse.Namespace) -> dict:
     async def step(label: str, coro):
         t0 = time.perf_counter()
         try:
-            result = await coro
+            async with asyncio.timeout(args.step_timeout):
+                result = await coro
         except Exception as exc:  # noqa: BLE001 - one broken workload must not hide the others
             log.exception("%s: %s failed", driver.name, label)
             out.setdefault("errors", {})[label] = f"{type(exc).__name__}: {exc}"
@@ -274,6 +278,8 @@ def run_resources(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so every server is stopped and its temp dir removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     configure_logging("debug" if args.verbose else "info")
     started = time.time()
     load = os.getloadavg()

@@ -24,6 +24,7 @@ from shoal.router.bench import BenchResult
 from .workloads import batch_sizes, paced_batches
 
 FETCH_BYTES = 8 * 1024 * 1024
+BUFFERED_BATCHES = 8
 
 
 class ShoalClient:
@@ -39,13 +40,17 @@ class ShoalClient:
         pass
 
     async def produce(self, stream, *, records, batch, value, max_seconds=None) -> BenchResult:
+        """A batch is ``max_batch_bytes`` for ``batch`` records; the buffer holds BUFFERED_BATCHES
+        of them, so a timed run stops within a few batches of its time."""
+        batch_bytes = BATCH_OVERHEAD + batch * record_size(None, value, None)
         return await perf.produce(
             self.url,
             stream,
             records=records,
             duration=max_seconds,
             record_size=len(value),
-            batch_bytes=BATCH_OVERHEAD + batch * record_size(None, value, None),
+            batch_bytes=batch_bytes,
+            buffer_bytes=max(BUFFERED_BATCHES * batch_bytes, 64 * 1024),
         )
 
     async def consume(self, stream, *, records) -> BenchResult:

@@ -220,6 +220,7 @@ async def produce(
     partitions: int | None = None,
     linger_ms: float | None = None,
     batch_bytes: int | None = None,
+    buffer_bytes: int | None = None,
     in_flight: int = 5,
     rate: float | None = None,
     progress: Callable[[int], None] | None = None,
@@ -235,6 +236,9 @@ async def produce(
         partitions: keyless records go round-robin to partitions ``0..N-1``; None lets
             the client's partitioner choose (sticky for keyless records).
         linger_ms, batch_bytes: producer batching bounds; None keeps the client's defaults.
+        buffer_bytes: the producer's ``buffer_memory``: records queued but not yet
+            acknowledged; ``send()`` waits beyond it. None keeps the client's default.
+            A duration-bounded run also waits for what is buffered when time is up.
         in_flight: concurrent produce requests per broker (``max_in_flight_per_broker``).
         rate: records per second (None: as fast as the producer takes them).
         progress: called now and then with the number of records acknowledged.
@@ -254,6 +258,8 @@ async def produce(
         options["linger_ms"] = linger_ms
     if batch_bytes is not None:
         options["max_batch_bytes"] = batch_bytes
+    if buffer_bytes is not None:
+        options["buffer_memory"] = buffer_bytes
     recorder = LatencyRecorder()
     # Unthrottled, one record in SAMPLE_EVERY is timed: a callback per record would
     # cost the producer loop more than the client itself does.

@@ -47,6 +47,8 @@ def _bounds(f: Callable) -> Callable:
               help="Send keyless records round-robin to partitions 0..N-1 (default: the client's sticky partitioner).")
 @click.option("--linger-ms", type=float, metavar="MS", help="Producer linger (default: the client's).")
 @click.option("--batch-bytes", type=int, metavar="BYTES", help="Producer batch size bound (default: the client's).")
+@click.option("--buffer-bytes", type=int, metavar="BYTES",
+              help="Producer buffer_memory: records queued and unacknowledged before send() waits (default: the client's).")
 @click.option("--in-flight", type=int, default=5, show_default=True, metavar="N",
               help="Concurrent produce requests per broker.")
 @click.option("--throughput", type=float, metavar="RECORDS/S",
