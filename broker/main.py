@@ -67,6 +67,7 @@ def run(
         print=None,
         access_log=access if access.isEnabledFor(logging.DEBUG) or log_level == "debug" else None,
         handle_signals=True,
+        handler_cancellation=True,  # a long-poll whose client went away stops waiting
         shutdown_timeout=5,
     )
     log.info("broker %d stopped", broker_id)

@@ -337,8 +337,11 @@ def run_gateway(
     token = token or os.environ.get("SHOAL_TOKEN") or None
     log.info("gateway listening on %s://%s:%d for cluster %s (%d brokers)",
              "https" if ssl_context else "http", host, port, topology.cluster, len(topology.brokers))
-    web.run_app(create_gateway_app(topology, token=token), host=host, port=port, ssl_context=ssl_context,
-                print=None, access_log=None, shutdown_timeout=5)
+    web.run_app(
+        create_gateway_app(topology, token=token), host=host, port=port, ssl_context=ssl_context,
+        print=None, access_log=None, shutdown_timeout=5,
+        handler_cancellation=True,  # a client that went away cancels its forwarded call
+    )
 
 
 if __name__ == "__main__":  # python -m shoal.router.gateway ARGS == shoal router start ARGS
