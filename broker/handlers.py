@@ -23,8 +23,7 @@ from shoal.client.json_records import encode_json_batch, records_to_json
 from shoal.client.names import check_name
 from shoal.client.records import decode_fetch, validate_frames
 from shoal.client.structs import TopicPartition
-from shoal.router.params import json_body, json_object, path_partition, query_int
-from shoal.router.topology import Topology, TopologyError
+from shoal.router.params import json_body, json_object, path_partition, query_int, topology_body
 
 log = logging.getLogger(__name__)
 
@@ -220,11 +219,7 @@ async def get_cluster(request: web.Request) -> web.Response:
 
 async def put_cluster(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
-    body = await json_body(request)
-    try:
-        new = Topology.from_dict(body, source="PUT /v1/cluster")
-    except TopologyError as exc:
-        raise InvalidRequest(f"invalid topology: {exc}", field="topology") from None
+    new = await topology_body(request)
     await broker.install(new)
     return web.json_response(broker.topology.to_dict())
 

@@ -109,3 +109,16 @@ def action(what: str) -> Callable[[Callable], Callable]:
         return run
 
     return decorate
+
+
+def earliest_latest_or_offset(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | int | None:
+    """Click callback for options that take ``earliest``, ``latest`` or an offset."""
+    if value is None or value in ("earliest", "latest"):
+        return value
+    try:
+        offset = int(value)
+    except ValueError:
+        raise click.BadParameter("use earliest, latest or an offset") from None
+    if offset < 0:
+        raise click.BadParameter("an offset is >= 0")
+    return offset

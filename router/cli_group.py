@@ -12,7 +12,7 @@ from shoal.client.errors import ShoalError
 from shoal.client.names import check_name
 from shoal.client.structs import OffsetAndMetadata, TopicPartition
 
-from .cli_base import Options, action, global_options
+from .cli_base import Options, action, earliest_latest_or_offset, global_options
 from .cli_output import CliError, emit, key_values, note, sections, table
 from .cli_session import ClusterSession, reason
 from .hashing import group_coordinator
@@ -192,18 +192,6 @@ def render_describe(view: dict[str, Any]) -> str:
 # --- seek ------------------------------------------------------------------------------
 
 
-def _parse_to(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | int | None:
-    if value is None or value in ("earliest", "latest"):
-        return value
-    try:
-        offset = int(value)
-    except ValueError:
-        raise click.BadParameter("use earliest, latest or an offset") from None
-    if offset < 0:
-        raise click.BadParameter("an offset is >= 0")
-    return offset
-
-
 def _parse_datetime(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
     if value is None:
         return None
@@ -256,7 +244,7 @@ def new_offset(how: str, arg: int | None, current: int | None, offsets: dict[str
 @group.command("seek")
 @global_options
 @click.argument("name")
-@click.option("--to", "to", callback=_parse_to, metavar="earliest|latest|OFFSET",
+@click.option("--to", "to", callback=earliest_latest_or_offset, metavar="earliest|latest|OFFSET",
               help="Move to the log start, the log end, or an offset (clamped to the log).")
 @click.option("--to-timestamp", type=click.IntRange(min=0), metavar="MS",
               help="Move to the first record at or after this time (ms since the epoch).")

@@ -19,7 +19,7 @@ from shoal.client.json_records import record_to_json
 from shoal.client.names import check_name
 from shoal.client.structs import Record, TopicPartition
 
-from .cli_base import Options, action, global_options
+from .cli_base import Options, action, earliest_latest_or_offset, global_options
 from .cli_edit import add_topic_line, edited, remove_topic_line, set_epoch, write_atomically
 from .cli_output import CliError, emit, key_values, note, table
 from .cli_session import ClusterSession, newest, reason
@@ -400,18 +400,6 @@ async def _produce(opts: Options, name: str, key: str | None, sep: bytes | None,
     return failed
 
 
-def _start_offset(value: str) -> str | int:
-    if value in ("earliest", "latest"):
-        return value
-    try:
-        offset = int(value)
-    except ValueError:
-        raise click.BadParameter("use earliest, latest or an offset") from None
-    if offset < 0:
-        raise click.BadParameter("an offset is >= 0")
-    return offset
-
-
 def record_view(record: Record) -> dict[str, Any]:
     """A consumed record as JSON, in the API's record form plus where it came from."""
     return {"topic": record.topic, "partition": record.partition, **record_to_json(record)}
@@ -422,7 +410,7 @@ def record_view(record: Record) -> dict[str, Any]:
 @click.argument("name")
 @click.option("-p", "--partition", "partitions", type=click.IntRange(min=0), multiple=True,
               help="Read only this partition; repeatable (default: all).")
-@click.option("--offset", "start", default=None, metavar="earliest|latest|N", callback=lambda c, p, v: v and _start_offset(v),
+@click.option("--offset", "start", default=None, metavar="earliest|latest|N", callback=earliest_latest_or_offset,
               help="Where to start (default: the group's committed offset, else earliest).")
 @click.option("-g", "--group", help="Start from this group's committed offsets and commit what was read.")
 @click.option("-n", "--num", type=click.IntRange(min=1), help="Stop after this many records (default: no limit).")

@@ -35,7 +35,7 @@ from shoal.router.hashing import group_coordinator
 from shoal.router.auth import authenticate
 from shoal.router.middlewares import MAX_BODY, limit_load, problem_errors, request_context
 from shoal.router.openapi import build_openapi
-from shoal.router.params import json_body, path_partition
+from shoal.router.params import json_body, path_partition, topology_body
 from shoal.router.tls import client_context, serving_context
 from shoal.router.topology import Topology, TopologyError
 
@@ -241,11 +241,7 @@ async def get_cluster(request: web.Request) -> web.Response:
 async def put_cluster(request: web.Request) -> web.Response:
     """Install a topology on every broker (admin); the gateway adopts it when all accept."""
     gw = request.app[GATEWAY]
-    body = await json_body(request)
-    try:
-        new = Topology.from_dict(body, source="PUT /v1/cluster")
-    except TopologyError as exc:
-        raise InvalidRequest(f"invalid topology: {exc}", field="topology") from None
+    new = await topology_body(request)
     body = new.to_dict()
     for broker in new.brokers:
         try:

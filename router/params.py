@@ -9,6 +9,8 @@ from aiohttp import web
 from shoal.client.errors import InvalidRequest, UnsupportedMediaType
 from shoal.client.names import check_name
 
+from .topology import Topology, TopologyError
+
 INT64_MAX = 2**63 - 1
 
 
@@ -54,3 +56,12 @@ async def json_object(request: web.Request) -> dict:
     if not isinstance(body, dict):
         raise InvalidRequest("body must be a JSON object")
     return body
+
+
+async def topology_body(request: web.Request) -> Topology:
+    """The topology a ``PUT /v1/cluster`` carries, validated, or INVALID_REQUEST listing why not."""
+    body = await json_body(request)
+    try:
+        return Topology.from_dict(body, source="PUT /v1/cluster")
+    except TopologyError as exc:
+        raise InvalidRequest(f"invalid topology: {exc}", field="topology") from None

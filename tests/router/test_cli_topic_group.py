@@ -134,4 +134,4 @@ def test_group_describe_and_seek(cluster_factory):
         "(see shoal group seek --help)\n"
     )
     missing = shoal(cluster, "group", "describe", "nobody")
-    assert (missing.returncode, missing.stderr) == (1, "unable to describe group: group nobody has no committed offsets\n")
+    assert (missing.returncode, missing.stderr) == (1, "unable to describe group: group nobody has no members and no committed offsets\n")
