@@ -8,6 +8,7 @@ view for the rest of its request.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from shoal.client.errors import (
 from shoal.client.names import check_name
 from shoal.client.structs import TopicPartition
 from shoal.router.hashing import group_coordinator
+from shoal.router.tls import client_context
 from shoal.router.topology import BrokerSpec, TopicConfig, Topology, TopologyError
 
 log = logging.getLogger(__name__)
@@ -61,7 +63,7 @@ class Broker:
                 "using topology epoch %d installed at run time (newer than epoch %d of %s)",
                 installed.epoch, topology.epoch, topology.source,
             )
-            topology = installed
+            topology = dataclasses.replace(installed, auth=topology.auth, tls=topology.tls)  # those stay local
         self.topology = topology
         self.broker_id = broker_id
         self.data_dir = data_dir
@@ -80,7 +82,11 @@ class Broker:
     async def start(self) -> None:
         await self.logs.start()
         await self.coordinator.start()
-        self._peers = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10, sock_connect=3))
+        tls = self.topology.tls
+        self._peers = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=10, sock_connect=3),
+            connector=aiohttp.TCPConnector(ssl=client_context(tls.ca_file if tls else None) or True),
+        )
         owned = sum(
             1
             for name, cfg in self.topology.topics.items()
@@ -200,6 +206,7 @@ class Broker:
                 f"epoch {new.epoch} would move partitions that hold data: {', '.join(moved[:20])}",
                 partitions=moved,
             )
+        new = dataclasses.replace(new, auth=self.topology.auth, tls=self.topology.tls)  # never sent over the wire
         dropped = sorted({tp.topic for tp in self.logs.partitions()} - set(new.topics))
         await asyncio.to_thread(_save_installed, self.data_dir, new)
         self.topology = new

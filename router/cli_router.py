@@ -25,8 +25,12 @@ def router() -> None:
 @click.option("--listen", metavar="HOST:PORT", default="127.0.0.1:9090", show_default=True, help="Where to bind.")
 @click.option("--log-level", type=click.Choice(LEVELS), default="info", show_default=True)
 @click.option("--log-format", type=click.Choice(FORMATS), default="text", show_default=True)
+@click.option("--tls-cert", metavar="PEM", help="Serve HTTPS with this certificate chain (default: the tls: section).")
+@click.option("--tls-key", metavar="PEM", help="The private key of --tls-cert.")
 @action("start gateway")
-def start(opts: Options, listen: str, log_level: str, log_format: str) -> None:
+def start(
+    opts: Options, listen: str, log_level: str, log_format: str, tls_cert: str | None, tls_key: str | None
+) -> None:
     """Run the gateway in the foreground until SIGTERM or Ctrl-C
 
     EXAMPLES
@@ -42,4 +46,4 @@ def start(opts: Options, listen: str, log_level: str, log_format: str) -> None:
         raise ValueError(f"--listen wants HOST:PORT, got {listen!r}")
     topology = opts.load()
     configure_logging(log_level, log_format)
-    run_gateway(topology, host or "0.0.0.0", int(port))
+    run_gateway(topology, host or "0.0.0.0", int(port), tls_cert=tls_cert, tls_key=tls_key)

@@ -19,6 +19,7 @@ from shoal.client.errors import BrokerUnreachable, NotOwner, ShoalError
 from shoal.client.http import BrokerClient
 
 from .cli_output import CliError
+from .tls import client_context
 from .topology import Topology, TopologyError
 
 log = logging.getLogger(__name__)
@@ -67,11 +68,18 @@ class ClusterSession:
     Args:
         urls: the bootstrap broker URLs (those of cluster.yaml).
         timeout_s: how long one request may take.
+
+    With ``auth:`` on, the token in ``$SHOAL_TOKEN`` goes with every call; for https
+    brokers signed by a private CA, ``$SHOAL_CA_FILE`` names the CA to trust.
     """
 
     def __init__(self, urls: list[str], *, timeout_s: float = 5.0):
         self.urls = list(dict.fromkeys(urls))
-        self.api = AdminClient(request_timeout_ms=int(timeout_s * 1000))
+        self.api = AdminClient(
+            request_timeout_ms=int(timeout_s * 1000),
+            token=os.environ.get("SHOAL_TOKEN") or None,
+            ssl_context=client_context(os.environ.get("SHOAL_CA_FILE")),
+        )
         self._topology: Topology | None = None
 
     async def __aenter__(self) -> ClusterSession:

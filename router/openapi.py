@@ -172,6 +172,60 @@ def _gateway_paths() -> dict[str, Any]:
     return {"/v1/topics/{topic}/records": {"post": op}}
 
 
+_PARTITION_MAP = {"type": "object", "additionalProperties": {"type": "array", "items": PARTITION}}
+_MEMBER_ANSWER = {
+    "type": "object",
+    "required": ["member_id", "generation", "assignment", "heartbeat_interval_ms"],
+    "properties": {
+        "group": {"type": "string"},
+        "member_id": {"type": "string"},
+        "generation": INT,
+        "assignment": _PARTITION_MAP,
+        "heartbeat_interval_ms": INT,
+        "state": {"type": "string"},
+    },
+}
+_MEMBER_ID = {"type": "string", "minLength": 1, "maxLength": 128}
+
+
+def _membership_paths() -> dict[str, Any]:
+    """Consumer group membership, served by the group's coordinator (NOT_OWNER elsewhere)."""
+    group = [_param("group")]
+    member = group + [{"name": "member", "in": "path", "required": True, "schema": _MEMBER_ID}]
+    fenced = ("NOT_OWNER", "UNKNOWN_MEMBER_ID", "UNSUPPORTED_MEDIA_TYPE")
+    return {
+        "/v1/groups/{group}/members": {
+            "post": _op("Join the group", {"description": "joined", "content": _json(_MEMBER_ANSWER)},
+                        "NOT_OWNER", "UNKNOWN_TOPIC", "UNSUPPORTED_MEDIA_TYPE", params=group,
+                        body=_json({"type": "object", "required": ["topics"], "properties": {
+                            "topics": {"type": "array", "minItems": 1, "items": NAME},
+                            "assignor": {"enum": ["sticky", "range", "roundrobin", None]},
+                            "session_timeout_ms": {"type": ["integer", "null"], "minimum": 500, "maximum": 300_000},
+                            "group_instance_id": {**_MEMBER_ID, "type": ["string", "null"]},
+                            "member_id": {**_MEMBER_ID, "type": ["string", "null"]}}})),
+            "get": _op("The group's state and members", {"description": "members", "content": _json(
+                {"type": "object", "required": ["group", "state", "generation", "members"]})}, "NOT_OWNER", params=group),
+        },
+        "/v1/groups/{group}/members/{member}/heartbeat": {
+            "post": _op("Stay in the group; learn the assignment", {"description": "assignment", "content": _json(
+                _MEMBER_ANSWER)}, *fenced, params=member,
+                body=_json({"type": "object", "properties": {"owned": _PARTITION_MAP}})),
+        },
+        "/v1/groups/{group}/members/{member}": {
+            "delete": _op("Leave the group at once", {"description": "left", "content": _json({"type": "object"})},
+                          "NOT_OWNER", "UNKNOWN_MEMBER_ID", params=member),
+        },
+        "/v1/groups/{group}/fence": {
+            "post": _op("May this member's commit be stored? (asked by partition owners)", {
+                "description": "yes", "content": _json({"type": "object"})},
+                *fenced, "ILLEGAL_GENERATION", params=group,
+                body=_json({"type": "object", "properties": {
+                    "member_id": {**_MEMBER_ID, "type": ["string", "null"]},
+                    "generation": {"type": ["integer", "null"]}, "partitions": _PARTITION_MAP}})),
+        },
+    }
+
+
 def build_openapi(title: str = "shoal", *, gateway: bool = False) -> dict[str, Any]:
     """The document; ``gateway`` adds what only the gateway serves and drops /metrics."""
     doc = _document(title)
@@ -238,7 +292,9 @@ def _document(title: str) -> dict[str, Any]:
                     params=[_param("group")] + _PART,
                     body=_json({"type": "object", "required": ["offset"], "properties": {
                         "offset": {"type": "integer", "description": "log_start_offset..high_watermark, else 416"},
-                        "metadata": {"type": ["string", "null"], "maxLength": 4096}}}),
+                        "metadata": {"type": ["string", "null"], "maxLength": 4096},
+                        "member_id": {"type": ["string", "null"], "description": "a subscribed consumer's, for fencing"},
+                        "generation": {"type": ["integer", "null"]}}}),
                 ),
             },
             "/v1/groups": {"get": _op("Groups with committed offsets here", {"description": "groups", "content": _json(
@@ -249,6 +305,7 @@ def _document(title: str) -> dict[str, Any]:
                 "delete": _op("Forget a group's committed offsets", {"description": "deleted", "content": _json(
                     {"type": "object"})}, params=[_param("group")]),
             },
+            **_membership_paths(),
             "/v1/cluster": {
                 "get": _op("The installed topology and partition owners", {"description": "topology", "content": _json(
                     {"type": "object", "required": ["cluster", "epoch", "brokers", "topics", "owners"]})}),
