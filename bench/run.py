@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import importlib.metadata
 import json
 import logging
@@ -253,6 +254,10 @@ def run_comparison(args: argparse.Namespace, binaries: dict[str, str]) -> dict[s
         for name in args.systems:
             if name not in servers:
                 continue
+            # The harness's own long-lived objects (imports, servers) leave the collector's
+            # view, so full collections during a run scan only what the workload made.
+            gc.collect()
+            gc.freeze()
             with asyncio.Runner(loop_factory=_new_loop) as runner:
                 results[name] = runner.run(run_system(_driver(name, servers[name], args), args))
             results[name]["server_rss_mib"] = round(servers[name].rss_bytes() / 1024**2, 1)

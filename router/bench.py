@@ -14,6 +14,7 @@ up as latency instead of silently lowering the send rate (no coordinated omissio
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import os
 import random
@@ -31,6 +32,7 @@ MB = 1_000_000
 TICK = 0.001  # the pacer's shortest sleep, in seconds
 SAMPLE_EVERY = 16  # unthrottled runs time one record in this many
 REPORT_EVERY = 1024  # records between progress reports
+CHUNK = 256  # unthrottled records between two readings of the clock
 KEY_MODES = "none, random or a number of distinct keys"
 
 
@@ -265,47 +267,51 @@ async def produce(
     # cost the producer loop more than the client itself does.
     stride = 1 if rate else SAMPLE_EVERY
     unacked: deque = deque()  # every future, to count failures; trimmed as acks come in
-    failed = sent = payload = 0
+    failed = sent = key_bytes = 0
 
     async with AsyncProducer(bootstrap, **options) as producer:
+        send = producer.send
 
         def trim() -> None:
             nonlocal failed
             while unacked and unacked[0].done():
                 if unacked.popleft().exception() is not None:
                     failed += 1
+            if progress:
+                progress(sent - len(unacked))
 
-        async def send_one(due: float | None) -> None:
-            nonlocal sent, payload
-            key = key_of(sent)
-            future = await producer.send(topic, value, key=key, partition=sent % partitions if partitions else None)
-            unacked.append(future)
-            if sent % stride == 0:
-                recorder.track(future, due if due is not None else time.perf_counter())
-            sent += 1
-            payload += record_size + (len(key) if key else 0)
-            if sent % REPORT_EVERY == 0:
-                trim()
-                if progress:
-                    progress(sent - len(unacked))
+        async def send_many(dues: Sequence[float | None]) -> None:
+            """Send one record per entry; None: due now (read the clock only if timed)."""
+            nonlocal sent, key_bytes
+            for due in dues:
+                key = key_of(sent)
+                future = await send(topic, value, key=key, partition=sent % partitions if partitions else None)
+                unacked.append(future)
+                if not sent % stride:
+                    recorder.track(future, time.perf_counter() if due is None else due)
+                sent += 1
+                if key:
+                    key_bytes += len(key)
+                if not sent % REPORT_EVERY:
+                    trim()
 
         start = time.perf_counter()
         if rate:
             pacer = Pacer(rate, limit=records, duration=duration)
             while not pacer.done:
-                for due in await pacer.due():
-                    await send_one(due)
+                await send_many(await pacer.due())
         else:
             deadline = start + duration if duration else math.inf
             limit = records if records is not None else math.inf
-            while sent < limit and (sent % 256 or time.perf_counter() < deadline):  # the clock every 256
-                await send_one(None)
+            while sent < limit and time.perf_counter() < deadline:
+                await send_many(itertools.repeat(None, min(CHUNK, limit - sent)))
         await producer.flush()
         elapsed = time.perf_counter() - start
         await asyncio.sleep(0)  # every future is done: let the timing callbacks run
         trim()
     if progress:
         progress(sent)
+    payload = sent * record_size + key_bytes
     return BenchResult(
         records=sent - failed,
         bytes=payload * (sent - failed) // sent if sent else 0,
