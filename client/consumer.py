@@ -42,7 +42,7 @@ from .errors import (
 from .http import BrokerClient
 from .membership import GroupMembership
 from .names import check_name
-from .records import decode_records, iter_frames
+from .records import RecordBatch, decode_batch
 from .structs import OffsetAndMetadata, Record, TopicPartition
 
 __all__ = ["AsyncConsumer"]
@@ -61,7 +61,7 @@ class _Partition:
     def __init__(self, tp: TopicPartition, fetch_offset: int | None):
         self.tp = tp
         self.fetch_offset = fetch_offset
-        self.records: list[Record] = []
+        self.records: RecordBatch | None = None  # the last fetch's, from ``index`` on not yet taken
         self.index = 0
         self.error: BaseException | None = None
         self.task: asyncio.Task | None = None
@@ -73,21 +73,23 @@ class _Partition:
 
     @property
     def buffered(self) -> int:
-        return len(self.records) - self.index
+        return len(self.records) - self.index if self.records is not None else 0
 
     @property
     def position(self) -> int | None:
-        if self.index < len(self.records):
-            return self.records[self.index].offset
+        if self.records is not None:
+            return self.records.offsets[self.index]
         return self.fetch_offset
 
-    def take(self, limit: int | None) -> list[Record]:
+    def take(self, limit: int | None) -> RecordBatch:
+        """The next ``limit`` buffered records (all by default); call only when some are buffered."""
+        records = self.records
         start = self.index
-        end = len(self.records) if limit is None else min(len(self.records), start + limit)
-        chunk = self.records[start:end] if start or end < len(self.records) else self.records
+        end = len(records) if limit is None else min(len(records), start + limit)
+        chunk = records[start:end] if start or end < len(records) else records
         self.index = end
-        if end == len(self.records):
-            self.records = []
+        if end == len(records):
+            self.records = None
             self.index = 0
             self.drained.set()
         return chunk
@@ -410,6 +412,20 @@ class AsyncConsumer:
             ``auto_offset_reset="none"``, ``UnknownTopic``, ``UnknownPartition``,
             ``CorruptRecordError``.
         """
+        batches = await self.getbatches(*partitions, timeout_ms=timeout_ms, max_records=max_records)
+        return {tp: batch.tolist() for tp, batch in batches.items()}
+
+    async def getbatches(
+        self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, RecordBatch]:
+        """``getmany()`` for high rates: the same records, each partition's as a lazy ``RecordBatch``.
+
+        A ``RecordBatch`` is a sequence of ``Record``: it builds each one when it is read,
+        so iterating over it never holds them all at once, and its ``values``, ``keys``,
+        ``offsets`` and ``timestamps`` give one field of every record without building
+        records at all. Positions move exactly as with ``getmany()``. Arguments and
+        errors are those of ``getmany()``.
+        """
         if max_records is not None and max_records < 1:
             raise ValueError(f"max_records must be >= 1 or None, got {max_records!r}")
         await self._ensure_started()
@@ -419,7 +435,7 @@ class AsyncConsumer:
         deadline = loop.time() + timeout_ms / 1000
         while True:
             parts = self._select(partitions)
-            out: dict[TopicPartition, list[Record]] = {}
+            out: dict[TopicPartition, RecordBatch] = {}
             left = max_records
             for part in parts:
                 if part.buffered:
@@ -520,7 +536,7 @@ class AsyncConsumer:
                         url, tp.topic, tp.partition, part.fetch_offset,
                         max_bytes=self._fetch_max_bytes, max_wait_ms=self._fetch_max_wait_ms,
                     )
-                records, next_offset = _decode(tp, answer.body, part.fetch_offset)
+                records, next_offset = decode_batch(tp.topic, tp.partition, answer.body, min_offset=part.fetch_offset)
             except OffsetOutOfRange as exc:
                 if self._reset == "none":
                     self._stop_with(part, exc)
@@ -741,14 +757,3 @@ def _stop(part: _Partition) -> asyncio.Future:
     part.task.cancel()
     return part.task
 
-
-def _decode(tp: TopicPartition, body: bytes, offset: int) -> tuple[list[Record], int]:
-    """Records at or after ``offset`` in a fetch answer, and the offset after the last frame."""
-    records: list[Record] = []
-    next_offset = offset
-    for header, frame in iter_frames(body):
-        if header.next_offset <= offset:
-            continue
-        records.extend(decode_records(tp.topic, tp.partition, header, frame, min_offset=offset))
-        next_offset = header.next_offset
-    return records, next_offset

@@ -27,10 +27,13 @@ byte for byte.
 
 from __future__ import annotations
 
+import gc
 import struct
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import NamedTuple
+from itertools import repeat
+from operator import add, itemgetter
+from typing import NamedTuple, overload
 
 import msgpack
 from crc32c import crc32c
@@ -219,31 +222,201 @@ def iter_frames(buf: bytes | memoryview, *, check_crc: bool = True) -> Iterator[
         pos += size
 
 
+_new_tuple = tuple.__new__
+_DELTA, _KEY, _VALUE, _HEADERS = map(itemgetter, range(4))  # fields of a stored record
+_NO_HEADERS: dict = {}  # never handed out: records get copies
+_copy_dict = dict.copy
+
+
+class _Columns:
+    """Decoded records of one partition, one list per field (appended to frame by frame)."""
+
+    __slots__ = ("offsets", "keys", "values", "timestamps", "headers")
+
+    def __init__(self) -> None:
+        self.offsets: list[int] = []
+        self.keys: list = []
+        self.values: list = []
+        self.timestamps: list[int] = []
+        self.headers: list[dict] = []  # copied for each Record built: each gets a dict of its own
+
+    def add_frame(self, header: FrameHeader, frame: bytes | memoryview, skip: int) -> None:
+        """Decode a frame's records from the ``skip``-th on; raises ``CorruptRecordError``."""
+        base = header.base_offset
+        # Columns are filled by C iterators: no Python bytecode runs per record unless
+        # some record has headers. On an error the columns are left half filled: the
+        # caller drops them.
+        try:
+            entries = msgpack.unpackb(frame[HEADER_SIZE:], use_list=False, raw=False, strict_map_key=True)
+            if entries.__class__ is not tuple:
+                raise TypeError(f"records are a {type(entries).__name__}, not an array")
+            if skip:
+                entries = entries[skip:]
+            self.timestamps.extend(map(add, map(_DELTA, entries), repeat(header.first_timestamp)))
+            self.keys.extend(map(_KEY, entries))
+            self.values.extend(map(_VALUE, entries))
+            headers = tuple(map(_HEADERS, entries))
+        except (ValueError, TypeError, IndexError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+            raise CorruptRecordError(f"batch at offset {base} does not decode: {exc}") from exc
+        n = len(entries)
+        self.offsets.extend(range(base + skip, base + skip + n))
+        if any(headers):
+            self.headers.extend([_checked_headers(h, base) for h in headers])
+        else:
+            self.headers.extend(repeat(_NO_HEADERS, n))
+
+
+def _checked_headers(headers, base_offset: int) -> dict:
+    if headers is None:
+        return _NO_HEADERS
+    if headers.__class__ is not dict:
+        raise CorruptRecordError(f"batch at offset {base_offset} has headers that are not a map: {headers!r:.40}")
+    return headers
+
+
+class RecordBatch(Sequence[Record]):
+    """Consumed records of one partition, in offset order, made into ``Record``s only when read.
+
+    Fetched frames are decoded into columns (one list per field) without running Python
+    code per record; indexing and iteration build each ``Record`` in C as it is asked
+    for, so a loop over a large batch never holds every record at once (which is what
+    makes the garbage collector expensive). ``offsets``, ``keys``, ``values``,
+    ``timestamps`` give a field of every record without building records at all.
+    Slicing gives a ``RecordBatch`` sharing the columns. Each read builds new
+    ``Record`` objects (and new headers dicts), equal to the ones before.
+
+    Attributes:
+        topic, partition: where the records are stored.
+    """
+
+    __slots__ = ("topic", "partition", "_cols", "_start", "_stop")
+
+    def __init__(self, topic: str, partition: int, columns: _Columns, start: int = 0, stop: int | None = None):
+        self.topic = topic
+        self.partition = partition
+        self._cols = columns
+        self._start = start
+        self._stop = len(columns.offsets) if stop is None else stop
+
+    def __len__(self) -> int:
+        return self._stop - self._start
+
+    def _column(self, column: list) -> list:
+        if self._start == 0 and self._stop == len(column):
+            return column
+        return column[self._start : self._stop]
+
+    def __iter__(self) -> Iterator[Record]:
+        c = self._cols
+        n = self._stop - self._start
+        return map(
+            _new_tuple,
+            repeat(Record, n),
+            zip(
+                repeat(self.topic, n),
+                repeat(self.partition, n),
+                self._column(c.offsets),
+                self._column(c.keys),
+                self._column(c.values),
+                self._column(c.timestamps),
+                map(_copy_dict, self._column(c.headers)),
+            ),
+        )
+
+    def tolist(self) -> list[Record]:
+        """Every record as a list: ``list(batch)``, built with the cyclic garbage collector paused.
+
+        CPython tracks every tuple subclass instance (such as ``Record``) and never
+        untracks it, so building thousands of records runs a young-generation collection
+        every 700 of them and moves them all towards the oldest generation, whose full
+        collections then take more CPU than the records themselves. Records hold no
+        cycles, and no Python code runs while they are built (so no other thread sees the
+        pause): with the collector paused, the whole list costs one young collection.
+        """
+        if not gc.isenabled():
+            return list(self)
+        gc.disable()
+        try:
+            return list(self)
+        finally:
+            gc.enable()
+
+    @overload
+    def __getitem__(self, i: int) -> Record: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> RecordBatch: ...
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            start, stop, step = i.indices(len(self))
+            if step != 1:
+                return list(self)[i]
+            return RecordBatch(self.topic, self.partition, self._cols, self._start + start, self._start + max(start, stop))
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("RecordBatch index out of range")
+        c, j = self._cols, self._start + i
+        return _new_tuple(
+            Record,
+            (self.topic, self.partition, c.offsets[j], c.keys[j], c.values[j], c.timestamps[j], c.headers[j].copy()),
+        )
+
+    @property
+    def offsets(self) -> list[int]:
+        return self._column(self._cols.offsets)
+
+    @property
+    def keys(self) -> list[bytes | None]:
+        return self._column(self._cols.keys)
+
+    @property
+    def values(self) -> list[bytes | None]:
+        return self._column(self._cols.values)
+
+    @property
+    def timestamps(self) -> list[int]:
+        return self._column(self._cols.timestamps)
+
+    @property
+    def next_offset(self) -> int | None:
+        """The offset after the last record; None when empty."""
+        return self._cols.offsets[self._stop - 1] + 1 if self._stop > self._start else None
+
+    def __repr__(self) -> str:
+        if not len(self):
+            return f"<RecordBatch {self.topic}/{self.partition} empty>"
+        c = self._cols
+        return f"<RecordBatch {self.topic}/{self.partition} offsets {c.offsets[self._start]}..{c.offsets[self._stop - 1]}>"
+
+
+def decode_batch(topic: str, partition: int, buf: bytes | memoryview, *, min_offset: int = 0) -> tuple[RecordBatch, int]:
+    """Every record at or after ``min_offset`` in a fetch response body, and the offset after the last frame.
+
+    The offset returned is ``min_offset`` when the body holds no frame past it.
+    Raises ``CorruptRecordError`` for a frame that fails its CRC or does not decode.
+    """
+    cols = _Columns()
+    next_offset = min_offset
+    for h, frame in iter_frames(buf):
+        if h.next_offset <= min_offset:
+            continue
+        cols.add_frame(h, frame, max(0, min_offset - h.base_offset))
+        next_offset = h.next_offset
+    return RecordBatch(topic, partition, cols), next_offset
+
+
 def decode_records(
     topic: str, partition: int, header: FrameHeader, frame: bytes | memoryview, *, min_offset: int = 0
 ) -> list[Record]:
     """Decode one frame's records, keeping those at or after ``min_offset``."""
-    try:
-        entries = msgpack.unpackb(frame[HEADER_SIZE:], use_list=False, raw=False, strict_map_key=True)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise CorruptRecordError(f"batch at offset {header.base_offset} does not decode: {exc}") from exc
-    base = header.base_offset
-    first_ts = header.first_timestamp
-    skip = max(0, min_offset - base)
-    try:
-        return [
-            Record(topic, partition, base + i, e[1], e[2], first_ts + e[0], e[3] or {})
-            for i, e in enumerate(entries[skip:] if skip else entries, skip)
-        ]
-    except (TypeError, IndexError) as exc:
-        raise CorruptRecordError(f"batch at offset {header.base_offset} has a malformed record: {exc}") from exc
+    cols = _Columns()
+    cols.add_frame(header, frame, max(0, min_offset - header.base_offset))
+    return RecordBatch(topic, partition, cols).tolist()
 
 
 def decode_fetch(topic: str, partition: int, buf: bytes, *, min_offset: int = 0) -> Iterable[Record]:
     """Every record at or after ``min_offset`` in a fetch response body."""
-    out: list[Record] = []
-    for h, frame in iter_frames(buf):
-        if h.next_offset <= min_offset:
-            continue
-        out.extend(decode_records(topic, partition, h, frame, min_offset=min_offset))
-    return out
+    return decode_batch(topic, partition, buf, min_offset=min_offset)[0].tolist()

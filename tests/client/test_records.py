@@ -1,0 +1,166 @@
+"""Decoding fetched frames: column decoding, lazy RecordBatch views, and corrupt records."""
+
+from __future__ import annotations
+
+import gc
+
+import msgpack
+import pytest
+
+from shoal.client.errors import CorruptRecordError
+from shoal.client.records import (
+    RecordBatch,
+    decode_batch,
+    decode_fetch,
+    decode_records,
+    encode_batch,
+    frame_records,
+    iter_frames,
+)
+from shoal.client.structs import Record
+
+T0 = 1_700_000_000_000
+
+
+def body_of(*batches: list[tuple], start: int = 0) -> bytes:
+    """Frames of ``(key, value, headers, ts)`` records, with consecutive base offsets from ``start``."""
+    out = []
+    for records in batches:
+        out.append(encode_batch(records, base_offset=start))
+        start += len(records)
+    return b"".join(out)
+
+
+def raw_frame(entries: list, *, base_offset: int = 0) -> bytes:
+    """A frame whose records array is ``entries`` as given (valid or not)."""
+    return frame_records(
+        msgpack.packb(entries, use_bin_type=True),
+        record_count=max(1, len(entries)) if isinstance(entries, list) else 1,
+        first_timestamp=T0,
+        max_timestamp=T0,
+        base_offset=base_offset,
+    )
+
+
+BODY = body_of(
+    [(b"k0", b"v0", None, T0), (None, b"v1", {"h": b"x"}, T0 + 5)],
+    [(b"k2", None, None, T0 + 9), (b"k3", b"v3", {}, T0 + 1)],
+    start=10,
+)
+EXPECTED = [
+    Record("t", 3, 10, b"k0", b"v0", T0, {}),
+    Record("t", 3, 11, None, b"v1", T0 + 5, {"h": b"x"}),
+    Record("t", 3, 12, b"k2", None, T0 + 9, {}),
+    Record("t", 3, 13, b"k3", b"v3", T0 + 1, {}),
+]
+
+
+def test_decode_batch_gives_every_record_and_the_next_offset():
+    batch, next_offset = decode_batch("t", 3, BODY, min_offset=10)
+    assert list(batch) == EXPECTED
+    assert next_offset == 14
+    assert all(type(r) is Record for r in batch)
+
+
+def test_min_offset_skips_whole_frames_and_records_inside_a_frame():
+    batch, next_offset = decode_batch("t", 3, BODY, min_offset=13)
+    assert list(batch) == EXPECTED[3:]
+    assert next_offset == 14
+    batch, _ = decode_batch("t", 3, BODY, min_offset=11)
+    assert [r.offset for r in batch] == [11, 12, 13]
+
+
+def test_nothing_past_min_offset_keeps_the_offset():
+    batch, next_offset = decode_batch("t", 3, BODY, min_offset=14)
+    assert len(batch) == 0 and list(batch) == [] and batch.next_offset is None
+    empty, offset = decode_batch("t", 3, b"", min_offset=7)
+    assert (len(empty), offset) == (0, 7)
+
+
+def test_decode_records_and_decode_fetch_agree_with_the_batch():
+    frames = list(iter_frames(BODY))
+    by_frame = [r for h, f in frames for r in decode_records("t", 3, h, f, min_offset=11)]
+    assert by_frame == EXPECTED[1:]
+    assert decode_fetch("t", 3, BODY, min_offset=11) == EXPECTED[1:]
+
+
+def test_columns_give_fields_without_records():
+    batch, _ = decode_batch("t", 3, BODY, min_offset=10)
+    assert batch.offsets == [10, 11, 12, 13]
+    assert batch.keys == [b"k0", None, b"k2", b"k3"]
+    assert batch.values == [b"v0", b"v1", None, b"v3"]
+    assert batch.timestamps == [T0, T0 + 5, T0 + 9, T0 + 1]
+    assert (batch.topic, batch.partition, batch.next_offset) == ("t", 3, 14)
+
+
+def test_indexing_and_slicing_are_views_over_the_same_columns():
+    batch, _ = decode_batch("t", 3, BODY, min_offset=10)
+    assert batch[0] == EXPECTED[0] and batch[-1] == EXPECTED[3]
+    with pytest.raises(IndexError):
+        batch[4]
+    with pytest.raises(IndexError):
+        batch[-5]
+    middle = batch[1:3]
+    assert isinstance(middle, RecordBatch)
+    assert list(middle) == EXPECTED[1:3] and len(middle) == 2
+    assert middle.values == [b"v1", None] and middle.next_offset == 13
+    assert middle[-1] == EXPECTED[2]
+    assert list(middle[1:]) == EXPECTED[2:3]
+    assert list(batch[3:1]) == [] and len(batch[3:1]) == 0
+    assert batch[::2] == [EXPECTED[0], EXPECTED[2]]
+    assert EXPECTED[2] in batch and batch.index(EXPECTED[3]) == 3
+
+
+def test_every_read_gets_headers_of_its_own():
+    batch, _ = decode_batch("t", 3, BODY, min_offset=10)
+    first = batch[1]
+    first.headers["h"] = b"changed"
+    batch[0].headers["new"] = b"y"
+    assert batch[1].headers == {"h": b"x"}
+    assert [r.headers for r in batch] == [{}, {"h": b"x"}, {}, {}]
+
+
+def test_tolist_equals_list_and_leaves_the_collector_as_it_was():
+    batch, _ = decode_batch("t", 3, BODY, min_offset=10)
+    assert gc.isenabled()
+    assert batch.tolist() == EXPECTED
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        assert batch[2:].tolist() == EXPECTED[2:]
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_large_batch_round_trip():
+    records = [(None if i % 3 else b"%d" % i, b"v" * (i % 50), {"i": b"%d" % i} if i % 7 == 0 else None, T0 + i)
+               for i in range(5000)]  # fmt: skip
+    body = body_of(records[:2000], records[2000:], start=100)
+    batch, next_offset = decode_batch("t", 0, body, min_offset=150)
+    assert next_offset == 5100
+    got = batch.tolist()
+    assert len(got) == len(batch) == 4950
+    for r, (key, value, headers, ts) in zip(got, records[50:]):
+        assert (r.key, r.value, r.headers, r.timestamp) == (key, value, headers or {}, ts)
+    assert [r.offset for r in got] == list(range(150, 5100))
+
+
+@pytest.mark.parametrize(
+    "entries, why",
+    [
+        ([[0, None, b"v", 7]], "headers that are not a map"),
+        ([[0, None, b"v"]], "a record with three fields"),
+        ([["soon", None, b"v", None]], "a timestamp delta that is not a number"),
+        ([5], "a record that is not an array"),
+    ],
+)
+def test_malformed_records_raise_corrupt_record_error(entries, why):
+    with pytest.raises(CorruptRecordError):
+        decode_batch("t", 0, raw_frame(entries))
+
+
+def test_records_that_are_not_an_array_raise():
+    body = frame_records(msgpack.packb(0), record_count=1, first_timestamp=T0, max_timestamp=T0)
+    with pytest.raises(CorruptRecordError):
+        decode_batch("t", 0, body)
