@@ -63,6 +63,13 @@ def markdown(doc: dict) -> str:
         )
     for name, reason in doc.get("skipped", {}).items():
         lines.append(f"| {name} | skipped: {reason} | | | | | | | |")
+    lines += ["", "| system | produce CPU % server / client | consume CPU % server / client |", "|---|---:|---:|"]
+    for name, s in doc["systems"].items():
+        cells = []
+        for metric in ("produce", "consume"):
+            r = s.get(metric) or {}
+            cells.append(f"{_fmt(r.get('server_cpu_percent'))} / {_fmt(r.get('client_cpu_percent'))}")
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
     if doc.get("ratios"):
         lines += ["", "| ratio | produce (>1: shoal faster) | consume (>1: shoal faster) | p99 latency (<1: shoal lower) |",
                   "|---|---:|---:|---:|"]  # fmt: skip

@@ -37,7 +37,7 @@ from shoal.router.logs import configure_logging
 
 from . import plots, report
 from .peers import NatsServer, RedisServer, ensure_binary
-from .procs import ServerError
+from .procs import ServerError, ServerProcess
 from .resources import partitions_run, restart_run
 from .shoal_broker import ShoalBroker
 from .workloads import System
@@ -180,14 +180,18 @@ def _driver(name: str, server, args: argparse.Namespace) -> System:
     return ShoalRaw(server.url, in_flight=args.raw_in_flight)
 
 
-async def run_system(driver: System, args: argparse.Namespace) -> dict:
-    """Every workload against one system; a failing workload is recorded, not fatal."""
+async def run_system(driver: System, server: ServerProcess, args: argparse.Namespace) -> dict:
+    """Every workload against one system; a failing workload is recorded, not fatal.
+
+    Each result also says how busy the server and this process (the client) were,
+    in percent of one core: which side bounds the run.
+    """
     value = os.urandom(args.record_size)
     out: dict = {}
     prefix = driver.name
 
-    async def step(label: str, coro):
-        t0 = time.perf_counter()
+    async def step(label: str, coro) -> dict | None:
+        t0, cpu0, server0 = time.perf_counter(), time.process_time(), server.cpu_seconds()
         try:
             async with asyncio.timeout(args.step_timeout):
                 result = await coro
@@ -195,30 +199,35 @@ async def run_system(driver: System, args: argparse.Namespace) -> dict:
             log.exception("%s: %s failed", driver.name, label)
             out.setdefault("errors", {})[label] = f"{type(exc).__name__}: {exc}"
             return None
+        wall = time.perf_counter() - t0
         log.info("%s %-9s %8s records  %10.0f rec/s  %7.2f MB/s  (%.1fs)", driver.name, label,
-                 f"{result.records:,}", result.records_per_s, result.mb_per_s, time.perf_counter() - t0)  # fmt: skip
-        return result
+                 f"{result.records:,}", result.records_per_s, result.mb_per_s, wall)  # fmt: skip
+        return {
+            **result.to_dict(),
+            "server_cpu_percent": round(100 * (server.cpu_seconds() - server0) / wall, 1),
+            "client_cpu_percent": round(100 * (time.process_time() - cpu0) / wall, 1),
+        }
 
     await driver.open()
     try:
         produced = await step("produce", driver.produce(f"{prefix}-produce", records=args.records,
                                                         batch=args.batch, value=value))  # fmt: skip
         if produced:
-            out["produce"] = produced.to_dict()
-            consumed = await step("consume", driver.consume(f"{prefix}-produce", records=produced.records))
+            out["produce"] = produced
+            consumed = await step("consume", driver.consume(f"{prefix}-produce", records=produced["records"]))
             if consumed:
-                out["consume"] = consumed.to_dict()
+                out["consume"] = consumed
         latency = await step("latency", driver.latency(f"{prefix}-latency", rate=args.latency_rate,
                                                        duration=args.latency_seconds, value=value))  # fmt: skip
         if latency:
-            out["latency"] = latency.to_dict()
+            out["latency"] = latency
         sweep = []
         for batch in args.sweep:
             point = await step(f"batch={batch}", driver.produce(
                 f"{prefix}-sweep-{batch}", records=args.sweep_records, batch=batch, value=value,
                 max_seconds=args.sweep_seconds))  # fmt: skip
             if point:
-                sweep.append({"batch": batch, **point.to_dict()})
+                sweep.append({"batch": batch, **point})
         if sweep:
             out["sweep"] = sweep
     finally:
@@ -259,7 +268,7 @@ def run_comparison(args: argparse.Namespace, binaries: dict[str, str]) -> dict[s
             gc.collect()
             gc.freeze()
             with asyncio.Runner(loop_factory=_new_loop) as runner:
-                results[name] = runner.run(run_system(_driver(name, servers[name], args), args))
+                results[name] = runner.run(run_system(_driver(name, servers[name], args), servers[name], args))
             results[name]["server_rss_mib"] = round(servers[name].rss_bytes() / 1024**2, 1)
     return results
 

@@ -56,8 +56,9 @@ def test_every_workload_reports_positive_numbers(bench_run, name):
     assert "errors" not in system, system.get("errors")
     assert system["produce"]["records"] == RECORDS
     assert system["consume"]["records"] == RECORDS
-    _positive(system["produce"], "bytes", "seconds", "records_per_s", "mb_per_s")
-    _positive(system["consume"], "bytes", "seconds", "records_per_s", "mb_per_s")
+    _positive(system["produce"], "bytes", "seconds", "records_per_s", "mb_per_s", "client_cpu_percent")
+    _positive(system["consume"], "bytes", "seconds", "records_per_s", "mb_per_s", "client_cpu_percent")
+    assert system["produce"]["server_cpu_percent"] >= 0
     latency = system["latency"]["latency"]
     _positive(latency, "count", "p50_ms", "p99_ms", "p999_ms", "max_ms")
     assert latency["p50_ms"] <= latency["p99_ms"] <= latency["p999_ms"] <= latency["max_ms"]
