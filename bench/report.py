@@ -63,18 +63,19 @@ def markdown(doc: dict) -> str:
         )
     for name, reason in doc.get("skipped", {}).items():
         lines.append(f"| {name} | skipped: {reason} | | | | | | | |")
-    lines += ["", "| system | produce CPU % server / client | consume CPU % server / client |", "|---|---:|---:|"]
-    for name, s in doc["systems"].items():
-        cells = []
-        for metric in ("produce", "consume"):
-            r = s.get(metric) or {}
-            cells.append(f"{_fmt(r.get('server_cpu_percent'))} / {_fmt(r.get('client_cpu_percent'))}")
-        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    if any((s.get("produce") or {}).get("server_cpu_percent") is not None for s in doc["systems"].values()):
+        lines += ["", "| system | produce CPU % server / client | consume CPU % server / client |", "|---|---:|---:|"]
+        for name, s in doc["systems"].items():
+            cells = []
+            for metric in ("produce", "consume"):
+                r = s.get(metric) or {}
+                cells.append(f"{_fmt(r.get('server_cpu_percent'))} / {_fmt(r.get('client_cpu_percent'))}")
+            lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
     if doc.get("ratios"):
         lines += ["", "| ratio | produce (>1: shoal faster) | consume (>1: shoal faster) | p99 latency (<1: shoal lower) |",
                   "|---|---:|---:|---:|"]  # fmt: skip
-        pairs = sorted({pair for by_pair in doc["ratios"].values() for pair in by_pair})
-        for pair in pairs:
+        present = {pair for by_pair in doc["ratios"].values() for pair in by_pair}
+        for pair in (f"{mine}/{peer}" for mine in SHOALS for peer in PEERS if f"{mine}/{peer}" in present):
             row = [doc["ratios"].get(k, {}).get(pair) for k in ("produce", "consume", "latency_p99_ms")]
             lines.append(f"| {pair} | " + " | ".join("-" if v is None else f"{v:.2f}x" for v in row) + " |")
     res = doc.get("resources", {})
