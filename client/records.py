@@ -48,7 +48,9 @@ assert HEADER_SIZE == 50
 LENGTH_END = 12  # base_offset + length: frame size = LENGTH_END + length
 CRC_START = 16
 _BASE_OFFSET = struct.Struct(">q")
-_PREFIX = struct.Struct(">qI")  # base_offset, length
+_PREFIX_CRC = struct.Struct(">qII")  # base_offset, length, crc
+_HEAD_AFTER_CRC = struct.Struct(">BBIqqqi")  # magic .. base_sequence: the covered header fields
+assert _PREFIX_CRC.size + _HEAD_AFTER_CRC.size == HEADER_SIZE
 NO_PRODUCER = -1
 NO_SEQUENCE = -1
 
@@ -131,11 +133,10 @@ def frame_records(
     base_sequence: int = NO_SEQUENCE,
     base_offset: int = 0,
 ) -> bytes:
-    """Wrap an already msgpack-encoded records array in a frame header."""
-    tail = HEADER.pack(
-        0, 0, 0, MAGIC, 0, record_count, first_timestamp, max_timestamp, producer_id, base_sequence
-    )[CRC_START:] + body
-    return _PREFIX.pack(base_offset, len(tail) + 4) + struct.pack(">I", crc32c(tail)) + tail
+    """Wrap an already msgpack-encoded records array in a frame header (one copy of ``body``)."""
+    head = _HEAD_AFTER_CRC.pack(MAGIC, 0, record_count, first_timestamp, max_timestamp, producer_id, base_sequence)
+    crc = crc32c(body, crc32c(head))
+    return b"".join((_PREFIX_CRC.pack(base_offset, len(head) + len(body) + 4, crc), head, body))
 
 
 def read_header(buf, pos: int = 0) -> FrameHeader:
