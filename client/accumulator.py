@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from bisect import bisect_right
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
+from itertools import repeat
 from typing import Any
 
 import msgpack
@@ -25,7 +27,15 @@ import msgpack
 from .records import HEADER_SIZE, frame_records
 from .structs import RecordMetadata, TopicPartition
 
-__all__ = ["BATCH_OVERHEAD", "RECORD_OVERHEAD", "ProducerBatch", "RecordAccumulator", "RecordFuture", "record_size"]
+__all__ = [
+    "BATCH_OVERHEAD",
+    "RECORD_OVERHEAD",
+    "ProducerBatch",
+    "RecordAccumulator",
+    "RecordFuture",
+    "RecordsFuture",
+    "record_size",
+]
 
 # Upper bounds of the msgpack framing around one record's key and value (array
 # header, timestamp delta, two bin headers, nil headers), and around a batch.
@@ -48,11 +58,12 @@ class ProducerBatch:
         producer_id, base_sequence: the idempotence stamp of ``frame`` (-1 when none).
         attempts: sends that failed and were retried.
         retry_at: loop time before which a retry must not start.
+        open: records may still join it (it is the last of its partition and not sent yet).
     """
 
     __slots__ = (
         "tp", "records", "size", "created", "first_ts", "max_ts", "future",
-        "frame", "producer_id", "base_sequence", "attempts", "retry_at",
+        "frame", "producer_id", "base_sequence", "attempts", "retry_at", "open",
     )
 
     def __init__(self, tp: TopicPartition, first_ts: int, created: float, future: asyncio.Future):
@@ -68,6 +79,7 @@ class ProducerBatch:
         self.base_sequence = -1
         self.attempts = 0
         self.retry_at = 0.0
+        self.open = True
 
     def __repr__(self) -> str:
         return f"<ProducerBatch {self.tp} records={len(self.records)} seq={self.base_sequence}>"
@@ -112,6 +124,16 @@ class RecordFuture:
         return RecordMetadata(tp.topic, tp.partition, base + self._index if base >= 0 else -1)
 
     @property
+    def batch(self) -> ProducerBatch:
+        """The batch the record is in."""
+        return self._batch
+
+    @property
+    def index(self) -> int:
+        """The record's place in its batch."""
+        return self._index
+
+    @property
     def shared(self) -> asyncio.Future:
         """The future the record's whole batch shares (its result is the base offset)."""
         return self._batch.future
@@ -135,6 +157,85 @@ class RecordFuture:
 
     def __repr__(self) -> str:
         return f"<RecordFuture {self._batch.tp}#{self._index} {'done' if self.done() else 'pending'}>"
+
+
+class RecordsFuture:
+    """The awaitable ``list[RecordMetadata]`` of the records one ``send_batch()`` queued.
+
+    Holds ``(batch, first index, count)`` runs instead of a future per record, and is
+    done once every batch holding its records is. Awaiting it (or ``result()``) gives
+    the metadata in the order the records were given, or raises the error of the first
+    run that failed. ``done()``, ``exception()`` and ``add_done_callback()`` work as on
+    a future; ``wait()`` waits without building the metadata list.
+    """
+
+    __slots__ = ("_runs", "_future")
+
+    def __init__(self, runs: list[tuple[ProducerBatch, int, int]], loop: asyncio.AbstractEventLoop):
+        self._runs = runs
+        batches = list({id(b): b.future for b, _, _ in runs}.values())
+        if len(batches) == 1:
+            self._future = batches[0]
+        else:
+            self._future = loop.create_future()
+            if not batches:
+                self._future.set_result(None)
+            pending = [len(batches)]
+
+            def one_done(_: asyncio.Future) -> None:
+                pending[0] -= 1
+                if not pending[0] and not self._future.done():
+                    self._future.set_result(None)
+
+            for fut in batches:
+                fut.add_done_callback(one_done)
+
+    def __len__(self) -> int:
+        return sum(count for _, _, count in self._runs)
+
+    def __await__(self) -> Generator[Any, None, list[RecordMetadata]]:
+        yield from self._future.__await__()
+        return self.result()
+
+    async def wait(self) -> None:
+        """Wait until every record is acknowledged or failed; raises nothing."""
+        await asyncio.wait([self._future])
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def exception(self) -> BaseException | None:
+        """The first failed run's error; None when every record was stored.
+
+        Raises InvalidStateError while pending.
+        """
+        if not self._future.done():
+            raise asyncio.InvalidStateError("records are still pending")
+        for batch, _, _ in self._runs:
+            exc = batch.future.exception()
+            if exc is not None:
+                return exc
+        return None
+
+    def result(self) -> list[RecordMetadata]:
+        """The records' metadata in send order; raises the first error, or InvalidStateError while pending."""
+        exc = self.exception()
+        if exc is not None:
+            raise exc
+        out: list[RecordMetadata] = []
+        for batch, start, count in self._runs:
+            topic, partition = batch.tp
+            base = batch.future.result()
+            offsets = range(base + start, base + start + count) if base >= 0 else repeat(-1, count)
+            out.extend(map(RecordMetadata, repeat(topic, count), repeat(partition, count), offsets))
+        return out
+
+    def add_done_callback(self, fn: Callable[["RecordsFuture"], Any]) -> None:
+        """Call ``fn(self)`` from the event loop once every record is acknowledged or failed."""
+        self._future.add_done_callback(lambda _: fn(self))
+
+    def __repr__(self) -> str:
+        return f"<RecordsFuture {len(self)} records {'done' if self.done() else 'pending'}>"
 
 
 class RecordAccumulator:
@@ -191,11 +292,52 @@ class RecordAccumulator:
         self.buffered += size
         return RecordFuture(batch, len(records) - 1)
 
+    def extend(
+        self,
+        tp: tuple[str, int],
+        keys: Sequence[bytes | None] | None,
+        values: Sequence[bytes | None],
+        start: int,
+        ends: Sequence[int],
+        ts: int,
+    ) -> tuple[ProducerBatch, int, int]:
+        """Queue records ``start..`` of ``values`` (and ``keys``; None: keyless) for ``tp``.
+
+        As many as fit go to the open batch of ``tp`` (a new one when it has no room
+        for the first), at least one. ``ends[i]`` is the summed ``record_size`` of
+        records ``0..i``, so the records that fit are found by bisection, and the
+        record tuples are made in C. Never blocks. Returns ``(batch, index of the
+        first record in it, count)``.
+        """
+        before = ends[start - 1] if start else 0
+        batch = self._open.get(tp)
+        if batch is None or batch.size + ends[start] - before > self.max_batch_bytes:
+            batch = self._new_batch(tp, ts)
+        stop = max(start + 1, bisect_right(ends, before + self.max_batch_bytes - batch.size, start))
+        count = stop - start
+        delta = ts - batch.first_ts
+        records = batch.records
+        first = len(records)
+        part = values[start:stop] if start or stop < len(values) else values
+        if keys is None:
+            records.extend(zip(repeat(delta, count), repeat(None, count), part, repeat(None, count)))
+        else:
+            records.extend(zip(repeat(delta, count), keys[start:stop], part, repeat(None, count)))
+        if ts > batch.max_ts:
+            batch.max_ts = ts
+        size = ends[stop - 1] - before
+        batch.size += size
+        self.buffered += size
+        return batch, first, count
+
     def _new_batch(self, tp: tuple[str, int], ts: int) -> ProducerBatch:
         loop = self._loop
         now = loop.time()
         batch = ProducerBatch(TopicPartition(*tp), ts, now, loop.create_future())
         self.incomplete.add(batch)
+        full = self._open.get(tp)
+        if full is not None:
+            full.open = False
         self._open[tp] = batch
         q = self.queues.get(tp)
         if q is None:
@@ -252,7 +394,8 @@ class RecordAccumulator:
         q.popleft()
         if not q:
             del self.queues[key]
-        if self._open.get(key) is batch:
+        if batch.open:
+            batch.open = False
             del self._open[key]
         self.muted.add(key)
 
@@ -288,6 +431,8 @@ class RecordAccumulator:
     def abort(self, exc: BaseException) -> None:
         """Fail every batch not yet acknowledged, queued or in flight, with ``exc``."""
         self.queues.clear()
+        for batch in self._open.values():
+            batch.open = False
         self._open.clear()
         for batch in list(self.incomplete):
             self.fail(batch, exc)

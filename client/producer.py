@@ -21,12 +21,23 @@ import asyncio
 import logging
 import random
 import ssl
+import time
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import accumulate, repeat
+from operator import add, sub
 from typing import Any
 
-from .accumulator import BATCH_OVERHEAD, ProducerBatch, RecordAccumulator, RecordFuture, record_size
+from .accumulator import (
+    BATCH_OVERHEAD,
+    RECORD_OVERHEAD,
+    ProducerBatch,
+    RecordAccumulator,
+    RecordFuture,
+    RecordsFuture,
+    record_size,
+)
 from .cluster import Bootstrap, Cluster, backoff_seconds
 from .errors import (
     BatchTooLarge,
@@ -49,6 +60,7 @@ __all__ = ["AsyncProducer"]
 log = logging.getLogger(__name__)
 
 _MAX_SEQUENCE = 2**31 - 1
+_time_ns = time.time_ns
 
 
 def _new_producer_id() -> int:
@@ -61,6 +73,17 @@ def _to_bytes(data: Any, what: str) -> bytes:
     if isinstance(data, (bytearray, memoryview)):
         return bytes(data)
     raise TypeError(f"{what} must be bytes or str, not {type(data).__name__}")
+
+
+def _bytes_list(items: Sequence[Any], what: str) -> list[bytes | None]:
+    """``items`` as a list of bytes or None; converts (per item) only when some are not bytes."""
+    items = list(items)
+    if not set(map(type, items)) <= _BYTES_OR_NONE:
+        items = [v if v is None or v.__class__ is bytes else _to_bytes(v, what) for v in items]
+    return items
+
+
+_BYTES_OR_NONE = {bytes, type(None)}
 
 
 def _headers(headers: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> dict[str, bytes] | None:
@@ -150,6 +173,10 @@ class AsyncProducer:
         self._next_sequence: dict[tuple[str, int], int] = {}
         self._sticky = StickyPartitioner(random.Random(partitioner_seed))
         self._acc: RecordAccumulator | None = None
+        # topic -> the open batch its keyless records join (the sticky partition's):
+        # send()'s fast path. Emptied whenever the checks it skips could change.
+        self._keyless: dict[str, ProducerBatch] = {}
+        self._metadata = None  # the topology _keyless was filled under
         self._wakeup = asyncio.Event()
         self._room = asyncio.Event()
         self._in_flight: dict[str, int] = defaultdict(int)
@@ -242,6 +269,7 @@ class AsyncProducer:
             return
         self._closing = True
         self._accepting = False
+        self._keyless.clear()
         try:
             if self._sender is not None and not self._sender.done():
                 try:
@@ -293,6 +321,29 @@ class AsyncProducer:
             BufferFullError: the buffer stayed full for ``max_block_ms``.
             ProducerClosedError: the producer is closed, or its sender died.
         """
+        # Fast path: a plain keyless record joins the open batch keyless records of the
+        # topic go to (the sticky partition's), if it has room and the buffer too.
+        batch = self._keyless.get(topic)
+        if (
+            batch is not None
+            and batch.open
+            and value.__class__ is bytes
+            and key is None
+            and partition is None
+            and headers is None
+            and timestamp_ms is None
+        ):
+            size = len(value) + RECORD_OVERHEAD
+            acc = self._acc
+            if batch.size + size <= self._max_batch_bytes and acc.buffered + size <= self._buffer_memory:
+                ts = _time_ns() // 1_000_000
+                records = batch.records
+                records.append((ts - batch.first_ts, None, value, None))
+                if ts > batch.max_ts:
+                    batch.max_ts = ts
+                batch.size += size
+                acc.buffered += size
+                return RecordFuture(batch, len(records) - 1)
         if not self._accepting:
             await self._check_open()
         if value.__class__ is not bytes and value is not None:
@@ -307,6 +358,7 @@ class AsyncProducer:
         if n is None:
             n = await self._cluster.partitions(check_name(topic, "topic"))
         size = record_size(key, value, headers)
+        sticky = partition is None and key is None
         if partition is None:
             if key is None:
                 partition = self._sticky.partition(topic, n)
@@ -319,10 +371,116 @@ class AsyncProducer:
                 f"topic {topic!r} has partitions 0..{n - 1}, not {partition!r}",
                 topic=topic, partition=partition, partitions=n,
             )
+        if size > self._max_record:
+            raise self._too_large(size)
         acc = self._acc
-        if acc.buffered + size > self._buffer_memory or size > self._max_record:
+        if acc.buffered + size > self._buffer_memory:
             await self._wait_for_room(size)
-        return acc.append((topic, partition), key, value, headers, timestamp_ms, size)
+        future = acc.append((topic, partition), key, value, headers, timestamp_ms, size)
+        if sticky:
+            self._keyless[topic] = future.batch
+        return future
+
+    async def send_batch(
+        self,
+        topic: str,
+        values: Sequence[bytes | str | None],
+        *,
+        keys: Sequence[bytes | str | None] | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> RecordsFuture:
+        """Queue many records in one call: ``send()`` for each, at a fraction of the cost.
+
+        The records go where ``send()`` would put them, in order: to ``partition``, else
+        by key, else (keyless) to the sticky partition, moving on when its batch is full.
+        All of them get one timestamp. Nothing is queued unless all of them are: the
+        call first waits until the buffer has room for the whole lot.
+
+        Args:
+            topic: an existing topic.
+            values: the records' values (str is sent as UTF-8, None is a tombstone).
+            keys: one key per value (None: all keyless).
+            partition: an explicit partition for every record.
+            timestamp_ms: the records' timestamp; default now.
+
+        Returns:
+            An awaitable of the records' ``RecordMetadata`` list, in ``values`` order,
+            done once every record is acknowledged; it raises the first failed batch's error.
+
+        Raises:
+            As ``send()``; and ValueError when ``keys`` and ``values`` differ in length or
+            the records are larger than ``buffer_memory`` together.
+        """
+        if not self._accepting:
+            await self._check_open()
+        if keys is not None and len(keys) != len(values):
+            raise ValueError(f"{len(keys)} keys for {len(values)} values")
+        if timestamp_ms is not None and timestamp_ms.__class__ is not int:
+            raise TypeError(f"timestamp_ms must be an int (ms since the epoch), not {type(timestamp_ms).__name__}")
+        n = self._cluster.metadata.partitions.get(topic)
+        if n is None:
+            n = await self._cluster.partitions(check_name(topic, "topic"))
+        if partition is not None and (partition.__class__ is not int or not 0 <= partition < n):
+            raise UnknownPartition(
+                f"topic {topic!r} has partitions 0..{n - 1}, not {partition!r}",
+                topic=topic, partition=partition, partitions=n,
+            )
+        values = _bytes_list(values, "value")
+        if keys is not None:
+            keys = _bytes_list(keys, "key")
+            if keys.count(None) == len(keys):
+                keys = None
+        # ends[i]: summed record_size of records 0..i (C iterators, no bytecode per record)
+        sizes = map(len, values) if None not in values else (len(v) if v is not None else 0 for v in values)
+        if keys is not None:
+            sizes = map(add, sizes, (len(k) if k is not None else 0 for k in keys))
+        ends = list(accumulate(map(add, sizes, repeat(RECORD_OVERHEAD))))
+        total = ends[-1] if ends else 0
+        if total > self._buffer_memory:
+            raise ValueError(f"{len(values)} records of {total} bytes exceed buffer_memory={self._buffer_memory}: send them in parts")
+        if total > self._max_record:  # then one record alone may be too large
+            largest = max(map(sub, ends, [0, *ends[:-1]]))
+            if largest > self._max_record:
+                raise self._too_large(largest)
+        acc = self._acc
+        if acc.buffered + total > self._buffer_memory:
+            await self._wait_for_room(total)
+        ts = _time_ns() // 1_000_000 if timestamp_ms is None else timestamp_ms
+        loop = asyncio.get_running_loop()
+        if keys is not None and partition is None:
+            return RecordsFuture(self._append_keyed(topic, n, keys, values, ts), loop)
+        runs = []
+        at = 0
+        while at < len(values):
+            if partition is None:
+                p = self._sticky.partition(topic, n)
+                if not acc.has_room((topic, p), ends[at] - (ends[at - 1] if at else 0)):
+                    p = self._sticky.on_new_batch(topic, n, p)
+            else:
+                p = partition
+            run = acc.extend((topic, p), keys, values, at, ends, ts)
+            runs.append(run)
+            at += run[2]
+        if runs and partition is None:
+            self._keyless[topic] = runs[-1][0]
+        return RecordsFuture(runs, loop)
+
+    def _append_keyed(self, topic: str, n: int, keys: list, values: list, ts: int) -> list:
+        """Each record to its key's partition (or the sticky one when keyless); one run per record."""
+        acc = self._acc
+        runs = []
+        for key, value in zip(keys, values):
+            size = record_size(key, value, None)
+            if key is None:
+                p = self._sticky.partition(topic, n)
+                if not acc.has_room((topic, p), size):
+                    p = self._sticky.on_new_batch(topic, n, p)
+            else:
+                p = partition_for_key(key, n)
+            future = acc.append((topic, p), key, value, None, ts, size)
+            runs.append((future.batch, future.index, 1))
+        return runs
 
     async def send_and_wait(self, topic: str, value: bytes | str | None, **kwargs: Any) -> RecordMetadata:
         """``send()`` and wait for the acknowledgement; raises the record's error."""
@@ -335,13 +493,15 @@ class AsyncProducer:
             raise ProducerClosedError("the producer is closed")
         await self.start()
 
+    def _too_large(self, size: int) -> BatchTooLarge:
+        return BatchTooLarge(
+            f"a record of about {size} bytes cannot fit in a batch of at most "
+            f"{self._max_batch_bytes} bytes (or in buffer_memory={self._buffer_memory})",
+            max_bytes=self._max_batch_bytes,
+        )
+
     async def _wait_for_room(self, size: int) -> None:
-        if size > self._max_record:
-            raise BatchTooLarge(
-                f"a record of about {size} bytes cannot fit in a batch of at most "
-                f"{self._max_batch_bytes} bytes (or in buffer_memory={self._buffer_memory})",
-                max_bytes=self._max_batch_bytes,
-            )
+        """Wait until ``size`` more bytes fit in ``buffer_memory`` (``size`` must fit in it)."""
         acc = self._acc
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._max_block
@@ -386,6 +546,7 @@ class AsyncProducer:
         err.__cause__ = cause
         self._failure = err
         self._accepting = False
+        self._keyless.clear()
         self._fail_all(err)
         self._room.set()
 
@@ -394,6 +555,9 @@ class AsyncProducer:
         loop = asyncio.get_running_loop()
         now = loop.time()
         meta = self._cluster.metadata
+        if meta is not self._metadata:  # partitions may have changed: send() checks again
+            self._metadata = meta
+            self._keyless.clear()
         for batch in acc.ready(now):
             url = meta.owner_url(batch.tp.topic, batch.tp.partition)
             if now - batch.created > self._delivery_timeout or url is None:

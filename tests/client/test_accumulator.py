@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal.client.accumulator import BATCH_OVERHEAD, RecordAccumulator, record_size
+from shoal.client.accumulator import BATCH_OVERHEAD, RecordAccumulator, RecordsFuture, record_size
 from shoal.client.records import decode_records, read_header, validate_frames
 from shoal.client.structs import RecordMetadata
 
@@ -176,6 +176,103 @@ async def test_default_timestamps_are_now():
     add(acc, TP, b"a")
     _, (record,) = decoded(acc.queues[TP][0])
     assert before <= record.timestamp <= time.time_ns() // 1_000_000
+
+
+async def test_a_batch_stops_being_open_when_full_sent_or_aborted():
+    """send()'s fast path appends to a batch only while ``open``: never behind a newer one."""
+    acc, _ = make(max_batch_bytes=BATCH_OVERHEAD + 2 * record_size(None, b"x", None))
+    first = add(acc, TP, b"x").batch
+    add(acc, TP, b"x")
+    assert first.open
+    second = add(acc, TP, b"x").batch  # the first is full: a new one takes over
+    assert second is not first and not first.open and second.open
+    acc.pop(first)
+    assert second.open
+    acc.pop(second)
+    assert not second.open and not acc.has_room(TP, 1)
+    third = add(acc, ("t", 1), b"x").batch
+    acc.abort(ValueError("closed"))
+    assert not third.open
+
+
+def ends_of(values, keys=None):
+    sizes = [record_size(None if keys is None else keys[i], v, None) for i, v in enumerate(values)]
+    return [sum(sizes[: i + 1]) for i in range(len(sizes))]
+
+
+async def test_extend_fills_the_open_batch_then_starts_new_ones():
+    size = record_size(None, b"v00", None)
+    acc, wake = make(max_batch_bytes=BATCH_OVERHEAD + 4 * size)
+    add(acc, TP, b"old")
+    values = [b"v%02d" % i for i in range(10)]
+    ends = ends_of(values)
+    runs, at = [], 0
+    while at < len(values):
+        runs.append(acc.extend(TP, None, values, at, ends, 1_700_000_000_000))
+        at += runs[-1][2]
+    assert [(first, count) for _, first, count in runs] == [(1, 3), (0, 4), (0, 3)]
+    batches = list(acc.queues[TP])
+    assert [b for b, _, _ in runs] == batches and wake.count >= 1
+    assert acc.buffered == record_size(None, b"old", None) + ends[-1]
+    got = [r.value for b in batches for r in decoded(b)[1]]
+    assert got == [b"old", *values]
+    assert all(len(b.encode()) <= b.size <= acc.max_batch_bytes for b in batches)
+
+
+async def test_extend_with_keys_and_timestamp():
+    acc, _ = make()
+    values, keys = [b"a", None, b"c"], [b"k1", b"k2", None]
+    batch, first, count = acc.extend(TP, keys, values, 0, ends_of(values, keys), 1_700_000_000_123)
+    _, records = decoded(batch)
+    assert (first, count) == (0, 3)
+    assert [(r.key, r.value, r.timestamp) for r in records] == [
+        (b"k1", b"a", 1_700_000_000_123), (b"k2", None, 1_700_000_000_123), (None, b"c", 1_700_000_000_123),
+    ]  # fmt: skip
+
+
+async def test_records_future_gives_metadata_in_order_across_batches():
+    size = record_size(None, b"v0", None)
+    acc, _ = make(max_batch_bytes=BATCH_OVERHEAD + 2 * size)
+    values = [b"v%d" % i for i in range(5)]
+    ends = ends_of(values)
+    runs, at = [], 0
+    while at < len(values):
+        runs.append(acc.extend(TP, None, values, at, ends, 0))
+        at += runs[-1][2]
+    fut = RecordsFuture(runs, asyncio.get_running_loop())
+    seen = []
+    fut.add_done_callback(seen.append)
+    assert len(fut) == 5 and not fut.done()
+    with pytest.raises(asyncio.InvalidStateError):
+        fut.result()
+    b0, b1, b2 = acc.queues[TP]
+    acc.complete(b1, 10)
+    acc.complete(b0, 5)
+    await asyncio.sleep(0)
+    assert not fut.done()
+    acc.complete(b2, 40)
+    assert await fut == [RecordMetadata("t", 0, o) for o in (5, 6, 10, 11, 40)]
+    assert seen == [fut] and fut.exception() is None
+
+
+async def test_records_future_raises_the_first_failure_and_wait_does_not():
+    acc, _ = make(max_batch_bytes=BATCH_OVERHEAD + record_size(None, b"v0", None))
+    values = [b"v0", b"v1"]
+    ends = ends_of(values)
+    runs = [acc.extend(TP, None, values, 0, ends, 0), acc.extend(TP, None, values, 1, ends, 0)]
+    fut = RecordsFuture(runs, asyncio.get_running_loop())
+    b0, b1 = acc.queues[TP]
+    acc.complete(b0, -1)
+    acc.fail(b1, ValueError("boom"))
+    await fut.wait()
+    assert isinstance(fut.exception(), ValueError)
+    with pytest.raises(ValueError, match="boom"):
+        await fut
+
+
+async def test_an_empty_records_future_is_done():
+    fut = RecordsFuture([], asyncio.get_running_loop())
+    assert fut.done() and await fut == [] and len(fut) == 0
 
 
 _blob = st.one_of(st.none(), st.integers(0, 70_000).map(lambda n: b"\xab" * n))
