@@ -78,7 +78,7 @@ class LatencySummary:
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
     """The nearest-rank ``q``-th percentile of already sorted values."""
-    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    rank = max(1, math.ceil(round(q * len(sorted_values) / 100, 9)))  # round: 99.9% of 1000 is 999
     return sorted_values[rank - 1]
 
 

@@ -116,3 +116,98 @@ def test_every_server_is_stopped_and_its_temp_dir_removed(bench_run):
             except OSError:
                 continue
     assert left == []
+
+
+# --- the statistics and pacing every system is measured with -------------------------
+
+
+def test_percentile_is_nearest_rank():
+    from shoal.router.bench import percentile
+
+    values = list(range(1, 101))
+    assert [percentile(values, q) for q in (1, 50, 99, 99.9, 100)] == [1, 50, 99, 100, 100]
+    assert percentile([7.0], 99.9) == 7.0
+
+
+def test_latency_summary_is_in_milliseconds_and_ordered():
+    from shoal.router.bench import LatencySummary
+
+    summary = LatencySummary.of([i / 1000 for i in range(1, 1001)])  # 1..1000 ms
+    assert (summary.count, summary.p50_ms, summary.p99_ms, summary.p999_ms, summary.max_ms) == (
+        1000, 500, 990, 999, 1000)  # fmt: skip
+    assert summary.cdf[-1] == (1.0, 1000)
+    assert LatencySummary.of([]) is None
+
+
+def test_key_source_modes():
+    from shoal.router.bench import BenchError, key_source
+
+    assert key_source("none")(5) is None
+    assert [key_source("3")(i) for i in range(4)] == [b"key-0", b"key-1", b"key-2", b"key-0"]
+    assert len(key_source("random")(0)) == 8
+    for bad in ("0", "-2", "many"):
+        with pytest.raises(BenchError, match="--keys"):
+            key_source(bad)
+
+
+async def test_pacer_hands_out_every_record_once_in_schedule_order():
+    import time
+
+    from shoal.router.bench import Pacer
+
+    pacer = Pacer(2000, limit=40)
+    due: list[float] = []
+    while not pacer.done:
+        batch = await pacer.due()
+        assert batch and batch[-1] <= time.perf_counter()  # never handed out before it is due
+        due.extend(batch)
+    assert len(due) == 40 and await pacer.due() == []
+    assert all(b - a == pytest.approx(1 / 2000) for a, b in zip(due, due[1:]))
+
+
+# --- shoal bench produce|consume against a real broker --------------------------------
+
+
+def _shoal(config: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "shoal.router.cli", "--config", str(config), "bench", *args],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+def test_shoal_bench_produce_then_consume_report_json(cluster_factory):
+    cluster = cluster_factory(1, {"perf": 2})
+    produced = _shoal(cluster.config_path, "produce", "-t", "perf", "-n", "3000", "--keys", "50", "-o", "json")
+    assert produced.returncode == 0, produced.stderr
+    view = json.loads(produced.stdout)
+    assert (view["kind"], view["topic"], view["records"], view["errors"]) == ("produce", "perf", 3000, 0)
+    _positive(view, "records_per_s", "mb_per_s", "bytes")
+    assert view["latency"]["p50_ms"] <= view["latency"]["max_ms"]
+
+    consumed = _shoal(cluster.config_path, "consume", "-t", "perf", "-n", "3000", "-o", "json")
+    assert consumed.returncode == 0, consumed.stderr
+    view = json.loads(consumed.stdout)
+    assert (view["kind"], view["records"]) == ("consume", 3000)
+    assert view["bytes"] == 3000 * 100 + sum(len(b"key-%d" % (i % 50)) for i in range(3000))
+
+
+def test_shoal_bench_text_output_and_fixed_rate(cluster_factory):
+    cluster = cluster_factory(1, {"perf": 1})
+    done = _shoal(cluster.config_path, "produce", "-t", "perf", "--duration", "0.5", "--throughput", "2000")
+    assert done.returncode == 0, done.stderr
+    assert "records produced in" in done.stdout and "records/s" in done.stdout and "p99.9" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("produce", "-t", "perf", "--keys", "lots"), "--keys must be none, random or a number"),
+        (("produce", "-t", "perf", "-n", "0"), "--records must be at least 1"),
+        (("produce", "-t", "nope", "-n", "10"), "UNKNOWN_TOPIC"),
+        (("consume", "-t", "perf", "-n", "5", "--idle-timeout", "0.5"), "read nothing from perf"),
+    ],
+)
+def test_shoal_bench_bad_input_is_one_line(cluster_factory, args, message):
+    cluster = cluster_factory(1, {"perf": 1})
+    done = _shoal(cluster.config_path, *args)
+    assert done.returncode == 1
+    assert done.stderr.startswith("unable to run ") and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
