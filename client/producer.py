@@ -109,7 +109,8 @@ class AsyncProducer:
 
     Args:
         bootstrap: a broker URL, a list of them, or the path of a cluster.yaml.
-        linger_ms: how long a batch waits for more records before it is sent (default 5).
+        linger_ms: how long a batch waits for more records before it is sent (default 0:
+            at once; records still gather while the partition's request is in flight).
         max_batch_bytes: the largest batch (default 1 MiB; capped by the brokers' limit).
         max_in_flight_per_broker: concurrent produce requests per broker (default 5).
         buffer_memory: bytes of records queued and unacknowledged before ``send()``
@@ -132,7 +133,7 @@ class AsyncProducer:
         self,
         bootstrap: Bootstrap,
         *,
-        linger_ms: float = 5,
+        linger_ms: float = 0,
         max_batch_bytes: int = 1 << 20,
         max_in_flight_per_broker: int = 5,
         buffer_memory: int = 32 << 20,
