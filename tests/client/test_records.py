@@ -160,6 +160,20 @@ def test_malformed_records_raise_corrupt_record_error(entries, why):
         decode_batch("t", 0, raw_frame(entries))
 
 
+def test_decoding_leaves_the_collector_as_it_was_even_when_it_fails():
+    assert gc.isenabled()
+    decode_batch("t", 0, BODY)
+    with pytest.raises(CorruptRecordError):
+        decode_batch("t", 0, raw_frame([[0, None, b"v"]]))
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        decode_batch("t", 0, BODY)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_records_that_are_not_an_array_raise():
     body = frame_records(msgpack.packb(0), record_count=1, first_timestamp=T0, max_timestamp=T0)
     with pytest.raises(CorruptRecordError):
