@@ -267,6 +267,17 @@ class Consumer:
     def assignment(self) -> set[TopicPartition]:
         return self._consumer.assignment()
 
+    def subscribe(self, topics: Iterable[str], *, listener: Any = None) -> None:
+        """As ``AsyncConsumer.subscribe``; the listener's methods are plain functions run
+        in a worker thread, so they may call this consumer (``commit()`` in
+        ``on_partitions_revoked``) while heartbeats go on."""
+        topics = list(topics)
+        adapter = _ThreadedListener(self, listener)
+        self._thread.call(_call_soon(lambda: self._consumer.subscribe(topics, listener=adapter)))
+
+    def group_health(self) -> dict[str, Any] | None:
+        return self._consumer.group_health()
+
     def getmany(
         self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
     ) -> dict[TopicPartition, list[Record]]:
@@ -355,6 +366,35 @@ class Consumer:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+class _ThreadedListener:
+    """Runs a blocking rebalance listener off the loop thread; drops records still held
+    for partitions that go."""
+
+    def __init__(self, consumer: Consumer, listener: Any):
+        self._consumer = consumer
+        self._listener = listener
+        if hasattr(listener, "on_partitions_lost"):
+            self.on_partitions_lost = self._revoked_or_lost("on_partitions_lost")
+
+    async def _run(self, name: str, partitions: set[TopicPartition]) -> None:
+        callback = getattr(self._listener, name, None)
+        if callback is not None:
+            await asyncio.get_running_loop().run_in_executor(None, callback, partitions)
+
+    async def on_partitions_assigned(self, partitions: set[TopicPartition]) -> None:
+        await self._run("on_partitions_assigned", partitions)
+
+    def _revoked_or_lost(self, name: str):
+        async def handle(partitions: set[TopicPartition]) -> None:
+            await self._run(name, partitions)
+            self._consumer._drop_held(*partitions)
+
+        return handle
+
+    async def on_partitions_revoked(self, partitions: set[TopicPartition]) -> None:
+        await self._revoked_or_lost("on_partitions_revoked")(partitions)
 
 
 async def _call_soon(fn: Any, *args: Any) -> Any:

@@ -243,3 +243,48 @@ async def test_cli_describes_members_and_refuses_to_seek_a_live_group(workers):
         time.sleep(0.05)
     moved = shoal(workers.cluster, "group", "seek", "g", "--to", "earliest", "--execute")
     assert moved.returncode == 0, moved.stderr
+
+
+async def test_blocking_consumers_share_a_group_and_commit_on_revoke(cluster_factory):
+    """Blocking Consumers subscribe; a listener that commits when partitions go may call the consumer."""
+    from shoal.client import Consumer
+
+    cluster = cluster_factory(3, {TOPIC: 12})
+    await produce(cluster.urls, 240)
+
+    class CommitOnRevoke:
+        def __init__(self):
+            self.consumer = None
+            self.revoked = set()
+
+        def on_partitions_revoked(self, partitions):
+            self.consumer.commit({tp: self.consumer.position(tp) for tp in partitions})
+            self.revoked |= partitions
+
+    def run() -> tuple[set, dict]:
+        first_listener = CommitOnRevoke()
+        first = Consumer(bootstrap=cluster.urls, group="sync", session_timeout_ms=SESSION_MS)
+        first_listener.consumer = first
+        first.subscribe([TOPIC], listener=first_listener)
+        deadline = time.monotonic() + 20
+        while len(first.assignment()) != 12:
+            first.getmany(timeout_ms=100)
+            assert time.monotonic() < deadline
+        second = Consumer(bootstrap=cluster.urls, group="sync", session_timeout_ms=SESSION_MS)
+        second.subscribe([TOPIC])
+        while not (first.assignment() and second.assignment() and len(first.assignment() | second.assignment()) == 12):
+            first.getmany(timeout_ms=50)
+            second.getmany(timeout_ms=50)
+            assert time.monotonic() < deadline, (first.group_health(), second.group_health())
+        shares = (first.assignment(), second.assignment())
+        second.close()
+        first.close()
+        return first_listener.revoked, shares
+
+    revoked, (share_1, share_2) = await asyncio.to_thread(run)
+    assert share_1.isdisjoint(share_2) and revoked == share_2
+    committed = [
+        http_json("GET", f"{cluster.url(cluster.owner(TOPIC, tp.partition))}/v1/groups/sync/topics/{TOPIC}/partitions/{tp.partition}/offset")[1]["offset"]
+        for tp in sorted(revoked)
+    ]
+    assert all(c is not None for c in committed)
