@@ -1,10 +1,12 @@
 """Per-partition queues of record batches waiting to be sent: the producer's hot path.
 
-A record is kept as the very tuple the batch format stores,
-``(timestamp_delta, key, value, headers)``, in the open batch of its partition, so
-appending one costs a tuple and a list append, and encoding a batch is one msgpack
-call when it is first sent. Each record's future is a view of its batch's single
-future (batch + index), resolved all at once when the batch is acknowledged.
+A record is msgpack-encoded as it is appended to the open batch of its partition,
+by the batch's own ``msgpack.Packer``, in the very form the batch format stores:
+``[timestamp_delta, key, value, headers]``. Nothing per record stays behind for the
+garbage collector to walk (a kept tuple per record made its collections the largest
+cost of a producer whose application holds other objects), and sending a batch only
+frames bytes. Each record's future is a view of its batch's single future (batch +
+index), resolved all at once when the batch is acknowledged.
 
 Linger is one ``loop.call_at`` wake-up armed for the earliest open batch, never a
 timer per record. Batches of a partition leave strictly in order and one at a time
@@ -24,7 +26,7 @@ from typing import Any
 
 import msgpack
 
-from .records import HEADER_SIZE, frame_records
+from .records import HEADER_SIZE, array_header, frame_records, gc_paused
 from .structs import RecordMetadata, TopicPartition
 
 __all__ = [
@@ -43,6 +45,7 @@ RECORD_OVERHEAD = 24
 BATCH_OVERHEAD = HEADER_SIZE + 5
 
 _time_ns = time.time_ns
+_new_tuple = tuple.__new__  # builds a NamedTuple from a row in C
 
 
 class ProducerBatch:
@@ -50,7 +53,11 @@ class ProducerBatch:
 
     Attributes:
         tp: the partition.
-        records: ``(timestamp_delta, key, value, headers)`` tuples, in send order.
+        packer: encodes records appended one by one, after ``parts``; None once framed.
+        parts: encoded records appended in bulk (``extend``), in order.
+        count: how many records ``parts`` and ``packer`` hold.
+        error: why the batch cannot be sent (a record failed to encode: msgpack then
+            drops what the packer held), raised by ``encode``.
         size: an upper bound of the encoded size of the records, in bytes.
         created: loop time the batch was opened (linger and delivery time-out count from it).
         future: resolves to the base offset, or to the error that failed the batch.
@@ -62,13 +69,16 @@ class ProducerBatch:
     """
 
     __slots__ = (
-        "tp", "records", "size", "created", "first_ts", "max_ts", "future",
+        "tp", "packer", "parts", "count", "error", "size", "created", "first_ts", "max_ts", "future",
         "frame", "producer_id", "base_sequence", "attempts", "retry_at", "open",
     )
 
     def __init__(self, tp: TopicPartition, first_ts: int, created: float, future: asyncio.Future):
         self.tp = tp
-        self.records: list[tuple] = []
+        self.packer: msgpack.Packer | None = msgpack.Packer(use_bin_type=True, autoreset=False)
+        self.parts: list = []
+        self.count = 0
+        self.error: BaseException | None = None
         self.size = BATCH_OVERHEAD
         self.created = created
         self.first_ts = first_ts
@@ -82,21 +92,27 @@ class ProducerBatch:
         self.open = True
 
     def __repr__(self) -> str:
-        return f"<ProducerBatch {self.tp} records={len(self.records)} seq={self.base_sequence}>"
+        return f"<ProducerBatch {self.tp} records={self.count} seq={self.base_sequence}>"
 
     def encode(self, producer_id: int = -1, base_sequence: int = -1) -> bytes:
         """Frame the records (once: a retry must resend the very same bytes)."""
         if self.frame is None:
-            self.producer_id = producer_id
-            self.base_sequence = base_sequence
+            if self.error is not None:
+                raise self.error
+            tail = self.packer.getbuffer()
+            chunks = [*self.parts, tail] if tail.nbytes or not self.parts else self.parts
             self.frame = frame_records(
-                msgpack.packb(self.records, use_bin_type=True),
-                record_count=len(self.records),
+                chunks[0] if len(chunks) == 1 else b"".join(chunks),
+                record_count=self.count,
                 first_timestamp=self.first_ts,
                 max_timestamp=self.max_ts,
                 producer_id=producer_id,
                 base_sequence=base_sequence,
+                items_only=True,
             )
+            self.producer_id = producer_id
+            self.base_sequence = base_sequence
+            self.packer = self.parts = None
         return self.frame
 
 
@@ -227,7 +243,7 @@ class RecordsFuture:
             topic, partition = batch.tp
             base = batch.future.result()
             offsets = range(base + start, base + start + count) if base >= 0 else repeat(-1, count)
-            out.extend(map(RecordMetadata, repeat(topic, count), repeat(partition, count), offsets))
+            out.extend(map(_new_tuple, repeat(RecordMetadata, count), zip(repeat(topic, count), repeat(partition, count), offsets)))
         return out
 
     def add_done_callback(self, fn: Callable[["RecordsFuture"], Any]) -> None:
@@ -264,6 +280,7 @@ class RecordAccumulator:
         self.flushing = 0  # flush() callers and send() callers blocked on memory: linger is off
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._pack = msgpack.Packer(use_bin_type=True).pack  # -> bytes, for extend()
 
     def has_room(self, tp: tuple[str, int], size: int) -> bool:
         """Whether a record of ``size`` bytes would join an open batch of ``tp``."""
@@ -279,18 +296,28 @@ class RecordAccumulator:
         timestamp_ms: int | None,
         size: int,
     ) -> RecordFuture:
-        """Queue one record (already bytes, ``size`` from ``record_size``); never blocks."""
+        """Queue one record (already bytes, ``size`` from ``record_size``); never blocks.
+
+        Raises what msgpack raises for a field it cannot encode; the batch then fails.
+        """
         ts = _time_ns() // 1_000_000 if timestamp_ms is None else timestamp_ms
         batch = self._open.get(tp)
         if batch is None or batch.size + size > self.max_batch_bytes:
             batch = self._new_batch(tp, ts)
-        records = batch.records
-        records.append((ts - batch.first_ts, key, value, headers))
+        try:
+            batch.packer.pack((ts - batch.first_ts, key, value, headers))
+        except Exception as exc:
+            batch.error = exc
+            batch.open = False
+            del self._open[tp]
+            self._wakeup()
+            raise
+        batch.count += 1
         if ts > batch.max_ts:
             batch.max_ts = ts
         batch.size += size
         self.buffered += size
-        return RecordFuture(batch, len(records) - 1)
+        return RecordFuture(batch, batch.count - 1)
 
     def extend(
         self,
@@ -305,8 +332,8 @@ class RecordAccumulator:
 
         As many as fit go to the open batch of ``tp`` (a new one when it has no room
         for the first), at least one. ``ends[i]`` is the summed ``record_size`` of
-        records ``0..i``, so the records that fit are found by bisection, and the
-        record tuples are made in C. Never blocks. Returns ``(batch, index of the
+        records ``0..i``, so the records that fit are found by bisection; they are
+        encoded with one msgpack call. Never blocks. Returns ``(batch, index of the
         first record in it, count)``.
         """
         before = ends[start - 1] if start else 0
@@ -316,13 +343,19 @@ class RecordAccumulator:
         stop = max(start + 1, bisect_right(ends, before + self.max_batch_bytes - batch.size, start))
         count = stop - start
         delta = ts - batch.first_ts
-        records = batch.records
-        first = len(records)
         part = values[start:stop] if start or stop < len(values) else values
-        if keys is None:
-            records.extend(zip(repeat(delta, count), repeat(None, count), part, repeat(None, count)))
-        else:
-            records.extend(zip(repeat(delta, count), keys[start:stop], part, repeat(None, count)))
+        with gc_paused():  # the rows are freed before it ends
+            rows = list(zip(repeat(delta, count), repeat(None, count) if keys is None else keys[start:stop], part,
+                            repeat(None, count)))  # fmt: skip
+            packed = self._pack(rows)
+            del rows
+        singles = batch.packer.bytes()
+        if singles:
+            batch.parts.append(singles)
+            batch.packer.reset()
+        batch.parts.append(memoryview(packed)[len(array_header(count)) :])
+        first = batch.count
+        batch.count += count
         if ts > batch.max_ts:
             batch.max_ts = ts
         size = ends[stop - 1] - before

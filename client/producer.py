@@ -60,6 +60,7 @@ __all__ = ["AsyncProducer"]
 log = logging.getLogger(__name__)
 
 _MAX_SEQUENCE = 2**31 - 1
+_MAX_TIMESTAMP = 2**63  # a frame stores timestamps as i64; deltas between two then fit msgpack's ints
 _time_ns = time.time_ns
 
 
@@ -73,6 +74,13 @@ def _to_bytes(data: Any, what: str) -> bytes:
     if isinstance(data, (bytearray, memoryview)):
         return bytes(data)
     raise TypeError(f"{what} must be bytes or str, not {type(data).__name__}")
+
+
+def _check_timestamp(ts: Any) -> None:
+    if ts.__class__ is not int:
+        raise TypeError(f"timestamp_ms must be an int (ms since the epoch), not {type(ts).__name__}")
+    if not 0 <= ts < _MAX_TIMESTAMP:
+        raise ValueError(f"timestamp_ms must be between 0 and 2**63-1 (ms since the epoch), not {ts}")
 
 
 def _bytes_list(items: Sequence[Any], what: str) -> list[bytes | None]:
@@ -338,13 +346,13 @@ class AsyncProducer:
             acc = self._acc
             if batch.size + size <= self._max_batch_bytes and acc.buffered + size <= self._buffer_memory:
                 ts = _time_ns() // 1_000_000
-                records = batch.records
-                records.append((ts - batch.first_ts, None, value, None))
+                batch.packer.pack((ts - batch.first_ts, None, value, None))  # cannot fail: bytes and ints
+                batch.count += 1
                 if ts > batch.max_ts:
                     batch.max_ts = ts
                 batch.size += size
                 acc.buffered += size
-                return RecordFuture(batch, len(records) - 1)
+                return RecordFuture(batch, batch.count - 1)
         if not self._accepting:
             await self._check_open()
         if value.__class__ is not bytes and value is not None:
@@ -353,8 +361,8 @@ class AsyncProducer:
             key = _to_bytes(key, "key")
         if headers is not None:
             headers = _headers(headers)
-        if timestamp_ms is not None and timestamp_ms.__class__ is not int:
-            raise TypeError(f"timestamp_ms must be an int (ms since the epoch), not {type(timestamp_ms).__name__}")
+        if timestamp_ms is not None:
+            _check_timestamp(timestamp_ms)
         n = self._cluster.metadata.partitions.get(topic)
         if n is None:
             n = await self._cluster.partitions(check_name(topic, "topic"))
@@ -417,8 +425,8 @@ class AsyncProducer:
             await self._check_open()
         if keys is not None and len(keys) != len(values):
             raise ValueError(f"{len(keys)} keys for {len(values)} values")
-        if timestamp_ms is not None and timestamp_ms.__class__ is not int:
-            raise TypeError(f"timestamp_ms must be an int (ms since the epoch), not {type(timestamp_ms).__name__}")
+        if timestamp_ms is not None:
+            _check_timestamp(timestamp_ms)
         n = self._cluster.metadata.partitions.get(topic)
         if n is None:
             n = await self._cluster.partitions(check_name(topic, "topic"))
@@ -584,7 +592,7 @@ class AsyncProducer:
             batch.encode()
             return
         key = (batch.tp.topic, batch.tp.partition)
-        count = len(batch.records)
+        count = batch.count
         seq = self._next_sequence.get(key, 0)
         if seq + count > _MAX_SEQUENCE:
             self._bump_producer_id(f"sequence of {batch.tp} reached 2**31")
@@ -601,7 +609,7 @@ class AsyncProducer:
             answer = await self._http.produce(url, tp.topic, tp.partition, batch.frame)
         except DuplicateSequence:
             # Already written, but the broker no longer knows where (Kafka does the same).
-            log.warning("batch of %d records to %s was already written; its offsets are unknown", len(batch.records), tp)
+            log.warning("batch of %d records to %s was already written; its offsets are unknown", batch.count, tp)
             acc.complete(batch, -1)
         except ShoalError as exc:
             self._on_error(batch, exc)
@@ -633,14 +641,14 @@ class AsyncProducer:
             self._cluster.refresh_soon(getattr(exc, "owner_url", None)).add_done_callback(lambda _: self._wakeup.set())
         log.warning(
             "retrying batch of %d records to %s in %.0f ms (attempt %d): %s",
-            len(batch.records), batch.tp, delay * 1000, batch.attempts + 1, exc,
+            batch.count, batch.tp, delay * 1000, batch.attempts + 1, exc,
         )
         batch.retry_at = now + delay
         self._acc.requeue(batch)
 
     def _expired(self, batch: ProducerBatch, last: BaseException | None) -> ShoalTimeoutError:
         err = ShoalTimeoutError(
-            f"batch of {len(batch.records)} records to {batch.tp} not acknowledged within "
+            f"batch of {batch.count} records to {batch.tp} not acknowledged within "
             f"delivery_timeout_ms={self._delivery_timeout * 1000:g}" + (f"; last error: {last}" if last else "")
         )
         err.__cause__ = last

@@ -126,7 +126,7 @@ def encode_batch(
 
 
 def frame_records(
-    body: bytes,
+    body: bytes | bytearray | memoryview,
     *,
     record_count: int,
     first_timestamp: int,
@@ -134,11 +134,27 @@ def frame_records(
     producer_id: int = NO_PRODUCER,
     base_sequence: int = NO_SEQUENCE,
     base_offset: int = 0,
+    items_only: bool = False,
 ) -> bytes:
-    """Wrap an already msgpack-encoded records array in a frame header (one copy of ``body``)."""
+    """Wrap an already msgpack-encoded records array in a frame header (one copy of ``body``).
+
+    With ``items_only``, ``body`` holds the ``record_count`` encoded records without the
+    array header, which is written here.
+    """
     head = _HEAD_AFTER_CRC.pack(MAGIC, 0, record_count, first_timestamp, max_timestamp, producer_id, base_sequence)
+    if items_only:
+        head += array_header(record_count)
     crc = crc32c(body, crc32c(head))
     return b"".join((_PREFIX_CRC.pack(base_offset, len(head) + len(body) + 4, crc), head, body))
+
+
+def array_header(count: int) -> bytes:
+    """The msgpack header of an array of ``count`` items (fixarray, array 16 or array 32)."""
+    if count < 16:
+        return bytes((0x90 | count,))
+    if count < 0x10000:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
 
 
 def read_header(buf, pos: int = 0) -> FrameHeader:
@@ -229,13 +245,13 @@ _new_tuple = tuple.__new__
 _DELTA, _KEY, _VALUE, _HEADERS = map(itemgetter, range(4))  # fields of a stored record
 _NO_HEADERS: dict = {}  # never handed out: records get copies
 _copy_dict = dict.copy
-# Only C code runs under _gc_paused (msgpack's C unpacker, C iterators), so no other thread
+# Only C code runs under gc_paused (msgpack's C extension, C iterators), so no other thread
 # can run, allocate or toggle the collector meanwhile; with the pure-Python msgpack it could.
 _PAUSE_GC = msgpack.unpackb is not msgpack.fallback.unpackb
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """Pause the cyclic GC while C code makes many objects that hold no reference cycles.
 
     Objects made and freed within the pause cost the collector nothing, and those kept
@@ -270,7 +286,7 @@ class _Columns:
         # some record has headers. On an error the columns are left half filled: the
         # caller drops them.
         try:
-            with _gc_paused():  # one tuple per record, freed before the pause ends
+            with gc_paused():  # one tuple per record, freed before the pause ends
                 entries = msgpack.unpackb(frame[HEADER_SIZE:], use_list=False, raw=False, strict_map_key=True)
                 if entries.__class__ is not tuple:
                     raise TypeError(f"records are a {type(entries).__name__}, not an array")
@@ -357,7 +373,7 @@ class RecordBatch(Sequence[Record]):
         collections then take more CPU than the records themselves. With the collector
         paused, the whole list costs one young collection.
         """
-        with _gc_paused():
+        with gc_paused():
             return list(self)
 
     @overload

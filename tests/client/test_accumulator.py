@@ -64,7 +64,7 @@ async def test_a_batch_closes_before_it_would_exceed_max_batch_bytes():
     assert wake.count >= 1  # a full batch need not wait for the linger
     for batch in batches:
         assert len(batch.encode()) <= 1000
-    assert sum(len(b.records) for b in batches) == 30
+    assert sum(b.count for b in batches) == 30
 
 
 async def test_has_room_says_whether_a_record_joins_the_open_batch():
@@ -116,7 +116,7 @@ async def test_one_batch_per_partition_in_flight_and_retries_go_back_to_the_head
     acc.complete(again, 0)
     acc.unmute(again.tp)
     second = acc.ready(loop.time())[0]
-    assert [r[2] for r in second.records] == [b"r2", b"r3"]
+    assert [r.value for r in decoded(second)[1]] == [b"r2", b"r3"]
     assert futs[1].result() == RecordMetadata("t", 0, 1)
     assert not futs[2].done()
 
@@ -228,6 +228,32 @@ async def test_extend_with_keys_and_timestamp():
     assert [(r.key, r.value, r.timestamp) for r in records] == [
         (b"k1", b"a", 1_700_000_000_123), (b"k2", None, 1_700_000_000_123), (None, b"c", 1_700_000_000_123),
     ]  # fmt: skip
+
+
+async def test_single_and_bulk_records_keep_their_order_in_one_batch():
+    acc, _ = make()
+    add(acc, TP, b"a")
+    values = [b"b", b"c"]
+    acc.extend(TP, None, values, 0, ends_of(values), 1_700_000_000_000)
+    add(acc, TP, b"d", key=b"k")
+    acc.extend(TP, None, values, 1, ends_of(values), 1_700_000_000_000)
+    (batch,) = acc.queues[TP]
+    header, records = decoded(batch)
+    assert header.record_count == batch.count == 5
+    assert [(r.key, r.value) for r in records] == [(None, b"a"), (None, b"b"), (None, b"c"), (b"k", b"d"), (None, b"c")]
+
+
+async def test_a_record_that_cannot_be_encoded_fails_its_whole_batch():
+    """msgpack drops what a packer held when a pack fails: the batch must not go out short."""
+    acc, wake = make()
+    first = add(acc, TP, b"fine")
+    with pytest.raises(UnicodeEncodeError):
+        acc.append(TP, None, b"v", {"\ud800": b""}, None, 100)
+    batch = first.batch
+    assert not batch.open and wake.count >= 1
+    with pytest.raises(UnicodeEncodeError):
+        batch.encode()
+    assert add(acc, TP, b"next").batch is not batch
 
 
 async def test_records_future_gives_metadata_in_order_across_batches():

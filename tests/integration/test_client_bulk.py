@@ -144,6 +144,11 @@ async def test_send_batch_refuses_bad_input_before_queueing_anything(cluster):
             await producer.send_batch("misc", [b"a", 5])
         with pytest.raises(TypeError):
             await producer.send_batch("misc", [b"a"], timestamp_ms=1.5)
+        for bad in (-1, 2**63):
+            with pytest.raises(ValueError, match="timestamp_ms"):
+                await producer.send_batch("misc", [b"a"], timestamp_ms=bad)
+            with pytest.raises(ValueError, match="timestamp_ms"):
+                await producer.send("misc", b"a", timestamp_ms=bad)
         assert producer._acc.buffered == 0
         assert await (await producer.send_batch("misc", [])) == []
 
