@@ -243,7 +243,8 @@ class RecordsFuture:
             topic, partition = batch.tp
             base = batch.future.result()
             offsets = range(base + start, base + start + count) if base >= 0 else repeat(-1, count)
-            out.extend(map(_new_tuple, repeat(RecordMetadata, count), zip(repeat(topic, count), repeat(partition, count), offsets)))
+            rows = zip(repeat(topic, count), repeat(partition, count), offsets)
+            out.extend(map(_new_tuple, repeat(RecordMetadata, count), rows))
         return out
 
     def add_done_callback(self, fn: Callable[["RecordsFuture"], Any]) -> None:

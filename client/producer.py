@@ -83,15 +83,15 @@ def _check_timestamp(ts: Any) -> None:
         raise ValueError(f"timestamp_ms must be between 0 and 2**63-1 (ms since the epoch), not {ts}")
 
 
+_BYTES_OR_NONE = {bytes, type(None)}
+
+
 def _bytes_list(items: Sequence[Any], what: str) -> list[bytes | None]:
     """``items`` as a list of bytes or None; converts (per item) only when some are not bytes."""
     items = list(items)
     if not set(map(type, items)) <= _BYTES_OR_NONE:
         items = [v if v is None or v.__class__ is bytes else _to_bytes(v, what) for v in items]
     return items
-
-
-_BYTES_OR_NONE = {bytes, type(None)}
 
 
 def _headers(headers: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> dict[str, bytes] | None:
@@ -447,7 +447,9 @@ class AsyncProducer:
         ends = list(accumulate(map(add, sizes, repeat(RECORD_OVERHEAD))))
         total = ends[-1] if ends else 0
         if total > self._buffer_memory:
-            raise ValueError(f"{len(values)} records of {total} bytes exceed buffer_memory={self._buffer_memory}: send them in parts")
+            raise ValueError(
+                f"{len(values)} records of {total} bytes exceed buffer_memory={self._buffer_memory}: send them in parts"
+            )
         if total > self._max_record:  # then one record alone may be too large
             largest = max(map(sub, ends, [0, *ends[:-1]]))
             if largest > self._max_record:
