@@ -3,9 +3,11 @@
     from shoal.client import AsyncProducer, AsyncConsumer, TopicPartition
 """
 
+from .accumulator import RecordsFuture
 from .consumer import AsyncConsumer
 from .errors import ShoalError
 from .producer import AsyncProducer
+from .records import RecordBatch
 from .structs import OffsetAndMetadata, Record, RecordMetadata, TopicPartition
 from .sync import Consumer, Producer
 
@@ -16,7 +18,9 @@ __all__ = [
     "OffsetAndMetadata",
     "Producer",
     "Record",
+    "RecordBatch",
     "RecordMetadata",
+    "RecordsFuture",
     "ShoalError",
     "TopicPartition",
 ]
