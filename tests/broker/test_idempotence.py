@@ -6,7 +6,6 @@ import asyncio
 
 import pytest
 
-from shoal.broker.storage import LogConfig, PartitionLog
 from shoal.broker.storage.partition_log import CLEAN_SHUTDOWN
 from shoal.client.errors import DuplicateSequence, OutOfOrderSequence
 from shoal.client.records import encode_batch
@@ -14,21 +13,6 @@ from shoal.client.records import encode_batch
 
 def batch(pid: int, seq: int, n: int = 2) -> bytes:
     return encode_batch([(None, b"%d-%d" % (seq, i), None, 1_000) for i in range(n)], producer_id=pid, base_sequence=seq)
-
-
-@pytest.fixture
-async def open_log(tmp_path):
-    logs = []
-
-    async def make(**config) -> PartitionLog:
-        plog = PartitionLog(tmp_path / "t-0", "t", 0, LogConfig(**config))
-        await plog.start()
-        logs.append(plog)
-        return plog
-
-    yield make
-    for plog in logs:
-        await plog.stop()
 
 
 async def test_a_retried_batch_gets_its_original_offsets(open_log):

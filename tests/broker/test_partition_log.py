@@ -35,21 +35,6 @@ async def until(predicate, timeout: float = 5.0) -> None:
             await asyncio.sleep(0.005)
 
 
-@pytest.fixture
-async def open_log(tmp_path):
-    logs = []
-
-    async def make(**config) -> PartitionLog:
-        plog = PartitionLog(tmp_path / "t-0", "t", 0, LogConfig(**config))
-        await plog.start()
-        logs.append(plog)
-        return plog
-
-    yield make
-    for plog in logs:
-        await plog.stop()
-
-
 async def test_append_assigns_consecutive_offsets(open_log):
     """Each append gets the offsets right after the previous one."""
     plog = await open_log()
