@@ -3,29 +3,31 @@
 Like Kafka's ``kafka-producer-perf-test``: produce N records (or for a duration) of a
 given size through the real client library, optionally at a fixed rate, and report
 records/s, MB/s and per-record acknowledgement latency; consume them back and report
-records/s and MB/s. The side-by-side comparison in ``bench/`` reuses these functions
+records/s and MB/s. Both have a per-record path (``send()``, ``getmany()``) and a bulk
+one (``send_batch()``, ``getbatches()``), so either can be measured. The side-by-side comparison in ``bench/`` reuses these functions
 and the statistics below for every system, so all of them are measured one way.
 
 Latency of a record counts from the moment it was *due* (at a fixed rate) or handed to
-``send()`` (unthrottled) until its acknowledgement arrives, so a stalled broker shows
+``send()``/``send_batch()`` (unthrottled) until its acknowledgement arrives, so a stalled broker shows
 up as latency instead of silently lowering the send rate (no coordinated omission).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from operator import attrgetter
 
+from shoal.client.accumulator import RecordsFuture
 from shoal.client.consumer import AsyncConsumer
 from shoal.client.producer import AsyncProducer
+from shoal.client.records import RecordBatch
 from shoal.client.structs import TopicPartition
 
 MB = 1_000_000
@@ -130,6 +132,17 @@ class LatencyRecorder:
         else:
             self.samples.append(time.perf_counter() - due)
 
+    def track_batch(self, future: RecordsFuture, due: Sequence[float], count: int) -> None:
+        """One sample per entry of ``due`` when the ``send_batch()`` of ``count`` records is
+        acknowledged; all ``count`` of them count as errors if it failed."""
+        future.add_done_callback(partial(self._batch_done, due, count))
+
+    def _batch_done(self, due: Sequence[float], count: int, future: RecordsFuture) -> None:
+        if future.exception() is not None:
+            self.errors += count
+        else:
+            self.ack_many(due)
+
     def ack_many(self, due: Sequence[float], now: float | None = None) -> None:
         """Several records acknowledged together (a pipelined or batched reply)."""
         now = time.perf_counter() if now is None else now
@@ -226,6 +239,7 @@ async def produce(
     buffer_bytes: int | None = None,
     in_flight: int = 5,
     rate: float | None = None,
+    bulk: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> BenchResult:
     """Produce through ``AsyncProducer`` and measure throughput and ack latency.
@@ -244,6 +258,10 @@ async def produce(
             A duration-bounded run also waits for what is buffered when time is up.
         in_flight: concurrent produce requests per broker (``max_in_flight_per_broker``).
         rate: records per second (None: as fast as the producer takes them).
+        bulk: hand the producer this many records per ``send_batch()`` call instead of
+            one ``send()`` each (at a fixed rate: at most this many of the records due).
+            Unthrottled, each call gives one latency sample; with ``partitions``, the
+            calls take the partitions in turn.
         progress: called now and then with the number of records acknowledged.
 
     Raises:
@@ -254,6 +272,8 @@ async def produce(
         raise BenchError(f"--record-size must be >= 0, not {record_size}")
     if partitions is not None and (partitions < 1 or keys != "none"):
         raise BenchError("--partitions needs a positive count and --keys none (keys choose the partition)")
+    if bulk is not None and bulk < 1:
+        raise BenchError(f"--bulk must be at least 1, not {bulk}")
     key_of = key_source(keys)
     value = os.urandom(record_size)
     options = {"max_in_flight_per_broker": in_flight}
@@ -266,13 +286,36 @@ async def produce(
     recorder = LatencyRecorder()
     # Unthrottled, only one record in SAMPLE_EVERY is watched (timed, and checked for
     # failure): watching each would cost the producer loop more than the client does,
-    # not least in garbage collection of the futures kept alive.
-    stride = 1 if rate else SAMPLE_EVERY
+    # not least in garbage collection of the futures kept alive. A send_batch() call
+    # is watched as a whole, so every call is.
+    stride = 1 if rate or bulk else SAMPLE_EVERY
     plain = keys == "none" and not partitions  # the common case, kept lean
-    sent = key_bytes = 0
+    sent = key_bytes = calls = 0
 
     async with AsyncProducer(bootstrap, **options) as producer:
         send = producer.send
+        full = [value] * (bulk or 0)  # the values of a full send_batch(), built once
+
+        async def send_bulk(dues: Sequence[float | None]) -> None:
+            """send_batch() the records in runs of ``bulk``; None: due now (one sample per call)."""
+            nonlocal sent, key_bytes, calls
+            for i in range(0, len(dues), bulk):
+                run = dues[i : i + bulk]
+                n = len(run)
+                values = full if n == bulk else full[:n]
+                due = [time.perf_counter()] if run[0] is None else run
+                if plain:
+                    future = await producer.send_batch(topic, values)
+                else:
+                    run_keys = None if keys == "none" else [key_of(sent + j) for j in range(n)]
+                    future = await producer.send_batch(topic, values, keys=run_keys,
+                                                       partition=calls % partitions if partitions else None)  # fmt: skip
+                    key_bytes += sum(map(len, run_keys or ()))
+                recorder.track_batch(future, due, n)
+                sent += n
+                calls += 1
+                if progress:
+                    progress(sent)
 
         async def send_many(dues: Sequence[float | None]) -> None:
             """Send one record per entry; None: due now (read the clock only if watched)."""
@@ -292,16 +335,18 @@ async def produce(
                 if progress and not sent % REPORT_EVERY:
                     progress((len(recorder.samples) + recorder.errors) * stride)
 
+        send_one = send_bulk if bulk else send_many
         start = time.perf_counter()
         if rate:
             pacer = Pacer(rate, limit=records, duration=duration)
             while not pacer.done:
-                await send_many(await pacer.due())
+                await send_one(await pacer.due())
         else:
             deadline = start + duration if duration else math.inf
             limit = records if records is not None else math.inf
+            chunk = bulk or CHUNK
             while sent < limit and time.perf_counter() < deadline:
-                await send_many(itertools.repeat(None, min(CHUNK, limit - sent)))
+                await send_one([None] * min(chunk, limit - sent))
         await producer.flush()
         elapsed = time.perf_counter() - start
         await asyncio.sleep(0)  # every future is done: let the timing callbacks run
@@ -327,11 +372,14 @@ async def consume(
     partitions: Sequence[int] | None = None,
     max_records: int = 100_000,
     idle_timeout: float = 10.0,
+    records_api: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> BenchResult:
     """Read ``topic`` from the earliest offset through ``AsyncConsumer``; measure throughput.
 
-    Reads every partition, or only ``partitions``. Stops after ``records`` records,
+    Reads every partition, or only ``partitions``, with ``getbatches()``, summing the
+    payload over each batch's ``keys`` and ``values`` columns (no ``Record`` is built);
+    ``records_api`` reads with ``getmany()`` instead, every record a ``Record``. Stops after ``records`` records,
     ``duration`` seconds, or ``idle_timeout`` seconds without a new record. The clock
     starts once the consumer has learned the topology.
 
@@ -350,15 +398,16 @@ async def consume(
         deadline = start + duration if duration else math.inf
         limit = records if records is not None else math.inf
         last_progress = start
+        read, size_of = (consumer.getmany, _record_bytes) if records_api else (consumer.getbatches, _column_bytes)
         while got < limit:
             now = time.perf_counter()
             if now >= deadline or now - last_progress > idle_timeout:
                 break
             want = max_records if limit == math.inf else min(max_records, limit - got)
-            batches = await consumer.getmany(timeout_ms=500, max_records=want)
+            batches = await read(timeout_ms=500, max_records=want)
             for batch in batches.values():
                 got += len(batch)
-                payload += _payload_bytes(batch)
+                payload += size_of(batch)
             if batches:
                 last_progress = time.perf_counter()
                 if progress:
@@ -373,9 +422,27 @@ _VALUE = attrgetter("value")
 _KEY = attrgetter("key")
 
 
-def _payload_bytes(records: Sequence) -> int:
+def _record_bytes(records: Sequence) -> int:
     """Key and value bytes of consumed records, summed without Python code per record."""
-    return sum(map(len, filter(None, map(_VALUE, records)))) + sum(map(len, filter(None, map(_KEY, records))))
+    return _column_sum(map(_VALUE, records)) + _column_sum(map(_KEY, records))
+
+
+def _column_bytes(batch: RecordBatch) -> int:
+    """Key and value bytes of a ``getbatches()`` batch, read from its columns."""
+    return _column_sum(batch.values) + _column_sum(batch.keys)
+
+
+def _column_sum(column: Iterable[bytes | None]) -> int:
+    return sum(map(len, filter(None, column)))
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A uvloop loop where uvloop is installed (what a fast client runs on), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def render_text(kind: str, result: BenchResult) -> str:

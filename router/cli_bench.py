@@ -21,8 +21,10 @@ def bench() -> None:
     """Measure produce and consume throughput and latency
 
     Like Kafka's perf-test tools: `produce` sends records through the client library
-    and reports records/s, MB/s and acknowledgement latency percentiles; `consume`
-    reads a topic from the start and reports records/s and MB/s. The brokers come
+    (one send() each, or --bulk N per send_batch()) and reports records/s, MB/s and
+    acknowledgement latency percentiles; `consume` reads a topic from the start
+    (getbatches(), or getmany() with --records-api) and reports records/s and MB/s.
+    Runs on uvloop when it is installed. The brokers come
     from --config. For the side-by-side comparison with Redis and NATS, see
     `python -m bench` in a clone of the repository.
     """
@@ -53,6 +55,8 @@ def _bounds(f: Callable) -> Callable:
               help="Concurrent produce requests per broker.")
 @click.option("--throughput", type=float, metavar="RECORDS/S",
               help="Send at this fixed rate; latency then counts from when each record was due (default: as fast as possible).")
+@click.option("--bulk", type=int, metavar="N",
+              help="Hand N records to each send_batch() call instead of one to each send(); one latency sample per call.")
 @action("run produce benchmark")
 def produce(opts: Options, topic: str, records: int | None, duration: float | None, throughput: float | None,
             **options: Any) -> None:  # fmt: skip
@@ -68,6 +72,8 @@ def produce(opts: Options, topic: str, records: int | None, duration: float | No
       shoal bench produce -t events --duration 30 --throughput 10000 -o json
 
       shoal bench produce -t orders --keys 1000 --linger-ms 5 --batch-bytes 262144
+
+      shoal bench produce -t events -n 1000000 --bulk 1000
     """
     from . import bench as perf
 
@@ -90,12 +96,17 @@ def produce(opts: Options, topic: str, records: int | None, duration: float | No
 @_bounds
 @click.option("--idle-timeout", type=float, default=10.0, show_default=True, metavar="SECONDS",
               help="Stop when no record arrives for this long.")
+@click.option("--records-api", is_flag=True,
+              help="Read with getmany(), every record a Record object (default: getbatches(), reading its columns).")
 @action("run consume benchmark")
-def consume(opts: Options, topic: str, records: int | None, duration: float | None, idle_timeout: float) -> None:
+def consume(opts: Options, topic: str, records: int | None, duration: float | None, idle_timeout: float,
+            records_api: bool) -> None:  # fmt: skip
     """Read a topic from the start and report throughput
 
     Reads every partition of the topic through the consumer (no group, nothing
-    committed) until --records, --duration or --idle-timeout.
+    committed) until --records, --duration or --idle-timeout, summing key and value
+    bytes over each getbatches() batch's columns (--records-api: over the Records
+    of getmany()).
 
     EXAMPLES
 
@@ -111,7 +122,7 @@ def consume(opts: Options, topic: str, records: int | None, duration: float | No
         perf,
         records,
         lambda progress: perf.consume(opts.config, topic, records=records, duration=duration,
-                                      idle_timeout=idle_timeout, progress=progress),  # fmt: skip
+                                      idle_timeout=idle_timeout, records_api=records_api, progress=progress),  # fmt: skip
         "consumed",
     )
     emit(opts.output, {"kind": "consume", "topic": topic, **result.to_dict()},
@@ -119,12 +130,14 @@ def consume(opts: Options, topic: str, records: int | None, duration: float | No
 
 
 def _run(perf, total: int | None, start: Callable, verb: str):
-    """Run a bench coroutine under a progress bar on stderr (shown on terminals only)."""
+    """Run a bench coroutine (on uvloop where installed) under a progress bar on stderr,
+    shown on terminals only."""
     columns = [TextColumn(f"[bold]{verb}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     console = Console(stderr=True)
     with Progress(*columns, console=console, transient=True, disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task(verb, total=total)
         try:
-            return asyncio.run(start(lambda done: bar.update(task, completed=done)))
+            with asyncio.Runner(loop_factory=perf.new_event_loop) as runner:
+                return runner.run(start(lambda done: bar.update(task, completed=done)))
         except perf.BenchError as exc:
             raise CliError(str(exc)) from None

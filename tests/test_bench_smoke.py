@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SYSTEMS = ("shoal", "shoal-raw", "redis", "nats")
+SYSTEMS = ("shoal", "shoal-bulk", "shoal-raw", "redis", "nats")
 RECORDS = 20_000
 
 
@@ -189,6 +189,34 @@ def test_shoal_bench_produce_then_consume_report_json(cluster_factory):
     assert view["bytes"] == 3000 * 100 + sum(len(b"key-%d" % (i % 50)) for i in range(3000))
 
 
+def test_shoal_bench_bulk_produce_then_consume_both_apis(cluster_factory):
+    """--bulk sends through send_batch() (one latency sample per call); consume reads
+    the same payload through getbatches() (the default) and getmany() (--records-api)."""
+    cluster = cluster_factory(1, {"perf": 2})
+    produced = _shoal(cluster.config_path, "produce", "-t", "perf", "-n", "2500", "--bulk", "1000",
+                      "--keys", "7", "-o", "json")  # fmt: skip
+    assert produced.returncode == 0, produced.stderr
+    view = json.loads(produced.stdout)
+    assert (view["records"], view["errors"], view["latency"]["count"]) == (2500, 0, 3)  # calls of 1000, 1000, 500
+    key_bytes = sum(len(b"key-%d" % (i % 7)) for i in range(2500))
+    assert view["bytes"] == 2500 * 100 + key_bytes
+
+    for api in ((), ("--records-api",)):
+        consumed = _shoal(cluster.config_path, "consume", "-t", "perf", "-n", "2500", *api, "-o", "json")
+        assert consumed.returncode == 0, consumed.stderr
+        view = json.loads(consumed.stdout)
+        assert (view["records"], view["bytes"]) == (2500, 2500 * 100 + key_bytes), api
+
+
+def test_shoal_bench_bulk_at_a_fixed_rate_times_every_record(cluster_factory):
+    cluster = cluster_factory(1, {"perf": 3})
+    done = _shoal(cluster.config_path, "produce", "-t", "perf", "-n", "600", "--throughput", "2000", "--bulk", "50",
+                  "-p", "3", "-o", "json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    view = json.loads(done.stdout)
+    assert (view["records"], view["errors"], view["latency"]["count"]) == (600, 0, 600)
+
+
 def test_shoal_bench_text_output_and_fixed_rate(cluster_factory):
     cluster = cluster_factory(1, {"perf": 1})
     done = _shoal(cluster.config_path, "produce", "-t", "perf", "--duration", "0.5", "--throughput", "2000")
@@ -201,6 +229,7 @@ def test_shoal_bench_text_output_and_fixed_rate(cluster_factory):
     [
         (("produce", "-t", "perf", "--keys", "lots"), "--keys must be none, random or a number"),
         (("produce", "-t", "perf", "-n", "0"), "--records must be at least 1"),
+        (("produce", "-t", "perf", "-n", "10", "--bulk", "0"), "--bulk must be at least 1"),
         (("produce", "-t", "nope", "-n", "10"), "UNKNOWN_TOPIC"),
         (("consume", "-t", "perf", "-n", "5", "--idle-timeout", "0.5"), "read nothing from perf"),
     ],
