@@ -7,7 +7,13 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-COLORS = {"shoal": "#1f77b4", "shoal-raw": "#17becf", "redis": "#d62728", "nats": "#2ca02c"}
+COLORS = {
+    "shoal": "#1f77b4",
+    "shoal-bulk": "#9467bd",
+    "shoal-raw": "#17becf",
+    "redis": "#d62728",
+    "nats": "#2ca02c",
+}
 
 
 def write_plots(doc: dict, out_dir: Path) -> list[Path]:

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-SHOALS = ("shoal", "shoal-raw")
+SHOALS = ("shoal", "shoal-bulk", "shoal-raw")
 PEERS = ("redis", "nats")
 
 

@@ -33,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+from shoal.router import bench as perf
 from shoal.router.logs import configure_logging
 
 from . import plots, report
@@ -45,7 +46,8 @@ from .workloads import System
 log = logging.getLogger("bench")
 
 ROOT = Path(__file__).resolve().parent.parent
-SYSTEMS = ("shoal", "shoal-raw", "redis", "nats")
+SHOALS = ("shoal", "shoal-bulk", "shoal-raw")  # one broker serves them all
+SYSTEMS = (*SHOALS, "redis", "nats")
 SWEEP = (1, 10, 100, 1000, 10_000)
 WORKLOADS = ("produce", "latency", *(f"sweep-{b}" for b in SWEEP))
 
@@ -173,10 +175,12 @@ def _driver(name: str, server, args: argparse.Namespace) -> System:
         from .nats_jetstream import NatsJetStream
 
         return NatsJetStream(server.url)
-    from .shoal_systems import ShoalClient, ShoalRaw
+    from .shoal_systems import ShoalBulk, ShoalClient, ShoalRaw
 
     if name == "shoal":
         return ShoalClient(server.url)
+    if name == "shoal-bulk":
+        return ShoalBulk(server.url)
     return ShoalRaw(server.url, in_flight=args.raw_in_flight)
 
 
@@ -235,23 +239,15 @@ async def run_system(driver: System, server: ServerProcess, args: argparse.Names
     return out
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
 def run_comparison(args: argparse.Namespace, binaries: dict[str, str]) -> dict[str, dict]:
     """Start the servers, run every system, stop the servers (whatever happens)."""
-    shoal_topics = {f"{s}-{w}": 1 for s in ("shoal", "shoal-raw") for w in WORKLOADS}
+    shoal_topics = {f"{s}-{w}": 1 for s in SHOALS for w in WORKLOADS}
     results: dict[str, dict] = {}
     with contextlib.ExitStack() as stack:
         servers = {}
         for name in args.systems:
             try:
-                if name in ("shoal", "shoal-raw"):
+                if name in SHOALS:
                     if "shoal" not in servers:
                         servers["shoal"] = stack.enter_context(ShoalBroker(
                             shoal_topics, flush=args.flush, flush_interval_ms=args.flush_interval_ms))  # fmt: skip
@@ -267,7 +263,7 @@ def run_comparison(args: argparse.Namespace, binaries: dict[str, str]) -> dict[s
             # view, so full collections during a run scan only what the workload made.
             gc.collect()
             gc.freeze()
-            with asyncio.Runner(loop_factory=_new_loop) as runner:
+            with asyncio.Runner(loop_factory=perf.new_event_loop) as runner:
                 results[name] = runner.run(run_system(_driver(name, servers[name], args), servers[name], args))
             results[name]["server_rss_mib"] = round(servers[name].rss_bytes() / 1024**2, 1)
     return results

@@ -1,9 +1,13 @@
-"""shoal drivers: through the client library, and "raw" HTTP with pre-encoded batches.
+"""shoal drivers: through the client library (per record, or in bulk), and "raw" HTTP
+with pre-encoded batches.
 
-The two together separate client cost from broker cost:
+Together they separate client cost from broker cost:
 
 - ``ShoalClient`` runs ``shoal.router.bench`` (what ``shoal bench`` runs): AsyncProducer
-  with its linger and batch-size bounds, AsyncConsumer decoding every record.
+  with one ``send()`` per record, AsyncConsumer's ``getmany()`` building every ``Record``.
+- ``ShoalBulk`` is the same library through its bulk calls: ``send_batch()`` of a whole
+  batch per call, ``getbatches()`` read by column. Like a Redis pipeline, the
+  application hands over many records at once: the like-for-like comparison.
 - ``ShoalRaw`` posts frames made once by ``encode_batch`` before the clock starts, one
   request in flight by default (as the client has per partition), through the client's bare HTTP layer (``BrokerClient``), and
   counts fetched records from frame headers (no CRC check, no record decoding): what
@@ -25,10 +29,12 @@ from .workloads import batch_sizes, paced_batches
 
 FETCH_BYTES = 8 * 1024 * 1024
 BUFFERED_BATCHES = 8
+LATENCY_BULK = 1000  # most records per send_batch() in the paced run (a 1 ms tick at 10,000/s holds ~10)
 
 
 class ShoalClient:
     name = "shoal"
+    bulk = False
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -51,13 +57,21 @@ class ShoalClient:
             record_size=len(value),
             batch_bytes=batch_bytes,
             buffer_bytes=max(BUFFERED_BATCHES * batch_bytes, 64 * 1024),
+            bulk=batch if self.bulk else None,
         )
 
     async def consume(self, stream, *, records) -> BenchResult:
-        return await perf.consume(self.url, stream, records=records, idle_timeout=5.0)
+        return await perf.consume(self.url, stream, records=records, idle_timeout=5.0, records_api=not self.bulk)
 
     async def latency(self, stream, *, rate, duration, value) -> BenchResult:
-        return await perf.produce(self.url, stream, duration=duration, record_size=len(value), rate=rate)
+        """In bulk, the records due in one tick go out in one ``send_batch()``."""
+        return await perf.produce(self.url, stream, duration=duration, record_size=len(value), rate=rate,
+                                  bulk=LATENCY_BULK if self.bulk else None)  # fmt: skip
+
+
+class ShoalBulk(ShoalClient):
+    name = "shoal-bulk"
+    bulk = True
 
 
 class ShoalRaw:
