@@ -12,7 +12,7 @@ Workloads:
     append-small raw produce of 10-record batches: the per-request cost
     fetch        raw consume, reading frames by their headers only
     produce      AsyncProducer through shoal.router.bench (client + broker)
-    consume      AsyncConsumer, decoding every record (client + broker)
+    consume      AsyncConsumer.getmany(), a Record for every record (client + broker)
     idle         a broker owning --partitions partitions after one record each, at rest
 
 Example::
@@ -120,7 +120,7 @@ async def _workload(name: str, url: str, args: argparse.Namespace) -> perf.Bench
             return await raw.consume("append", records=args.records)
         if name == "produce":
             return await perf.produce(url, "client", records=args.records)
-        return await perf.consume(url, "client", records=args.records, idle_timeout=5)
+        return await perf.consume(url, "client", records=args.records, idle_timeout=5, records_api=True)
     finally:
         await raw.close()
 
