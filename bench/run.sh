@@ -3,7 +3,7 @@
 # Creates .venv when missing and installs shoal with its `bench` extra (redis-py,
 # hiredis, nats-py, matplotlib, py-spy) when one of them is missing; the bench
 # itself apt-get installs redis-server and nats-server when it runs as root.
-#   bench/run.sh              the full run (about 10 minutes, 5 GB restart log)
+#   bench/run.sh              the full run (about 4 minutes, 5 GB restart log)
 #   bench/run.sh --quick      the 15-second smoke run
 set -euo pipefail
 cd "$(dirname "$0")/.."
