@@ -38,7 +38,7 @@ from shoal.router.topology import BrokerSpec, TopicConfig, Topology, TopologyErr
 log = logging.getLogger(__name__)
 
 
-def log_config(topic: TopicConfig) -> LogConfig:
+def log_config(topic: TopicConfig, max_queue_bytes: int) -> LogConfig:
     """The storage settings of a topic. The writer lingers for company only when each
     write is fsynced (``flush: always``), where sharing one fsync is worth a millisecond;
     otherwise appends that queue while a write is under way are grouped anyway."""
@@ -49,6 +49,7 @@ def log_config(topic: TopicConfig) -> LogConfig:
         flush_interval_ms=topic.flush_interval_ms,
         retention_ms=topic.retention_ms,
         retention_bytes=topic.retention_bytes,
+        max_queue_bytes=max_queue_bytes,
     )
 
 
@@ -73,7 +74,7 @@ class Broker:
 
     def _config_for(self, topic: str) -> LogConfig:
         config = self.topology.topics.get(topic, self.topology.defaults)
-        return log_config(config)
+        return log_config(config, self.topology.settings.max_queue_bytes)
 
     def _partition_counts(self, topics: Iterable[str]) -> dict[str, int]:
         known = self.topology.topics

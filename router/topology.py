@@ -114,6 +114,8 @@ class Settings:
         max_buffered_bytes: most request-body bytes held at once (each request counts
             its Content-Length, or max_request_bytes when it has none); a body that
             would go past it gets 429 THROTTLED.
+        max_queue_bytes: most bytes of appends waiting for one partition's writer; one
+            more gets 429 THROTTLED with Retry-After.
     """
 
     max_request_bytes: int = 8 * _MIB
@@ -122,6 +124,7 @@ class Settings:
     max_fetch_bytes: int = 8 * _MIB
     max_connections: int = 1024
     max_buffered_bytes: int = 256 * _MIB
+    max_queue_bytes: int = 64 * _MIB
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

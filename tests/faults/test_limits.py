@@ -5,7 +5,6 @@ keep answering."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import socket
 
 import aiohttp
@@ -107,16 +106,18 @@ async def test_bodies_past_max_buffered_bytes_are_throttled(cluster_factory):
 
 async def test_a_full_partition_queue_is_throttled(tmp_path):
     """Appends beyond a partition's max_queue_bytes get 429 with Retry-After; every 200 is stored."""
-    topology = Topology.from_dict(
-        {"brokers": [{"id": 1, "url": "http://127.0.0.1:1"}], "topics": {"t": {"partitions": 1, "flush": "always"}}}
-    )
+    topology = Topology.from_dict({
+        "brokers": [{"id": 1, "url": "http://127.0.0.1:1"}],
+        "topics": {"t": {"partitions": 1, "flush": "always"}},
+        "settings": {"max_queue_bytes": 100_000},
+    })
     app = create_app(topology, 1, tmp_path / "data")
     async with TestClient(TestServer(app)) as client:
         body = encode_batch([(None, b"q" * 40_000, None, None)])
         first = await client.post("/v1/topics/t/partitions/0/records", data=body, headers={"Content-Type": BATCH})
         assert first.status == 200
         plog = app[BROKER].logs.get("t", 0)
-        plog.update_config(dataclasses.replace(plog.config, max_queue_bytes=100_000))
+        assert plog.config.max_queue_bytes == 100_000  # from cluster.yaml's settings
         statuses: list[int] = []
         async with asyncio.timeout(30):
             while 429 not in statuses:
