@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Coroutine, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from .accumulator import RecordFuture
+from .accumulator import RecordFuture, RecordsFuture
 from .consumer import AsyncConsumer
 from .errors import ConsumerClosedError, ProducerClosedError, ShoalError
 from .producer import AsyncProducer
@@ -103,6 +103,28 @@ class FutureRecordMetadata:
 
     def __repr__(self) -> str:
         return f"<FutureRecordMetadata {'done' if self.done() else 'pending'}>"
+
+
+class BatchResult:
+    """The blocking producer's promise of a ``send_batch()``'s ``RecordMetadata`` list."""
+
+    def __init__(self, thread: _LoopThread, records: RecordsFuture):
+        self._thread = thread
+        self._records = records
+
+    def done(self) -> bool:
+        return self._records.done()
+
+    def result(self, timeout: float | None = None) -> list[RecordMetadata]:
+        """Wait for every record's acknowledgement (raises the first failed batch's error)."""
+        return self._thread.call(asyncio.wait_for(_awaited(self._records), timeout))
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
 
 
 class Producer:
@@ -205,6 +227,23 @@ class Producer:
         while self._taking is not None and not self._taking.done():
             await asyncio.shield(self._taking)
         await self._producer.flush(timeout)
+
+    def send_batch(self, topic: str, values: Iterable[bytes | str | None], **kwargs: Any) -> BatchResult:
+        """Queue many records in one call (see ``AsyncProducer.send_batch``), after every
+        record already handed over by ``send()``; ``result()`` waits for their metadata.
+
+        Raises:
+            ProducerClosedError: the producer is closed.
+            UnknownTopic, ValueError: as ``AsyncProducer.send_batch``; nothing was queued.
+        """
+        if self._closed:
+            raise ProducerClosedError("the producer is closed")
+        return BatchResult(self._thread, self._thread.call(self._queue_batch(topic, list(values), kwargs)))
+
+    async def _queue_batch(self, topic: str, values: list, kwargs: dict[str, Any]) -> RecordsFuture:
+        while self._taking is not None and not self._taking.done():  # keep send() order
+            await asyncio.shield(self._taking)
+        return await self._producer.send_batch(topic, values, **kwargs)
 
     def send_and_wait(self, topic: str, value: bytes | str | None, **kwargs: Any) -> RecordMetadata:
         """Send one record and wait for its acknowledgement (raises its error)."""

@@ -86,3 +86,19 @@ def test_blocking_wrappers_report_errors_and_close_cleanly(cluster_factory):
     with pytest.raises(ConsumerClosedError):
         consumer.getone()
     assert list(consumer) == []
+
+
+def test_blocking_send_batch_keeps_order_behind_send(cluster_factory):
+    """send_batch() queues after what send() handed over; result() gives every record's metadata."""
+    cluster = cluster_factory(1, {"t": 1})
+    with Producer(cluster.urls) as producer:
+        first = producer.send("t", b"before")
+        batch = producer.send_batch("t", [f"b{i}" for i in range(100)])
+        metas = batch.result(timeout=30)
+        assert first.result(timeout=30).offset == 0
+        assert [m.offset for m in metas] == list(range(1, 101)) and len(batch) == 100
+        with pytest.raises(UnknownTopic):
+            producer.send_batch("nope", [b"x"])
+    with Consumer("t", bootstrap=cluster.urls) as consumer:
+        got = consumer.getmany(timeout_ms=5000)[TopicPartition("t", 0)]
+    assert got[0].value == b"before" and got[1].value == b"b0"
