@@ -200,20 +200,26 @@ def ends_of(values, keys=None):
     return [sum(sizes[: i + 1]) for i in range(len(sizes))]
 
 
+def extend_all(acc, values, ts):
+    """Queue every value of TP the way send_batch() does: one extend() per batch it fills."""
+    ends = ends_of(values)
+    runs, at = [], 0
+    while at < len(values):
+        runs.append(acc.extend(TP, None, values, at, ends, ts))
+        at += runs[-1][2]
+    return runs
+
+
 async def test_extend_fills_the_open_batch_then_starts_new_ones():
     size = record_size(None, b"v00", None)
     acc, wake = make(max_batch_bytes=BATCH_OVERHEAD + 4 * size)
     add(acc, TP, b"old")
     values = [b"v%02d" % i for i in range(10)]
-    ends = ends_of(values)
-    runs, at = [], 0
-    while at < len(values):
-        runs.append(acc.extend(TP, None, values, at, ends, 1_700_000_000_000))
-        at += runs[-1][2]
+    runs = extend_all(acc, values, 1_700_000_000_000)
     assert [(first, count) for _, first, count in runs] == [(1, 3), (0, 4), (0, 3)]
     batches = list(acc.queues[TP])
     assert [b for b, _, _ in runs] == batches and wake.count >= 1
-    assert acc.buffered == record_size(None, b"old", None) + ends[-1]
+    assert acc.buffered == record_size(None, b"old", None) + ends_of(values)[-1]
     got = [r.value for b in batches for r in decoded(b)[1]]
     assert got == [b"old", *values]
     assert all(len(b.encode()) <= b.size <= acc.max_batch_bytes for b in batches)
@@ -260,11 +266,7 @@ async def test_records_future_gives_metadata_in_order_across_batches():
     size = record_size(None, b"v0", None)
     acc, _ = make(max_batch_bytes=BATCH_OVERHEAD + 2 * size)
     values = [b"v%d" % i for i in range(5)]
-    ends = ends_of(values)
-    runs, at = [], 0
-    while at < len(values):
-        runs.append(acc.extend(TP, None, values, at, ends, 0))
-        at += runs[-1][2]
+    runs = extend_all(acc, values, 0)
     fut = RecordsFuture(runs, asyncio.get_running_loop())
     seen = []
     fut.add_done_callback(seen.append)

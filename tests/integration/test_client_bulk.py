@@ -12,18 +12,9 @@ from shoal.client.errors import BatchTooLarge, ProducerClosedError, UnknownParti
 from shoal.client.partitioner import partition_for_key
 from shoal.client.records import RecordBatch
 from tests.client.helpers import all_partitions, read_exactly
-from tests.harness import LocalCluster
 
 TP = TopicPartition
 TOPICS = {"b0": 3, "b1": 2, "sticky": 6, "keyed": 12, "one": 1, "mixed": 2, "misc": 3, "closing": 1}
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    cluster = LocalCluster(tmp_path_factory.mktemp("bulk"), 3, TOPICS)
-    cluster.start()
-    yield cluster
-    cluster.stop()
 
 
 async def test_getbatches_reads_what_getmany_would_and_moves_positions(cluster):

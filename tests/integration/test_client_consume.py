@@ -8,18 +8,9 @@ import pytest
 
 from shoal.client import AsyncConsumer, AsyncProducer, OffsetAndMetadata, TopicPartition
 from shoal.client.errors import NoOffsetForPartitionError, OffsetOutOfRange
-from tests.harness import LocalCluster
 
 TP = TopicPartition
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    topics = {f"c{i}": 3 for i in range(12)}
-    cluster = LocalCluster(tmp_path_factory.mktemp("consume"), 3, topics)
-    cluster.start()
-    yield cluster
-    cluster.stop()
+TOPICS = {f"c{i}": 3 for i in range(12)}
 
 
 async def fill(cluster, topic: str, per_partition: int, partitions: int = 3) -> None:

@@ -5,22 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 
-import pytest
 
 from shoal.client import AsyncProducer, RecordMetadata, TopicPartition
 from shoal.client.partitioner import partition_for_key
 from tests.client.helpers import all_partitions, read_exactly
-from tests.harness import LocalCluster
 
 TOPICS = {"keyed": 12, "bulk": 12, "misc": 3, "sticky": 6, "one": 1}
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    cluster = LocalCluster(tmp_path_factory.mktemp("produce"), 3, TOPICS)
-    cluster.start()
-    yield cluster
-    cluster.stop()
 
 
 async def test_keyed_records_land_on_the_murmur2_partition_in_order(cluster):
