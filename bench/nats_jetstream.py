@@ -15,7 +15,7 @@ import time
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 
-from shoal.router.bench import BenchResult, LatencyRecorder, Pacer
+from shoal.router.cli.bench_driver import BenchResult, LatencyRecorder, Pacer
 
 from .workloads import batch_sizes
 

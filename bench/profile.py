@@ -11,7 +11,7 @@ Workloads:
     append       raw produce of pre-encoded batches (--batch records each)
     append-small raw produce of 10-record batches: the per-request cost
     fetch        raw consume, reading frames by their headers only
-    produce      AsyncProducer through shoal.router.bench (client + broker)
+    produce      AsyncProducer through shoal.router.cli.bench_driver (client + broker)
     consume      AsyncConsumer.getmany(), a Record for every record (client + broker)
     idle         a broker owning --partitions partitions after one record each, at rest
 
@@ -35,8 +35,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from shoal.router import bench as perf
-from shoal.router.logs import configure_logging
+from shoal.router.cli import bench_driver as perf
+from shoal.router.server.logs import configure_logging
 
 from .procs import which
 from .resources import touch_all

@@ -13,7 +13,7 @@ import time
 
 import redis.asyncio as aioredis
 
-from shoal.router.bench import BenchResult
+from shoal.router.cli.bench_driver import BenchResult
 
 from .workloads import batch_sizes, paced_batches
 

@@ -33,8 +33,8 @@ import sys
 import time
 from pathlib import Path
 
-from shoal.router import bench as perf
-from shoal.router.logs import configure_logging
+from shoal.router.cli import bench_driver as perf
+from shoal.router.server.logs import configure_logging
 
 from . import plots, report
 from .peers import NatsServer, RedisServer, ensure_binary

@@ -3,7 +3,7 @@ with pre-encoded batches.
 
 Together they separate client cost from broker cost:
 
-- ``ShoalClient`` runs ``shoal.router.bench`` (what ``shoal bench`` runs): AsyncProducer
+- ``ShoalClient`` runs ``shoal.router.cli.bench_driver`` (what ``shoal bench`` runs): AsyncProducer
   with one ``send()`` per record, AsyncConsumer's ``getmany()`` building every ``Record``.
 - ``ShoalBulk`` is the same library through its bulk calls: ``send_batch()`` of a whole
   batch per call, ``getbatches()`` read by column. Like a Redis pipeline, the
@@ -22,8 +22,8 @@ import time
 from shoal.client.accumulator import BATCH_OVERHEAD, record_size
 from shoal.client.http import BrokerClient
 from shoal.client.records import decode_records, encode_batch, iter_frames
-from shoal.router import bench as perf
-from shoal.router.bench import BenchResult
+from shoal.router.cli import bench_driver as perf
+from shoal.router.cli.bench_driver import BenchResult
 
 from .workloads import batch_sizes, paced_batches
 

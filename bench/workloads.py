@@ -7,7 +7,7 @@ One producer, then one consumer, of fixed-size records:
   for shoal), until all are acknowledged or no new batch starts after ``max_seconds``;
 - consume: read them back from the start, as large reads as the system allows;
 - latency: records due at a fixed ``rate`` for ``duration`` seconds, each timed from
-  the moment it was due until its acknowledgement (``shoal.router.bench.Pacer``).
+  the moment it was due until its acknowledgement (``shoal.router.cli.bench_driver.Pacer``).
 
 Throughput counts record payload bytes only, so different framings compare fairly.
 """
@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from shoal.router.bench import BenchResult, LatencyRecorder, Pacer
+from shoal.router.cli.bench_driver import BenchResult, LatencyRecorder, Pacer
 
 
 class System(Protocol):

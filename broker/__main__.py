@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from shoal.router.logs import FORMATS, LEVELS
+from shoal.router.server.logs import FORMATS, LEVELS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from shoal.broker.main import run
-    from shoal.router.tls import TlsError
+    from shoal.router.server.tls import TlsError
     from shoal.router.topology import TopologyError
 
     try:

@@ -10,9 +10,9 @@ from shoal.broker.broker import Broker
 from shoal.broker.handlers import add_routes
 from shoal.broker.metrics import BrokerMetrics
 from shoal.broker.state import BROKER, METRICS
-from shoal.router.auth import authenticate
-from shoal.router.middlewares import MAX_BODY, limit_load, problem_errors, request_context
-from shoal.router.openapi import build_openapi
+from shoal.router.server.auth import authenticate
+from shoal.router.server.middlewares import MAX_BODY, limit_load, problem_errors, request_context
+from shoal.router.server.openapi import build_openapi
 from shoal.router.topology import Topology
 
 

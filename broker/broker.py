@@ -32,7 +32,7 @@ from shoal.client.errors import (
 from shoal.client.names import check_name
 from shoal.client.structs import TopicPartition
 from shoal.router.hashing import group_coordinator
-from shoal.router.tls import client_context
+from shoal.router.server.tls import client_context
 from shoal.router.topology import BrokerSpec, TopicConfig, Topology, TopologyError
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from shoal.broker.state import BROKER
 from shoal.client.errors import InvalidRequest
 from shoal.client.names import check_name
 from shoal.client.structs import TopicPartition
-from shoal.router.params import json_object
+from shoal.router.server.params import json_object
 
 _MEMBER_ID_MAX = 128
 

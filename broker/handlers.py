@@ -1,6 +1,6 @@
 """HTTP handlers of API v1 for one broker. Handlers validate, call the broker, and raise.
 
-Errors are rendered by ``shoal.router.middlewares.problem_errors``; nothing here builds
+Errors are rendered by ``shoal.router.server.middlewares.problem_errors``; nothing here builds
 an error response by hand.
 """
 
@@ -23,7 +23,7 @@ from shoal.client.json_records import encode_json_batch, records_to_json
 from shoal.client.names import check_name
 from shoal.client.records import decode_fetch, validate_frames
 from shoal.client.structs import TopicPartition
-from shoal.router.params import json_body, json_object, path_partition, query_int, topology_body
+from shoal.router.server.params import json_body, json_object, path_partition, query_int, topology_body
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from shoal.router.logs import configure_logging
-from shoal.router.tls import serving_context
+from shoal.router.server.logs import configure_logging
+from shoal.router.server.tls import serving_context
 from shoal.router.topology import load_topology
 
 log = logging.getLogger("shoal.broker")

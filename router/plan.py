@@ -15,7 +15,7 @@ from typing import Any
 
 from shoal.client.structs import TopicPartition
 
-from .topology import Topology
+from shoal.router.topology import Topology
 
 __all__ = ["Change", "Move", "Plan", "diff"]
 

@@ -44,9 +44,9 @@ from shoal.client.errors import UnknownPartition, UnknownTopic
 from shoal.client.names import MAX_NAME_LENGTH, is_valid_name
 from shoal.client.structs import TopicPartition
 
-from . import hashing
-from .auth import ACTIONS, AuthConfig, Principal, pattern_problem, token_hash_problem
-from .tls import TlsConfig
+from shoal.router import hashing
+from shoal.router.server.auth import ACTIONS, AuthConfig, Principal, pattern_problem, token_hash_problem
+from shoal.router.server.tls import TlsConfig
 
 __all__ = [
     "FLUSH_POLICIES",

@@ -122,7 +122,7 @@ def test_every_server_is_stopped_and_its_temp_dir_removed(bench_run):
 
 
 def test_percentile_is_nearest_rank():
-    from shoal.router.bench import percentile
+    from shoal.router.cli.bench_driver import percentile
 
     values = list(range(1, 101))
     assert [percentile(values, q) for q in (1, 50, 99, 99.9, 100)] == [1, 50, 99, 100, 100]
@@ -130,7 +130,7 @@ def test_percentile_is_nearest_rank():
 
 
 def test_latency_summary_is_in_milliseconds_and_ordered():
-    from shoal.router.bench import LatencySummary
+    from shoal.router.cli.bench_driver import LatencySummary
 
     summary = LatencySummary.of([i / 1000 for i in range(1, 1001)])  # 1..1000 ms
     assert (summary.count, summary.p50_ms, summary.p99_ms, summary.p999_ms, summary.max_ms) == (
@@ -140,7 +140,7 @@ def test_latency_summary_is_in_milliseconds_and_ordered():
 
 
 def test_key_source_modes():
-    from shoal.router.bench import BenchError, key_source
+    from shoal.router.cli.bench_driver import BenchError, key_source
 
     assert key_source("none")(5) is None
     assert [key_source("3")(i) for i in range(4)] == [b"key-0", b"key-1", b"key-2", b"key-0"]
@@ -153,7 +153,7 @@ def test_key_source_modes():
 async def test_pacer_hands_out_every_record_once_in_schedule_order():
     import time
 
-    from shoal.router.bench import Pacer
+    from shoal.router.cli.bench_driver import Pacer
 
     pacer = Pacer(2000, limit=40)
     due: list[float] = []
@@ -169,7 +169,7 @@ async def test_pacer_hands_out_every_record_once_in_schedule_order():
 
 
 def _shoal(config: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shoal.router.cli", "--config", str(config), "bench", *args],
+    return subprocess.run([sys.executable, "-m", "shoal.router.cli.main", "--config", str(config), "bench", *args],
                           capture_output=True, text=True, timeout=60)  # fmt: skip
 
 

@@ -10,7 +10,7 @@ import yaml
 
 from shoal.client import AsyncConsumer, AsyncProducer, Consumer, Producer, TopicPartition
 from shoal.client.errors import Forbidden, Unauthorized
-from shoal.router.auth import hash_token
+from shoal.router.server.auth import hash_token
 from tests.harness import free_port
 from tests.security.procs import Proc
 

@@ -19,7 +19,7 @@ def gateway(cluster_factory):
     port = free_port()
     log = open(cluster.root / "gateway.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shoal.router.gateway", "--config", str(cluster.config_path), "--listen", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "shoal.router.gateway.app", "--config", str(cluster.config_path), "--listen", f"127.0.0.1:{port}"],
         stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"

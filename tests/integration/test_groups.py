@@ -216,7 +216,7 @@ async def test_a_member_that_stops_polling_leaves_and_reports_it(cluster_factory
 
 def shoal(cluster, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "shoal.router.cli", "--config", str(cluster.config_path), *args],
+        [sys.executable, "-m", "shoal.router.cli.main", "--config", str(cluster.config_path), *args],
         capture_output=True, text=True, timeout=60,
     )
 

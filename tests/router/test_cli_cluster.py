@@ -16,7 +16,7 @@ import yaml
 
 from tests.harness import free_port
 
-SHOAL = [sys.executable, "-m", "shoal.router.cli"]
+SHOAL = [sys.executable, "-m", "shoal.router.cli.main"]
 
 
 def shoal(*args: str, cwd: Path, timeout: float = 30) -> subprocess.CompletedProcess:

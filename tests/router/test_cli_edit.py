@@ -6,7 +6,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from shoal.router.cli_edit import add_topic_line, edited, remove_topic_line, set_epoch, write_atomically
+from shoal.router.cli.edit import add_topic_line, edited, remove_topic_line, set_epoch, write_atomically
 from shoal.router.topology import TopicConfig, parse_topology
 
 REPO_CLUSTER_YAML = (Path(__file__).resolve().parents[2] / "cluster.yaml").read_text()

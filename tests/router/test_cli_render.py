@@ -6,13 +6,13 @@ import json
 
 from shoal.client.structs import Record
 from shoal.client.structs import TopicPartition as TP
-from shoal.router.cli_cluster import info_view, render_info, render_up
-from shoal.router.cli_group import describe_view, list_view, new_offset, render_describe, render_list, render_seek
-from shoal.router.cli_output import key_values, sections, table, to_json
-from shoal.router.cli_session import BrokerState
-from shoal.router.cli_topic import record_view, render_describe as render_topic, render_list as render_topics
-from shoal.router.cli_topic import render_topic_rows
-from shoal.router.cli_topology import render_apply, render_plan, render_show, show_view
+from shoal.router.cli.cluster import info_view, render_info, render_up
+from shoal.router.cli.group import describe_view, list_view, new_offset, render_describe, render_list, render_seek
+from shoal.router.cli.output import key_values, sections, table, to_json
+from shoal.router.cli.session import BrokerState
+from shoal.router.cli.topic import record_view, render_describe as render_topic, render_list as render_topics
+from shoal.router.cli.topic import render_topic_rows
+from shoal.router.cli.topology import render_apply, render_plan, render_show, show_view
 from shoal.router.plan import diff
 from shoal.router.topology import parse_topology
 

@@ -10,7 +10,7 @@ from shoal.client.partitioner import partition_for_key
 from shoal.router.topology import load_topology
 from tests.harness import LocalCluster, http_json
 
-SHOAL = [sys.executable, "-m", "shoal.router.cli"]
+SHOAL = [sys.executable, "-m", "shoal.router.cli.main"]
 
 
 def shoal(cluster: LocalCluster, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

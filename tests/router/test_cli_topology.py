@@ -15,7 +15,7 @@ import yaml
 from shoal.router import hashing
 from tests.harness import LocalCluster, free_port, http_json
 
-SHOAL = [sys.executable, "-m", "shoal.router.cli"]
+SHOAL = [sys.executable, "-m", "shoal.router.cli.main"]
 
 
 def shoal(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess:

@@ -57,7 +57,7 @@ def start_gateway(
 ) -> tuple[Proc, str]:
     """A gateway on a free loopback port, run in ``root``, ready; returns it and its URL."""
     port = free_port()
-    proc = Proc(["shoal.router.gateway", "--config", str(config), "--listen", f"127.0.0.1:{port}"],
+    proc = Proc(["shoal.router.gateway.app", "--config", str(config), "--listen", f"127.0.0.1:{port}"],
                 root / f"gateway-{port}.log", env=env, cwd=root)
     url = f"{scheme}://127.0.0.1:{port}"
     try:

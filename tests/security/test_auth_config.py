@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shoal.router.auth import hash_token, new_token
+from shoal.router.server.auth import hash_token, new_token
 from shoal.router.topology import Topology, TopologyError, parse_topology
 
 OPS, BILLING = "ops-token-0123456789abcdef", "billing-token-0123456789abcdef"

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from shoal.client.errors import ShoalError
-from shoal.router.auth import hash_token
+from shoal.router.server.auth import hash_token
 from shoal.router.hashing import group_coordinator
 from tests.security.procs import start_gateway
 
@@ -47,7 +47,7 @@ async def call(url: str, method: str, path: str, token: str | None = None, **kw)
 
 P = "/v1/topics/{}/partitions/0"
 COMMIT = "/v1/groups/{}/topics/orders/partitions/0/offset"
-# (caller, method, path, json body, status, code): each row one rule of router/auth.py.
+# (caller, method, path, json body, status, code): each row one rule of router/server/auth.py.
 CASES = [
     (None, "GET", "/v1/health", None, 200, None),
     (None, "GET", "/metrics", None, 200, None),

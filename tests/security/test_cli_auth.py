@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from shoal.router.cli import cli
+from shoal.router.cli.main import cli
 from shoal.router.topology import parse_topology
 
 

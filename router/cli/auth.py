@@ -6,9 +6,9 @@ import sys
 
 import click
 
-from .auth import MIN_TOKEN_LENGTH, hash_token, new_token
-from .cli_base import Options, action, global_options
-from .cli_output import CliError, emit, key_values
+from shoal.router.server.auth import MIN_TOKEN_LENGTH, hash_token, new_token
+from shoal.router.cli.base import Options, action, global_options
+from shoal.router.cli.output import CliError, emit, key_values
 
 
 @click.group()

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .topology import Topology, parse_topology
+from shoal.router.topology import Topology, parse_topology
 
 _EPOCH = re.compile(r"^epoch:[ \t]*[^#\n]*?([ \t]*#.*)?$", re.M)
 _CLUSTER = re.compile(r"^cluster:.*$", re.M)

@@ -12,11 +12,11 @@ from shoal.client.errors import ShoalError
 from shoal.client.names import check_name
 from shoal.client.structs import OffsetAndMetadata, TopicPartition
 
-from .cli_base import Options, action, earliest_latest_or_offset, global_options
-from .cli_output import CliError, emit, key_values, note, sections, table
-from .cli_session import ClusterSession, reason
-from .hashing import group_coordinator
-from .topology import Topology
+from shoal.router.cli.base import Options, action, earliest_latest_or_offset, global_options
+from shoal.router.cli.output import CliError, emit, key_values, note, sections, table
+from shoal.router.cli.session import ClusterSession, reason
+from shoal.router.hashing import group_coordinator
+from shoal.router.topology import Topology
 
 
 @click.group()

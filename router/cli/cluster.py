@@ -8,12 +8,12 @@ from typing import Any
 
 import click
 
-from .cli_base import Options, action, global_options
-from .cli_output import CliError, emit, key_values, note, sections, table
-from .cli_session import BrokerState, ClusterSession, newest
-from .local_cluster import LocalCluster, LocalClusterError
-from .logs import FORMATS, LEVELS
-from .topology import Topology
+from shoal.router.cli.base import Options, action, global_options
+from shoal.router.cli.output import CliError, emit, key_values, note, sections, table
+from shoal.router.cli.session import BrokerState, ClusterSession, newest
+from shoal.router.cli.local_cluster import LocalCluster, LocalClusterError
+from shoal.router.server.logs import FORMATS, LEVELS
+from shoal.router.topology import Topology
 
 
 @click.group()

@@ -9,7 +9,7 @@ from aiohttp import web
 from shoal.client.errors import InvalidRequest, UnsupportedMediaType
 from shoal.client.names import check_name
 
-from .topology import Topology, TopologyError
+from shoal.router.topology import Topology, TopologyError
 
 INT64_MAX = 2**63 - 1
 

@@ -19,12 +19,12 @@ from shoal.client.json_records import record_to_json
 from shoal.client.names import check_name
 from shoal.client.structs import Record, TopicPartition
 
-from .cli_base import Options, action, earliest_latest_or_offset, global_options
-from .cli_edit import add_topic_line, edited, remove_topic_line, set_epoch, write_atomically
-from .cli_output import CliError, emit, key_values, note, table
-from .cli_session import ClusterSession, newest, reason
-from .cli_topology import push, survey
-from .topology import TopicConfig, Topology, TopologyError, parse_topology
+from shoal.router.cli.base import Options, action, earliest_latest_or_offset, global_options
+from shoal.router.cli.edit import add_topic_line, edited, remove_topic_line, set_epoch, write_atomically
+from shoal.router.cli.output import CliError, emit, key_values, note, table
+from shoal.router.cli.session import ClusterSession, newest, reason
+from shoal.router.cli.topology import push, survey
+from shoal.router.topology import TopicConfig, Topology, TopologyError, parse_topology
 
 
 @click.group()

@@ -11,8 +11,8 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .cli_base import Options, action, global_options
-from .cli_output import CliError, emit
+from shoal.router.cli.base import Options, action, global_options
+from shoal.router.cli.output import CliError, emit
 
 
 @click.group()
@@ -75,7 +75,7 @@ def produce(opts: Options, topic: str, records: int | None, duration: float | No
 
       shoal bench produce -t events -n 1000000 --bulk 1000
     """
-    from . import bench as perf
+    from shoal.router.cli import bench_driver as perf
 
     if records is None and duration is None:
         records = 1_000_000
@@ -114,7 +114,7 @@ def consume(opts: Options, topic: str, records: int | None, duration: float | No
 
       shoal bench consume -t events --duration 10 -o json
     """
-    from . import bench as perf
+    from shoal.router.cli import bench_driver as perf
 
     if records is None and duration is None:
         records = 1_000_000

@@ -18,9 +18,9 @@ import aiohttp
 from shoal.client.errors import BrokerUnreachable, NotOwner, ShoalError
 from shoal.client.http import BrokerClient
 
-from .cli_output import CliError
-from .tls import client_context
-from .topology import Topology, TopologyError
+from shoal.router.cli.output import CliError
+from shoal.router.server.tls import client_context
+from shoal.router.topology import Topology, TopologyError
 
 log = logging.getLogger(__name__)
 

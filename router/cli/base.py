@@ -19,9 +19,9 @@ import click
 
 from shoal.client.errors import ShoalError
 
-from .cli_output import CliError, fail
-from .logs import configure_logging
-from .topology import Topology, TopologyError, load_topology
+from shoal.router.cli.output import CliError, fail
+from shoal.router.server.logs import configure_logging
+from shoal.router.topology import Topology, TopologyError, load_topology
 
 log = logging.getLogger(__name__)
 

@@ -32,11 +32,11 @@ from shoal.client.errors import (
 from shoal.client.names import check_name
 from shoal.client.partitioner import partition_for_key
 from shoal.router.hashing import group_coordinator
-from shoal.router.auth import authenticate
-from shoal.router.middlewares import MAX_BODY, limit_load, problem_errors, request_context
-from shoal.router.openapi import build_openapi
-from shoal.router.params import json_body, path_partition, topology_body
-from shoal.router.tls import client_context, serving_context
+from shoal.router.server.auth import authenticate
+from shoal.router.server.middlewares import MAX_BODY, limit_load, problem_errors, request_context
+from shoal.router.server.openapi import build_openapi
+from shoal.router.server.params import json_body, path_partition, topology_body
+from shoal.router.server.tls import client_context, serving_context
 from shoal.router.topology import Topology, TopologyError
 
 log = logging.getLogger(__name__)
@@ -340,9 +340,9 @@ def run_gateway(
     )
 
 
-if __name__ == "__main__":  # python -m shoal.router.gateway ARGS == shoal router start ARGS
+if __name__ == "__main__":  # python -m shoal.router.gateway.app ARGS == shoal router start ARGS
     import sys
 
-    from .cli import main
+    from shoal.router.cli.main import main
 
     main(["router", "start", *sys.argv[1:]])

@@ -28,8 +28,8 @@ from pathlib import Path
 
 from shoal.client.errors import ShoalError
 
-from .cli_session import AdminClient
-from .topology import BrokerSpec, Topology
+from shoal.router.cli.session import AdminClient
+from shoal.router.topology import BrokerSpec, Topology
 
 log = logging.getLogger(__name__)
 

@@ -13,15 +13,15 @@ import sys
 
 import click
 
-from .cli_auth import auth
-from .cli_base import global_options
-from .cli_bench import bench
-from .cli_cluster import broker, cluster
-from .cli_group import group
-from .cli_output import fail
-from .cli_router import router
-from .cli_topic import topic
-from .cli_topology import topology
+from shoal.router.cli.auth import auth
+from shoal.router.cli.base import global_options
+from shoal.router.cli.bench import bench
+from shoal.router.cli.cluster import broker, cluster
+from shoal.router.cli.group import group
+from shoal.router.cli.output import fail
+from shoal.router.cli.router import router
+from shoal.router.cli.topic import topic
+from shoal.router.cli.topology import topology
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -38,7 +38,7 @@ from aiohttp import web
 
 from shoal.client.errors import Forbidden, Unauthorized
 
-from .middlewares import PROBES, route_key
+from shoal.router.server.middlewares import PROBES, route_key
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .cli_base import Options, action, global_options
-from .logs import FORMATS, LEVELS, configure_logging
+from shoal.router.cli.base import Options, action, global_options
+from shoal.router.server.logs import FORMATS, LEVELS, configure_logging
 
 
 @click.group()
@@ -39,7 +39,7 @@ def start(
 
       shoal router start --listen 0.0.0.0:9090 --config /etc/shoal/cluster.yaml
     """
-    from .gateway import run_gateway
+    from shoal.router.gateway.app import run_gateway
 
     host, _, port = listen.rpartition(":")
     if not port.isdigit():

@@ -11,11 +11,11 @@ import click
 from shoal.client.errors import ShoalApiError, ShoalError, StaleEpoch
 from shoal.client.structs import TopicPartition
 
-from .cli_base import Options, action, global_options
-from .cli_output import CliError, emit, key_values, sections, table
-from .cli_session import BrokerState, ClusterSession, newest, reason
-from .plan import Plan, diff
-from .topology import Topology, load_topology
+from shoal.router.cli.base import Options, action, global_options
+from shoal.router.cli.output import CliError, emit, key_values, sections, table
+from shoal.router.cli.session import BrokerState, ClusterSession, newest, reason
+from shoal.router.plan import Plan, diff
+from shoal.router.topology import Topology, load_topology
 
 _CHECK_CONCURRENCY = 16
 

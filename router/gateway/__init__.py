@@ -1,0 +1,1 @@
+"""The gateway (`shoal router start`): the broker API for every partition, forwarded to owners."""

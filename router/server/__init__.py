@@ -1,0 +1,1 @@
+"""HTTP plumbing shared by the broker and the gateway: auth, TLS, middlewares, OpenAPI, parameters, logs."""
