@@ -19,8 +19,8 @@ import aiohttp
 
 from shoal.broker.coordinator import GroupCoordinator
 from shoal.client.membership import partition_map
-from shoal.broker.storage.log_manager import LogManager
-from shoal.broker.storage.partition_log import LogConfig, PartitionLog
+from shoal.broker.storage import LogConfig, LogManager, PartitionLog
+from shoal.broker.storage.durable import fsync_dir
 from shoal.client.errors import (
     BrokerUnavailable,
     InvalidRequest,
@@ -38,7 +38,7 @@ from shoal.router.topology import BrokerSpec, TopicConfig, Topology, TopologyErr
 log = logging.getLogger(__name__)
 
 
-def log_config(topic: TopicConfig, max_queue_bytes: int) -> LogConfig:
+def log_config(topic: TopicConfig, max_queue_bytes: int, producer_expiry_ms: int) -> LogConfig:
     """The storage settings of a topic. The writer lingers for company only when each
     write is fsynced (``flush: always``), where sharing one fsync is worth a millisecond;
     otherwise appends that queue while a write is under way are grouped anyway."""
@@ -50,6 +50,7 @@ def log_config(topic: TopicConfig, max_queue_bytes: int) -> LogConfig:
         retention_ms=topic.retention_ms,
         retention_bytes=topic.retention_bytes,
         max_queue_bytes=max_queue_bytes,
+        producer_expiry_ms=producer_expiry_ms,
     )
 
 
@@ -74,7 +75,8 @@ class Broker:
 
     def _config_for(self, topic: str) -> LogConfig:
         config = self.topology.topics.get(topic, self.topology.defaults)
-        return log_config(config, self.topology.settings.max_queue_bytes)
+        settings = self.topology.settings
+        return log_config(config, settings.max_queue_bytes, settings.producer_expiry_ms)
 
     def _partition_counts(self, topics: Iterable[str]) -> dict[str, int]:
         known = self.topology.topics
@@ -232,6 +234,7 @@ def _save_installed(data_dir: Path, topology: Topology) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, data_dir / INSTALLED)
+    fsync_dir(data_dir)  # the rename itself must survive a power cut
 
 
 def _load_installed(data_dir: Path) -> Topology | None:

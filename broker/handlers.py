@@ -225,8 +225,18 @@ async def put_cluster(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
+    """200 while the broker serves; ``status`` is ``degraded`` while a partition cannot take
+    writes (its last write or segment roll failed), each listed with the reason."""
     broker = request.app[BROKER]
-    return web.json_response({"status": "ok", "broker_id": broker.broker_id, "epoch": broker.topology.epoch})
+    failed = [
+        {"topic": plog.topic, "partition": plog.partition, "error": plog.error}
+        for plog in broker.logs.logs()
+        if plog.error is not None
+    ]
+    body = {"status": "degraded" if failed else "ok", "broker_id": broker.broker_id, "epoch": broker.topology.epoch}
+    if failed:
+        body["failed_partitions"] = failed
+    return web.json_response(body)
 
 
 async def metrics(request: web.Request) -> web.Response:

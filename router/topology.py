@@ -116,6 +116,8 @@ class Settings:
             would go past it gets 429 THROTTLED.
         max_queue_bytes: most bytes of appends waiting for one partition's writer; one
             more gets 429 THROTTLED with Retry-After.
+        producer_expiry_ms: an idempotent producer id that wrote nothing to a partition
+            for this long is forgotten there (Kafka's ``producer.id.expiration.ms``).
     """
 
     max_request_bytes: int = 8 * _MIB
@@ -125,6 +127,7 @@ class Settings:
     max_connections: int = 1024
     max_buffered_bytes: int = 256 * _MIB
     max_queue_bytes: int = 64 * _MIB
+    producer_expiry_ms: int = 24 * 3600 * 1000
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -2,14 +2,22 @@
 
 Layout of a data dir::
 
-    <data_dir>/<topic>-<partition>/     one PartitionLog (segments, indexes)
-    <data_dir>/__offsets/               the OffsetStore
+    <data_dir>/<topic>-<partition>/             one PartitionLog (segments, indexes, snapshots)
+    <data_dir>/__offsets/                       the OffsetStore
+    <data_dir>/recovery-point-offset-checkpoint the recovery point of every log (``checkpoint``)
+    <data_dir>/<hex>.deleting/                  a partition being deleted (removed at start-up)
 
 Background work costs nothing when idle: under ``flush="interval"`` each log arms a
-one-shot timer when a write makes it dirty (so there is no flusher loop to wake), and
-one retention task visits the logs every ``retention_check_ms``. fsyncs run in the
-default executor, so 10,000 partitions cost memory and file descriptors (one per
-active segment, plus a shared LRU of sealed ones), not threads.
+one-shot timer when a write makes it dirty (so there is no flusher loop to wake); one
+task visits the logs every ``retention_check_ms`` (retention, producer expiry) and
+one writes the recovery points every ``checkpoint_interval_ms`` when they moved.
+fsyncs run in the default executor, so 10,000 partitions cost memory and file
+descriptors (one per active segment, plus a shared LRU of sealed ones), not threads.
+
+Committed offsets above a log's high watermark (the log lost its tail to a crash
+under ``flush: interval``/``never``, or to recovery's truncation) are clamped to the
+high watermark at start-up, with a WARNING, and the clamped offset is committed: a
+consumer then reads the records written from there on instead of skipping them.
 """
 
 from __future__ import annotations
@@ -26,15 +34,18 @@ from shoal.client.errors import InternalError, InvalidRequest
 from shoal.client.names import check_name, is_valid_name
 from shoal.client.structs import TopicPartition
 
+from .checkpoint import read_recovery_points, write_recovery_points
+from .config import LogConfig
+from .durable import fsync_dir
 from .offsets import OffsetStore
-from .partition_log import LogConfig, PartitionLog
+from .partition_log import PartitionLog
 from .segment import OpenSegments
 
 log = logging.getLogger(__name__)
 
 OFFSETS_DIR = "__offsets"
 _LOADERS = 4  # threads that open existing logs at start
-_DELETING = ".deleting"  # suffix of a partition directory being removed
+_DELETING = ".deleting"  # suffix of a partition directory being removed: <32 hex digits>.deleting
 
 
 class LogManager:
@@ -43,7 +54,8 @@ class LogManager:
     Args:
         data_dir: the broker's data directory (created if missing).
         config_for: topic name -> its LogConfig; read when a log opens and on ``reconfigure()``.
-        retention_check_ms: how often retention runs over every log.
+        retention_check_ms: how often retention (and producer expiry) runs over every log.
+        checkpoint_interval_ms: how often the recovery points are written when they moved.
         open_sealed_segments: how many sealed segments (of all logs) stay open for reads.
 
     Not thread-safe: use it from the event loop that started it.
@@ -63,16 +75,20 @@ class LogManager:
         config_for: Callable[[str], LogConfig],
         *,
         retention_check_ms: int = 60_000,
+        checkpoint_interval_ms: int = 10_000,
         open_sealed_segments: int = 256,
     ):
         self.data_dir = Path(data_dir)
         self.config_for = config_for
         self.retention_check_ms = retention_check_ms
+        self.checkpoint_interval_ms = checkpoint_interval_ms
         self.offsets = OffsetStore(self.data_dir / OFFSETS_DIR)
         self._open_segments = OpenSegments(open_sealed_segments)
         self._logs: dict[TopicPartition, PartitionLog] = {}
         self._creating: dict[TopicPartition, asyncio.Task] = {}
         self._retention: asyncio.Task | None = None
+        self._checkpointer: asyncio.Task | None = None
+        self._checkpointed: dict[TopicPartition, int] = {}
         self._running = False
         self._real_data_dir: Path | None = None
 
@@ -90,15 +106,36 @@ class LogManager:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         _raise_fd_limit()
         await self.offsets.start()
+        points = await asyncio.to_thread(read_recovery_points, self.data_dir)
         found = await asyncio.to_thread(self._scan_data_dir)
-        logs = [self._new_log(tp) for tp in found]
+        logs = [self._new_log(tp, points.get(tp, 0)) for tp in found]
         # recover in a few threads, a batch each: one thread hop per log costs more than the IO
         await asyncio.gather(*(asyncio.to_thread(_load_all, logs[i::_LOADERS]) for i in range(_LOADERS)))
         await asyncio.gather(*(plog.start() for plog in logs))
         self._logs.update((TopicPartition(plog.topic, plog.partition), plog) for plog in logs)
         self._running = True
-        self._retention = asyncio.get_running_loop().create_task(self._retention_loop(), name="shoal-retention")
+        await self._clamp_committed_offsets()
+        await self.checkpoint_recovery_points()
+        loop = asyncio.get_running_loop()
+        self._retention = loop.create_task(self._retention_loop(), name="shoal-retention")
+        self._checkpointer = loop.create_task(self._checkpoint_loop(), name="shoal-recovery-points")
         log.info("opened %d partition logs in %s", len(logs), self.data_dir)
+
+    async def _clamp_committed_offsets(self) -> None:
+        """Commit the high watermark for every committed offset above it (see the module doc)."""
+        for group in self.offsets.groups():
+            clamped = []
+            for tp, committed in self.offsets.group_offsets(group).items():
+                plog = self._logs.get(tp)
+                if plog is not None and committed.offset > plog.high_watermark:
+                    log.warning(
+                        "group %s had committed offset %d of %s, above its high watermark %d after recovery: "
+                        "clamped to %d (records written from there on will be read)",
+                        group, committed.offset, plog.name, plog.high_watermark, plog.high_watermark,
+                    )
+                    clamped.append((tp.topic, tp.partition, plog.high_watermark, committed.metadata))
+            if clamped:
+                await self.offsets.commit(group, clamped)
 
     def _scan_data_dir(self) -> list[TopicPartition]:
         found = []
@@ -123,6 +160,9 @@ class LogManager:
         if self._retention is not None:
             self._retention.cancel()
             await asyncio.gather(self._retention, return_exceptions=True)
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            await asyncio.gather(self._checkpointer, return_exceptions=True)
         pending = list(self._creating.values())
         await asyncio.gather(*pending, return_exceptions=True)
         logs = list(self._logs.values())
@@ -130,6 +170,10 @@ class LogManager:
         for plog, result in zip(logs, results):
             if isinstance(result, BaseException):
                 log.error("could not close %s cleanly: %r", plog, result)
+        try:
+            await self.checkpoint_recovery_points()
+        except OSError as exc:
+            log.error("could not write the recovery points in %s: %s", self.data_dir, exc)
         self._logs.clear()
         await self.offsets.stop()
 
@@ -145,13 +189,14 @@ class LogManager:
             raise InvalidRequest(f"topic {topic!r} does not map to a directory inside the data dir", field="topic")
         return path
 
-    def _new_log(self, tp: TopicPartition) -> PartitionLog:
+    def _new_log(self, tp: TopicPartition, recovery_point: int = 0) -> PartitionLog:
         return PartitionLog(
             self.partition_dir(tp.topic, tp.partition),
             tp.topic,
             tp.partition,
             self.config_for(tp.topic),
             open_segments=self._open_segments,
+            recovery_point=recovery_point,
         )
 
     def get(self, topic: str, partition: int) -> PartitionLog | None:
@@ -200,8 +245,9 @@ class LogManager:
     async def delete(self, topic: str, partition: int) -> bool:
         """Close a partition's log and remove its data; False when there was none.
 
-        The directory is renamed first, so a crash part-way leaves nothing that
-        start-up would open again.
+        The directory is first renamed to a short tombstone (``<32 hex digits>.deleting``,
+        whatever the length of the topic name) and that rename is fsynced, so a crash
+        part-way leaves nothing that start-up would open again.
         """
         path = self.partition_dir(topic, partition)
         tp = TopicPartition(topic, partition)
@@ -210,9 +256,11 @@ class LogManager:
             await plog.stop()
         if not path.exists():
             return plog is not None
-        doomed = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}{_DELETING}")
+        doomed = path.with_name(f"{uuid.uuid4().hex}{_DELETING}")
         os.replace(path, doomed)
+        await asyncio.to_thread(fsync_dir, self.data_dir)
         await asyncio.to_thread(shutil.rmtree, doomed, True)
+        await self.checkpoint_recovery_points()
         log.info("deleted partition %s (%s)", tp, path)
         return True
 
@@ -225,14 +273,30 @@ class LogManager:
         return len(partitions)
 
     async def enforce_retention(self, now_ms: int | None = None) -> int:
-        """Run retention over every log once; return how many segments were deleted."""
+        """Run retention and producer expiry over every log once; return how many segments were deleted."""
         deleted = 0
         for plog in list(self._logs.values()):
+            plog.expire_producers(now_ms)
             try:
                 deleted += await plog.enforce_retention(now_ms)
             except OSError as exc:
                 log.error("retention of %s failed: %s", plog, exc)
         return deleted
+
+    async def checkpoint_recovery_points(self) -> None:
+        """Write every log's recovery point to ``recovery-point-offset-checkpoint`` if one moved."""
+        points = {tp: plog.recovery_point for tp, plog in self._logs.items()}
+        if points != self._checkpointed:
+            await asyncio.to_thread(write_recovery_points, self.data_dir, points)
+            self._checkpointed = points
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.checkpoint_interval_ms / 1000)
+            try:
+                await self.checkpoint_recovery_points()
+            except OSError as exc:
+                log.error("could not write the recovery points in %s: %s", self.data_dir, exc)
 
     async def _retention_loop(self) -> None:
         while True:

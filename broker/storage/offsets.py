@@ -26,53 +26,29 @@ step is harmless.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgpack
-from crc32c import crc32c
 
 from shoal.client.errors import InternalError, StorageFull
 from shoal.client.structs import OffsetAndMetadata, TopicPartition
 
+from .durable import frame, fsync_dir, is_disk_full, read_record, sync_data, unframe, write_record
+
 log = logging.getLogger(__name__)
 
-_FRAME = struct.Struct(">II")
-_sync = getattr(os, "fdatasync", os.fsync)
 LOG_FILE = "offsets.log"
 SNAPSHOT_FILE = "offsets.snapshot"
 
 
 def _write_error(exc: OSError) -> Exception:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    if is_disk_full(exc):
         return StorageFull(f"no space to write committed offsets: {exc.strerror}")
     return InternalError(f"cannot write committed offsets: {exc.strerror}")
-
-
-def _frame(payload: bytes) -> bytes:
-    return _FRAME.pack(len(payload), crc32c(payload)) + payload
-
-
-def _unframe(data: bytes) -> tuple[list, int]:
-    """The payloads of the whole, valid records at the start of ``data``, and where they end."""
-    out = []
-    pos = 0
-    while pos + _FRAME.size <= len(data):
-        length, crc = _FRAME.unpack_from(data, pos)
-        end = pos + _FRAME.size + length
-        if end > len(data) or crc32c(data[pos + _FRAME.size : end]) != crc:
-            break
-        try:
-            out.append(msgpack.unpackb(data[pos + _FRAME.size : end], strict_map_key=False))
-        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
-            break
-        pos = end
-    return out, pos
 
 
 @dataclass(eq=False)
@@ -82,7 +58,7 @@ class _Pending:
     frame: bytes = field(init=False)
 
     def __post_init__(self) -> None:
-        self.frame = _frame(msgpack.packb(self.record))
+        self.frame = frame(msgpack.packb(self.record))
 
 
 class OffsetStore:
@@ -134,18 +110,24 @@ class OffsetStore:
         self.directory.joinpath(SNAPSHOT_FILE + ".tmp").unlink(missing_ok=True)
         snap = self.directory / SNAPSHOT_FILE
         if snap.exists():
-            data = snap.read_bytes()
-            records, end = _unframe(data)
-            if len(records) != 1 or end != len(data) or not isinstance(records[0], dict):
+            try:
+                state = read_record(snap)
+            except ValueError:
+                state = None
+            if not isinstance(state, dict):
                 raise RuntimeError(f"committed offsets snapshot {snap} is corrupt; move it away to start empty")
-            for group, entries in records[0].items():
+            for group, entries in state.items():
                 self._apply(["c", group, entries])
         path = self.directory / LOG_FILE
+        created = not path.exists()
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if created:  # the first commit's fsync covers the file, not its name in the directory
+            fsync_dir(self.directory)
+            fsync_dir(self.directory.parent)
         data = b""
         while chunk := os.read(fd, 1 << 20):
             data += chunk
-        records, end = _unframe(data)
+        records, end = unframe(data)
         for record in records:
             self._apply(record)
         if end < len(data):
@@ -263,7 +245,7 @@ class OffsetStore:
                     n = os.pwrite(fd, view, pos)
                     view = view[n:]
                     pos += n
-                _sync(fd)
+                sync_data(fd)
             except OSError:
                 os.ftruncate(fd, start)
                 raise
@@ -277,21 +259,10 @@ class OffsetStore:
             group: [[tp.topic, tp.partition, om.offset, om.metadata] for tp, om in offsets.items()]
             for group, offsets in self._groups.items()
         }
-        snap = self.directory / SNAPSHOT_FILE
-        tmp = snap.with_name(SNAPSHOT_FILE + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(_frame(msgpack.packb(state)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, snap)
-        dfd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_record(self.directory / SNAPSHOT_FILE, state)
         assert self._fd is not None
         os.ftruncate(self._fd, 0)
-        _sync(self._fd)
+        sync_data(self._fd)
         self._size = 0
         self.compactions += 1
         log.debug("compacted committed offsets in %s: %d groups", self.directory, len(state))

@@ -193,18 +193,6 @@ class Segment:
             self._max_timestamp = times[-1][0] if times else NO_TIMESTAMP
         return True
 
-    def _index_prefix(self) -> list[tuple[int, int]]:
-        """The entries of the .index file up to the first one out of order (may be none)."""
-        try:
-            raw = self.index_path.read_bytes()
-        except FileNotFoundError:
-            return []
-        entries = list(INDEX_ENTRY.iter_unpack(raw[: len(raw) - len(raw) % INDEX_ENTRY.size]))
-        for i in range(1, len(entries)):
-            if entries[i - 1][0] >= entries[i][0] or entries[i - 1][1] >= entries[i][1]:
-                return entries[:i]
-        return entries
-
     def _entry_fits(self, rel: int, pos: int) -> bool:
         """Does an index entry point at a whole frame with the base offset it claims?"""
         if pos + HEADER_SIZE > self.size:
@@ -432,23 +420,19 @@ class Segment:
 
     # -- recovery ------------------------------------------------------------------
 
-    def recover(self) -> list[Located]:
-        """Open the active segment after a crash; return every whole frame it keeps.
+    def recover(self, check_from: int = 0) -> list[Located]:
+        """Open a segment after a crash; return every whole frame it keeps.
 
-        Frames from the last index entry that points at a valid frame onward (or
-        from the start when there is none) are checked for length and CRC; earlier
-        ones only for a sane header. The file is cut at the first bad or partial
-        frame, with a WARNING. Index entries are rebuilt from the frames found.
+        Every frame gets a header check (magic, lengths, contiguous offsets); frames
+        holding offsets at or above ``check_from`` (the log's recovery point: not known
+        to be fsynced) also get their CRC checked. The file is cut at the first bad or
+        partial frame, with a WARNING. Indexes are rebuilt from the frames found. The
+        segment stays open (read-write); ``next_offset`` is one past its last frame.
         """
         fd = os.open(self.log_path, os.O_RDWR)
         self.fd = fd
         file_size = os.fstat(fd).st_size
         self.size = file_size
-        crc_from = 0
-        for rel, pos in reversed(self._index_prefix()):
-            if self._entry_fits(rel, pos) and self._crc_ok(pos, read_header(self.read(pos, HEADER_SIZE))):
-                crc_from = pos
-                break
         self._reset_index()
         self._max_timestamp = NO_TIMESTAMP
         frames: list[Located] = []
@@ -461,7 +445,7 @@ class Segment:
                 or h.record_count < 1
                 or h.length < HEADER_SIZE + 1 - LENGTH_END
                 or h.base_offset != expected
-                or (pos >= crc_from and not self._crc_ok(pos, h))
+                or (h.next_offset > check_from and not self._crc_ok(pos, h))
             ):
                 break
             frames.append(found)
@@ -476,11 +460,27 @@ class Segment:
                 expected,
                 file_size - good,
             )
-            os.ftruncate(fd, good)
-            self.size = good
+            self.truncate(good)
         self.next_offset = expected
         self.rewrite_indexes()
         return frames
+
+    def truncate_to_offset(self, offset: int) -> int:
+        """Cut the open segment before the batch that holds ``offset``; return the new next offset.
+
+        Nothing happens when ``offset`` is at or past the segment's end.
+        """
+        found = self.locate(offset, self.size)
+        if found is None:
+            return self.next_offset
+        self.truncate(found.position)
+        self.next_offset = found.header.base_offset
+        self._reset_index()
+        self._max_timestamp = NO_TIMESTAMP
+        for pos, h in self.scan(0, self.size):
+            self.index_batch(h.base_offset, h.size, h.max_timestamp, pos)
+        self.rewrite_indexes()
+        return self.next_offset
 
     def _crc_ok(self, pos: int, h: FrameHeader) -> bool:
         body = self.read(pos + CRC_START, h.size - CRC_START)

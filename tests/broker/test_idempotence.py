@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from shoal.broker.storage.partition_log import CLEAN_SHUTDOWN
+from shoal.broker.storage.checkpoint import CLEAN_SHUTDOWN
 from shoal.client.errors import DuplicateSequence, OutOfOrderSequence
-from shoal.client.records import encode_batch
+from shoal.client.records import encode_batch, now_ms as current_ms
 
 
 def batch(pid: int, seq: int, n: int = 2) -> bytes:
@@ -108,12 +108,40 @@ async def test_producer_state_survives_a_restart(open_log, tmp_path, clean):
         await again.append(batch(11, 7))
 
 
-async def test_producers_idle_for_a_whole_segment_are_forgotten(open_log):
-    """On roll, producers whose last batch is older than the sealed segment are dropped."""
-    plog = await open_log(segment_bytes=300)
-    await plog.append(batch(1, 0))
+async def test_producers_outlive_segment_rolls_and_expire_by_time(open_log):
+    """A producer idle while many segments roll is still known; it goes only after producer_expiry_ms."""
+    plog = await open_log(segment_bytes=300, producer_expiry_ms=60_000)
+    first = await plog.append(batch(1, 0))
     for seq in range(0, 20, 2):
         await plog.append(batch(2, seq))
     assert plog.segment_count > 2
-    assert plog.producer_count == 1
+    assert plog.producer_count == 2
+    assert await plog.append(batch(1, 0)) == (first.base_offset, first.last_offset, True)
+    assert plog.expire_producers(current_ms() + 59_000) == 0
+    assert plog.expire_producers(current_ms() + 60_000) == 2
     assert (await plog.append(batch(1, 0))).duplicate is False  # unknown again: any sequence
+
+
+@pytest.mark.parametrize("snapshot", ["kept", "torn", "missing"])
+async def test_a_crash_after_rolls_keeps_producers_of_sealed_segments(open_log, tmp_path, snapshot):
+    """After an unclean stop the producer table is the roll's snapshot plus the active segment
+    replayed; a torn or missing snapshot falls back to replaying the sealed segments too."""
+    plog = await open_log(segment_bytes=300)
+    first = await plog.append(batch(1, 0))  # only in segment 0
+    while plog.segment_count < 3:
+        await plog.append(batch(2, plog.stats.appends * 2 - 2))
+    await plog.stop()
+    d = tmp_path / "t-0"
+    (d / CLEAN_SHUTDOWN).unlink()
+    snapshots = sorted(d.glob("*.snapshot"))
+    assert [int(p.stem) for p in snapshots] == [s.base_offset for s in plog._view.segments[1:]]
+    if snapshot == "torn":
+        for p in snapshots:
+            p.write_bytes(p.read_bytes()[:-3])
+    elif snapshot == "missing":
+        for p in snapshots:
+            p.unlink()
+    again = await open_log(segment_bytes=300)
+    assert await again.append(batch(1, 0)) == (first.base_offset, first.last_offset, True)
+    assert again.high_watermark == plog.high_watermark
+    assert (await again.append(batch(1, 2))).base_offset == plog.high_watermark

@@ -124,7 +124,7 @@ async def test_delete_topic_removes_all_its_partitions(open_manager, tmp_path):
     await manager.get_or_create("gone-too", 0)
     assert await manager.delete_topic("gone") == 3
     assert manager.partitions() == [TopicPartition("gone-too", 0)]
-    assert sorted(os.listdir(tmp_path / "data")) == ["__offsets", "gone-too-0"]
+    assert sorted(os.listdir(tmp_path / "data")) == ["__offsets", "gone-too-0", "recovery-point-offset-checkpoint"]
 
 
 async def test_thousands_of_partitions_use_bounded_threads_and_fds(open_manager):

@@ -10,7 +10,8 @@ import msgpack
 import pytest
 
 from shoal.broker.storage import OffsetStore
-from shoal.broker.storage.offsets import LOG_FILE, SNAPSHOT_FILE, _frame
+from shoal.broker.storage.durable import frame
+from shoal.broker.storage.offsets import LOG_FILE, SNAPSHOT_FILE
 from shoal.client.structs import OffsetAndMetadata, TopicPartition
 
 
@@ -87,7 +88,7 @@ async def test_a_torn_tail_record_is_cut_and_the_old_value_kept(open_store, tmp_
     await store.stop()
     path = tmp_path / "__offsets" / LOG_FILE
     good = os.path.getsize(path)
-    whole = _frame(msgpack.packb(["c", "g", [["t", 0, 2, "new"]]]))
+    whole = frame(msgpack.packb(["c", "g", [["t", 0, 2, "new"]]]))
     with open(path, "ab") as f:
         f.write(whole[:-3])
     with caplog.at_level(logging.WARNING):

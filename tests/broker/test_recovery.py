@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shoal.broker.storage import LogConfig, PartitionLog
-from shoal.broker.storage.partition_log import CLEAN_SHUTDOWN
+from shoal.broker.storage.checkpoint import CLEAN_SHUTDOWN
 from shoal.client.records import decode_fetch, encode_batch, iter_frames
 
 ACTIVE = "00000000000000000000.log"
@@ -38,15 +38,16 @@ def read_all(plog: PartitionLog) -> list:
     return out
 
 
-async def write_log(directory: Path, bodies: list[bytes], **config) -> list:
-    """Append ``bodies``, stop, and forget the clean shutdown (as a crash after fsync would)."""
+async def write_log(directory: Path, bodies: list[bytes], *, clean: bool = False, **config) -> list:
+    """Append ``bodies``, stop, and unless ``clean`` forget the clean shutdown (as a crash after fsync would)."""
     plog = PartitionLog(directory, "t", 0, LogConfig(**config))
     await plog.start()
     for body in bodies:
         await plog.append(body)
     records = read_all(plog)
     await plog.stop()
-    (directory / CLEAN_SHUTDOWN).unlink()
+    if not clean:
+        (directory / CLEAN_SHUTDOWN).unlink()
     return records
 
 
@@ -121,7 +122,9 @@ async def test_corrupt_frame_after_the_last_index_entry_cuts_the_rest(tmp_path):
 async def test_sealed_segment_index_is_rebuilt(tmp_path, damage, caplog):
     """A sealed segment whose index is missing or does not fit the log is rebuilt on open."""
     d = tmp_path / "t-0"
-    records = await write_log(d, [batch(i) for i in range(60)], segment_bytes=3_000, index_interval_bytes=200)
+    records = await write_log(
+        d, [batch(i) for i in range(60)], clean=True, segment_bytes=3_000, index_interval_bytes=200
+    )
     index = d / "00000000000000000000.index"
     good = index.read_bytes()
     assert len(good) >= 16

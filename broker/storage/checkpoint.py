@@ -1,0 +1,85 @@
+"""What a log may trust at start-up: the clean-shutdown file and the recovery points.
+
+``<partition dir>/clean-shutdown``, written by a clean stop after the last fsync and
+removed as soon as start-up has read it (so a later crash cannot trust it): the state
+of the active segment, so its scan can be skipped. One record framed as in
+``durable``, msgpack payload::
+
+    {"base_offset": int,      # the active segment's base offset
+     "size": int,             # its .log size in bytes
+     "next_offset": int,      # one past its last record
+     "max_timestamp": int,    # its newest batch timestamp (-2**63: none)
+     "max_ts_offset": int,    # the batch carrying it
+     "producers": [...]}      # the producer table, as in a producer snapshot
+
+It is trusted only when the active segment still has that base offset and size.
+
+``<data dir>/recovery-point-offset-checkpoint`` (Kafka's file of that name): for every
+partition log of the broker, its recovery point, the offset below which everything
+was fsynced. One record framed as in ``durable``, msgpack payload::
+
+    {"version": 1, "partitions": [[topic, partition, recovery_point], ...]}
+
+Written with ``write_atomic`` by the log manager every ``checkpoint_interval_ms``
+when a point moved, after a partition is deleted, and at stop. After an unclean
+stop every segment holding offsets at or above a partition's recovery point is
+CRC-checked and cut at the first bad frame; a partition missing from the file
+(or a missing file) is checked from its first segment.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from shoal.client.structs import TopicPartition
+
+from .durable import read_record, write_record
+
+log = logging.getLogger(__name__)
+
+CLEAN_SHUTDOWN = "clean-shutdown"
+RECOVERY_POINTS = "recovery-point-offset-checkpoint"
+_VERSION = 1
+_CLEAN_KEYS = ("base_offset", "size", "next_offset", "max_timestamp", "max_ts_offset", "producers")
+
+
+def read_clean_shutdown(directory: Path) -> dict | None:
+    """The state a clean stop recorded, removed at once; None when absent or unreadable."""
+    path = directory / CLEAN_SHUTDOWN
+    try:
+        state = read_record(path)
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        log.warning("ignoring %s: %s", path, exc)
+        state = None
+    path.unlink()
+    if not isinstance(state, dict) or any(k not in state for k in _CLEAN_KEYS):
+        return None
+    return state
+
+
+def write_clean_shutdown(directory: Path, state: dict) -> None:
+    """Not fsynced: a lost or torn file only means a scan at the next start."""
+    write_record(directory / CLEAN_SHUTDOWN, state, sync=False)
+
+
+def read_recovery_points(data_dir: Path) -> dict[TopicPartition, int]:
+    """The recovery points of the last checkpoint; empty (check everything) when unreadable."""
+    path = data_dir / RECOVERY_POINTS
+    try:
+        state = read_record(path)
+        if state["version"] != _VERSION:
+            raise ValueError(f"version {state['version']}")
+        return {TopicPartition(str(t), int(p)): int(o) for t, p, o in state["partitions"]}
+    except FileNotFoundError:
+        return {}
+    except (ValueError, TypeError, KeyError) as exc:
+        log.warning("ignoring %s (every partition is checked as after a crash): %s", path, exc)
+        return {}
+
+
+def write_recovery_points(data_dir: Path, points: dict[TopicPartition, int]) -> None:
+    entries = [[tp.topic, tp.partition, offset] for tp, offset in sorted(points.items())]
+    write_record(data_dir / RECOVERY_POINTS, {"version": _VERSION, "partitions": entries})

@@ -1,0 +1,162 @@
+"""Opening a partition log at start-up: find its files, recover what a crash may have
+damaged, and rebuild the producer table.
+
+After a clean stop (``checkpoint.CLEAN_SHUTDOWN`` present and matching) the active
+segment is opened as recorded, without a scan. Otherwise recovery starts at the
+segment holding the recovery point (the offset below which everything was fsynced,
+from ``checkpoint.RECOVERY_POINTS``) and checks every later segment frame by frame,
+sealed ones included: a power cut can tear the tail of a segment sealed just before
+it. At the first bad frame the segment is cut and every later segment is deleted, so
+offsets stay contiguous. The segments checked are then fsynced, which makes the
+recovered log end the new recovery point.
+
+The producer table comes from the newest producer snapshot at or below the log end,
+with the frame headers after it replayed on top (``producer_state``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from bisect import bisect_right
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checkpoint import read_clean_shutdown
+from .config import LogConfig
+from .durable import fsync_dir, sync_data
+from .producer_state import ProducerTable, delete_snapshots, load_snapshot
+from .segment import Segment
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedLog:
+    """The segments of a log as start-up found (and repaired) them; the last one is open."""
+
+    segments: list[Segment]
+    producers: ProducerTable
+    recovery_point: int
+    new_dirs: list[Path]  # directories with entries not yet fsynced (a log created just now)
+
+
+def load_log(directory: Path, config: LogConfig, recovery_point: int, now_ms: int) -> LoadedLog:
+    """Open the log in ``directory`` (created when missing). Blocking: run it in a thread."""
+    d = directory
+    d.mkdir(parents=True, exist_ok=True)
+    sizes = _scan_files(d)
+    interval = config.index_interval_bytes
+    segments = [Segment(d, b, size=sizes[b], index_interval_bytes=interval) for b in sorted(sizes)]
+    if not segments:
+        active = Segment(d, 0, index_interval_bytes=interval)
+        active.create()
+        delete_snapshots(d)
+        return LoadedLog([active], ProducerTable(), 0, [d, d.parent])
+    clean = read_clean_shutdown(d)
+    active = segments[-1]
+    if (
+        clean is not None
+        and clean["base_offset"] == active.base_offset
+        and active.resume(
+            size=clean["size"],
+            next_offset=clean["next_offset"],
+            max_timestamp=clean["max_timestamp"],
+            max_ts_offset=clean["max_ts_offset"],
+        )
+    ):
+        try:
+            producers = ProducerTable.from_list(clean["producers"])
+        except (ValueError, TypeError) as exc:
+            log.warning("the producer table of %s is unreadable (%s): replaying the log", d, exc)
+            producers = rebuild_producers(segments, now_ms)
+        producers.expire(now_ms, config.producer_expiry_ms)
+        return LoadedLog(segments, producers, active.next_offset, [])
+    segments = _recover(segments, recovery_point)
+    producers = rebuild_producers(segments, now_ms)
+    producers.expire(now_ms, config.producer_expiry_ms)
+    return LoadedLog(segments, producers, segments[-1].next_offset, [])
+
+
+def _scan_files(d: Path) -> dict[int, int]:
+    """Base offset -> size of every segment .log; removes leftovers of interrupted work."""
+    sizes: dict[int, int] = {}
+    indexes = []
+    for entry in os.scandir(d):
+        stem, _, ext = entry.name.partition(".")
+        if ext.endswith(("deleted", "tmp")):
+            os.unlink(entry.path)  # left by a crash in the middle of a delete or a rewrite
+        elif len(stem) != 20 or not stem.isdigit():
+            continue
+        elif ext == "log":
+            sizes[int(stem)] = entry.stat().st_size
+        elif ext in ("index", "timeindex"):
+            indexes.append((int(stem), entry.path))
+    for base, path in indexes:
+        if base not in sizes:
+            os.unlink(path)
+    return sizes
+
+
+def _recover(segments: list[Segment], recovery_point: int) -> list[Segment]:
+    """Check the segments from the one holding ``recovery_point`` on; return those kept.
+
+    The last one kept is left open (the active segment); the others are closed.
+    """
+    bases = [s.base_offset for s in segments]
+    first = max(0, bisect_right(bases, recovery_point) - 1)
+    for i in range(first, len(segments)):
+        seg = segments[i]
+        file_size = os.path.getsize(seg.log_path)
+        seg.recover(check_from=recovery_point)
+        last = i == len(segments) - 1
+        if not last and (seg.size < file_size or seg.next_offset != segments[i + 1].base_offset):
+            doomed = segments[i + 1 :]
+            log.warning(
+                "recovery cut %s at offset %d: deleting the %d later segments (offsets %d and up)",
+                seg.directory,
+                seg.next_offset,
+                len(doomed),
+                doomed[0].base_offset,
+            )
+            for later in doomed:
+                later.delete_files()
+            segments = segments[: i + 1]
+            last = True
+        if last:
+            break
+        seg.seal()
+        _sync_and_close(seg)
+    active = segments[-1]
+    sync_data(active.fd)
+    delete_snapshots(active.directory, above=active.next_offset)
+    fsync_dir(active.directory)
+    return segments
+
+
+def _sync_and_close(seg: Segment) -> None:
+    sync_data(seg.fd)
+    seg.close()
+
+
+def rebuild_producers(segments: list[Segment], now_ms: int) -> ProducerTable:
+    """The producer table: the newest snapshot at or below the log end, the log replayed on top."""
+    d = segments[0].directory
+    end = segments[-1].next_offset
+    found = load_snapshot(d, end)
+    start, producers = found if found is not None else (segments[0].base_offset, ProducerTable())
+    if found is None and len(segments) > 1:
+        log.info("no producer snapshot in %s: replaying every segment", d)
+    for i, seg in enumerate(segments):
+        if i + 1 < len(segments) and segments[i + 1].base_offset <= start:
+            continue  # every frame of it is below the snapshot
+        was_open = seg.is_open
+        if not was_open:
+            seg.open_sealed()
+        try:
+            producers.replay((h for _, h in seg.scan(0, seg.size) if h.base_offset >= start), now_ms)
+        finally:
+            if not was_open:
+                seg.close()
+    delete_snapshots(d, below=segments[0].base_offset)
+    return producers
