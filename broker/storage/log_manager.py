@@ -75,7 +75,7 @@ class LogManager:
         config_for: Callable[[str], LogConfig],
         *,
         retention_check_ms: int = 60_000,
-        checkpoint_interval_ms: int = 10_000,
+        checkpoint_interval_ms: int = 1_000,
         open_sealed_segments: int = 256,
     ):
         self.data_dir = Path(data_dir)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 
 import pytest
 
 from shoal.broker.storage import LogConfig, LogManager
+from shoal.broker.storage.checkpoint import CLEAN_SHUTDOWN, read_recovery_points
 from shoal.client.errors import InvalidRequest
 from shoal.client.records import encode_batch
 from shoal.client.structs import TopicPartition
@@ -141,3 +143,61 @@ async def test_thousands_of_partitions_use_bounded_threads_and_fds(open_manager)
     assert len(os.listdir("/proc/self/fd")) - fds_before <= n + 20
     await manager.stop()
     assert len(os.listdir("/proc/self/fd")) <= fds_before + 5
+
+
+@pytest.mark.parametrize("length", [236, 249])
+async def test_a_topic_with_a_long_name_is_deleted_for_good(open_manager, tmp_path, length):
+    """The tombstone of a deleted partition is short, so any valid topic name can be deleted,
+    and it stays deleted after a restart."""
+    manager = await open_manager()
+    topic = "t" * length
+    await (await manager.get_or_create(topic, 12)).append(batch())
+    assert await manager.delete_topic(topic) == 1
+    assert not (tmp_path / "data" / f"{topic}-12").exists()
+    await manager.stop()
+    again = await open_manager()
+    assert again.partitions() == []
+
+
+async def test_recovery_points_are_checkpointed_and_used_after_a_crash(open_manager, tmp_path):
+    """The checkpoint holds every log's fsynced offset; start-up hands it to the log."""
+    manager = await open_manager(lambda t: LogConfig(flush="always"), checkpoint_interval_ms=10)
+    plog = await manager.get_or_create("t", 0)
+    for _ in range(5):
+        await plog.append(batch())
+    assert plog.recovery_point == 5
+    async with asyncio.timeout(5):
+        while read_recovery_points(tmp_path / "data") != {TopicPartition("t", 0): 5}:
+            await asyncio.sleep(0.01)
+    await plog.append(batch())
+    await manager.stop()
+    assert read_recovery_points(tmp_path / "data") == {TopicPartition("t", 0): 6}
+    again = await open_manager()
+    assert again.get("t", 0).recovery_point == 6
+
+
+async def test_committed_offsets_above_a_truncated_log_are_clamped(open_manager, tmp_path, caplog):
+    """A committed offset left above the high watermark by a lost tail is clamped to it, with a WARNING."""
+    manager = await open_manager()
+    plog = await manager.get_or_create("t", 0)
+    for _ in range(10):
+        await plog.append(batch())
+    await manager.offsets.commit("g", [("t", 0, 10, "meta"), ("other", 0, 3, "")])
+    await manager.offsets.commit("h", [("t", 0, 4, "")])
+    await manager.stop()
+    d = tmp_path / "data" / "t-0"
+    (d / CLEAN_SHUTDOWN).unlink()
+    log_file = d / "00000000000000000000.log"
+    data = log_file.read_bytes()
+    log_file.write_bytes(data[: len(data) * 6 // 10 + 3])  # a power cut took the tail
+    with caplog.at_level(logging.WARNING):
+        again = await open_manager()
+    hw = again.get("t", 0).high_watermark
+    assert 4 < hw < 10
+    assert again.offsets.get("g", "t", 0) == (hw, "meta")
+    assert again.offsets.get("g", "other", 0).offset == 3  # no log here: left alone
+    assert again.offsets.get("h", "t", 0).offset == 4
+    assert f"group g had committed offset 10 of t/0, above its high watermark {hw}" in caplog.text
+    await again.stop()
+    third = await open_manager()
+    assert third.offsets.get("g", "t", 0).offset == hw  # the clamp was committed
