@@ -303,7 +303,8 @@ class PartitionLog:
         old.seal()
         new = Segment(self.directory, old.next_offset, index_interval_bytes=self._config.index_interval_bytes)
         new.create()
-        sealed = [old.log_path, old.index_path, old.timeindex_path]
+        # under flush: always the sealed .log is fsynced already; the indexes are derived data
+        sealed = [] if self._config.flush == "always" else [old.log_path, old.index_path, old.timeindex_path]
         expired = self.producers.expire(current_ms(), self._config.producer_expiry_ms)
         try:
             sealed.append(write_snapshot(self.directory, new.base_offset, self.producers))

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from shoal.broker.storage import LogConfig, PartitionLog
 from shoal.broker.storage.checkpoint import CLEAN_SHUTDOWN
+from shoal.client.errors import OffsetOutOfRange
 from shoal.client.records import decode_fetch, encode_batch, iter_frames
 
 ACTIVE = "00000000000000000000.log"
@@ -268,3 +269,67 @@ async def test_kill_9_loses_no_acknowledged_record(tmp_path):
     assert plog.high_watermark > acked
     assert [r.offset for r in got] == list(range(plog.high_watermark))
     assert [r.key for r in got] == [b"%d" % i for i in range(plog.high_watermark)]
+
+
+@pytest.mark.parametrize("recovery_point", ["start", "end"])
+async def test_segments_above_the_recovery_point_are_checked(tmp_path, caplog, recovery_point):
+    """After a crash every segment above the recovery point is CRC-checked, sealed ones too: a
+    bad frame cuts its segment and deletes the later ones. Below the point (fsynced) nothing is."""
+    d = tmp_path / "t-0"
+    config = {"segment_bytes": 600}
+    records = await write_log(d, [batch(i) for i in range(20)], **config)
+    logs = sorted(d.glob("*.log"))
+    assert len(logs) >= 4
+    sizes = frame_sizes(logs[1])
+    data = bytearray(logs[1].read_bytes())
+    data[sizes[0] + 40] ^= 1  # inside the second frame of the second segment
+    logs[1].write_bytes(bytes(data))
+    point = 0 if recovery_point == "start" else len(records)
+    with caplog.at_level(logging.WARNING):
+        plog = PartitionLog(d, "t", 0, LogConfig(**config), recovery_point=point)
+        await plog.start()
+    if recovery_point == "start":
+        first_of_segment = int(logs[1].stem)
+        assert plog.high_watermark == first_of_segment + 2
+        assert read_all(plog) == records[: first_of_segment + 2]
+        assert sorted(d.glob("*.log")) == logs[:2]
+        assert "deleting the" in caplog.text
+    else:  # trusted as fsynced: start-up does not read it (a reader's CRC check still would)
+        assert plog.high_watermark == len(records) and sorted(d.glob("*.log")) == logs
+        assert "recovery cut" not in caplog.text
+    assert plog.recovery_point == plog.high_watermark  # what recovery kept is fsynced
+    assert (await plog.append(batch(99))).base_offset == plog.high_watermark - 2
+    await plog.stop()
+
+
+def idempotent(pid: int, seq: int, n: int = 2) -> bytes:
+    return encode_batch([(None, b"%d-%d" % (seq, j) + b"x" * 60, None, 1_000) for j in range(n)],
+                        producer_id=pid, base_sequence=seq)
+
+
+async def test_truncate_to_cuts_the_batch_holding_the_offset_and_everything_after(tmp_path):
+    """truncate_to(offset) ends the log at the base of the batch holding ``offset``, deletes later
+    segments and snapshots, rebuilds the producer table, and survives a crash."""
+    d = tmp_path / "t-0"
+    plog = PartitionLog(d, "t", 0, LogConfig(segment_bytes=500))
+    await plog.start()
+    for seq in range(0, 40, 2):
+        await plog.append(idempotent(7, seq))
+    assert plog.segment_count >= 4
+    before = read_all(plog)
+    with pytest.raises(OffsetOutOfRange):
+        await plog.truncate_to(-1)
+    assert await plog.truncate_to(plog.high_watermark + 5) == 40
+    end = await plog.truncate_to(13)  # inside the batch [12, 13]
+    assert end == 12 and plog.high_watermark == 12
+    assert read_all(plog) == before[:12]
+    assert max(int(p.stem) for p in d.glob("*.log")) <= 12
+    assert all(int(p.stem) <= 12 for p in d.glob("*.snapshot"))
+    assert (await plog.append(idempotent(7, 10))).duplicate  # still kept: below the cut
+    assert (await plog.append(idempotent(7, 12))) == (12, 13, False)  # truncated: written again
+    await plog.stop()
+    (d / CLEAN_SHUTDOWN).unlink()
+    again, got = await reopen(d, segment_bytes=500)
+    assert [r.value for r in got] == [r.value for r in before[:14]]
+    assert (await again.append(idempotent(7, 12))).duplicate
+    await again.stop()

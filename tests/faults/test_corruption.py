@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import random
 import struct
+import time
 from pathlib import Path
 
 import pytest
 
+from shoal.broker.storage.checkpoint import read_recovery_points
 from shoal.client.records import encode_batch
+from shoal.client.structs import TopicPartition
 from tests.faults.partition_http import post_batch, read_all
 from tests.harness import http_json
 
@@ -76,8 +79,13 @@ def test_restarted_broker_serves_every_whole_record(cluster_factory, damage):
         assert status == 200, ack
         acked.update((ack["base_offset"] + j, v) for j, v in enumerate(values))
     hw = len(acked)
-    directory = Path(cluster.config["brokers"][0]["data_dir"]) / "t-0"
+    data_dir = Path(cluster.config["brokers"][0]["data_dir"])
+    directory = data_dir / "t-0"
     assert len(_logs(directory)) >= 3, "the test wants sealed segments too"
+    deadline = time.monotonic() + 10  # start-up then checks only what lies above the recovery point
+    while read_recovery_points(data_dir).get(TopicPartition("t", 0)) != hw:
+        assert time.monotonic() < deadline, "the recovery point was never checkpointed"
+        time.sleep(0.05)
     cluster.kill(1)
     expect_in_log = damage(directory)
     cluster.start(1)

@@ -1,5 +1,7 @@
 """Crash loop: brokers of a 3-broker cluster killed with SIGKILL at random moments while
-idempotent producers (flush policy ``always``) append and consumers commit offsets.
+idempotent producers (flush policy ``always``) append and consumers commit offsets. Segments
+are small (``SEGMENT_BYTES``), so the log rolls every few dozen batches and a kill often
+finds a producer whose last batch sits in a sealed segment.
 
 Afterwards every record a producer sent is stored exactly once, in its producer's
 order; every acknowledged offset holds the acknowledged record; consumers saw the
@@ -17,6 +19,7 @@ import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -28,6 +31,7 @@ pytestmark = pytest.mark.soak
 
 BATCH = "application/vnd.shoal.batch"
 TOPIC, PARTITIONS, WRITERS, GROUP = "cl", 6, 2, "crash-loop"
+SEGMENT_BYTES = 512  # a few batches per segment
 SOAK = env_flag("SHOAL_SOAK")
 KILLS = 20 if SOAK else 6
 GAP_S = (3.0, 9.0) if SOAK else (1.0, 4.0)  # running time between two kills
@@ -45,12 +49,14 @@ class Log:
     commits: dict[int, int] = field(default_factory=dict)  # last acknowledged commit per partition
     problems: list[str] = field(default_factory=list)
     requests_failed: int = 0
+    resent: int = 0  # acknowledged batches resent after a restart (each must be a duplicate)
 
 
 class Cluster:
     def __init__(self, cluster):
         self.cluster = cluster
         self.owners: list[int] = []
+        self.restarts = 0  # bumped after each kill and restart
 
     def url(self, partition: int) -> str:
         return self.cluster.url(self.owners[partition])
@@ -77,24 +83,40 @@ async def _retrying(http, log: Log, stop_by: list[float], method: str, url: str,
 
 
 async def produce(http, where: Cluster, log: Log, p: int, writer: int, stop: asyncio.Event, stop_by: list[float]) -> None:
-    """An idempotent producer: one batch in flight, the same batch resent until acknowledged."""
+    """An idempotent producer: one batch in flight, the same batch resent until acknowledged.
+
+    After each restart it also resends its last acknowledged batch once, as a producer that
+    missed the acknowledgement would: the broker must answer with the original offset.
+    """
     producer_id = 1000 * (p + 1) + writer
     seq = 0
     rng = random.Random(producer_id)
+    url = f"/v1/topics/{TOPIC}/partitions/{p}/records"
+    headers = {"Content-Type": BATCH}
+    last: tuple[bytes, int] | None = None  # the last acknowledged body and its base offset
+    seen_restarts = 0
     while not stop.is_set():
+        if last is not None and seen_restarts != where.restarts:
+            seen_restarts = where.restarts
+            resp, answer = await _retrying(http, log, stop_by, "POST", where.url(p) + url, data=last[0], headers=headers)
+            if resp is None:
+                return
+            ack = json.loads(answer)
+            log.resent += 1
+            if (ack["base_offset"], ack["duplicate"]) != (last[1], True):
+                log.problems.append(f"partition {p} producer {producer_id}: resent batch answered {ack}, "
+                                    f"expected the duplicate at {last[1]}")
         values = [f"{p}:{writer}:{seq + i}".encode() for i in range(rng.randint(1, 4))]
         body = encode_batch([(None, v, None, None) for v in values], producer_id=producer_id, base_sequence=seq)
         log.sent[p].extend(values)
-        resp, answer = await _retrying(
-            http, log, stop_by, "POST", f"{where.url(p)}/v1/topics/{TOPIC}/partitions/{p}/records",
-            data=body, headers={"Content-Type": BATCH},
-        )
+        resp, answer = await _retrying(http, log, stop_by, "POST", where.url(p) + url, data=body, headers=headers)
         if resp is None:
             return
         base = json.loads(answer)["base_offset"]
         for i, v in enumerate(values):
             log.acked[p][base + i] = v
         seq += len(values)
+        last = (body, base)
 
 
 async def consume(http, where: Cluster, log: Log, p: int, done: asyncio.Event, stop_by: list[float]) -> None:
@@ -165,7 +187,9 @@ async def test_every_acknowledged_record_survives_a_crash_loop(cluster_factory):
     """Producers and committing consumers keep going while brokers are killed with SIGKILL and restarted."""
     seed = int(os.environ.get("SHOAL_SEED") or random.randrange(1 << 30))
     rng = random.Random(seed)
-    cluster = cluster_factory(3, {TOPIC: {"partitions": PARTITIONS, "flush": "always"}})
+    cluster = cluster_factory(
+        3, {TOPIC: {"partitions": PARTITIONS, "flush": "always", "segment_bytes": SEGMENT_BYTES}}
+    )
     where = Cluster(cluster)
     where.owners = [cluster.owner(TOPIC, p) for p in range(PARTITIONS)]
     assert len(set(where.owners)) > 1, "the partitions should spread over the brokers"
@@ -185,6 +209,7 @@ async def test_every_acknowledged_record_survives_a_crash_loop(cluster_factory):
                 kills[victim] += 1
                 await asyncio.sleep(rng.uniform(0, 0.3))
                 await asyncio.to_thread(cluster.start, victim)  # raises if it does not come back
+                where.restarts += 1
             stop_by[0] = time.monotonic() + GIVE_UP_S
             await asyncio.sleep(0.5)
             stop.set()
@@ -219,5 +244,9 @@ async def test_every_acknowledged_record_survives_a_crash_loop(cluster_factory):
                 assert (await resp.json())["offset"] == log.commits[p] == hw, context
             verified += len(stored)
     assert sum(kills.values()) == KILLS
-    print(f"\ncrash loop: {KILLS} kills survived ({dict(kills)}), {verified} records verified, "
+    segments = sum(len(list(Path(b["data_dir"]).glob(f"{TOPIC}-*/*.log"))) for b in cluster.config["brokers"])
+    assert segments > 4 * PARTITIONS, "the logs should have rolled many times"
+    assert log.resent >= KILLS
+    print(f"\ncrash loop: {KILLS} kills survived ({dict(kills)}), {verified} records verified in {segments} segments, "
+          f"{log.resent} acknowledged batches resent after restarts and recognised, "
           f"{sum(len(a) for a in log.acked.values())} acknowledged, {log.requests_failed} requests retried, seed {seed}")
