@@ -1,10 +1,11 @@
 """Crash loop: brokers of a 3-broker cluster killed with SIGKILL at random moments while
 idempotent producers (flush policy ``always``) append and consumers commit offsets. Segments
-are small (``SEGMENT_BYTES``), so the log rolls every few dozen batches and a kill often
-finds a producer whose last batch sits in a sealed segment.
+are tiny (``SEGMENT_BYTES``: two or three batches), so the log rolls all the time and a
+kill usually finds a producer whose last batches sit in sealed segments; after each kill
+the victim's producers resend the batch they had acknowledged before it.
 
 Afterwards every record a producer sent is stored exactly once, in its producer's
-order; every acknowledged offset holds the acknowledged record; consumers saw the
+order; every resent batch was answered as a duplicate at its original offset; every acknowledged offset holds the acknowledged record; consumers saw the
 same record at every offset each time they read it; committed offsets never went
 backwards; and every broker restarted. ``SHOAL_SOAK=1`` runs 20 kills in about two
 minutes; the default run is 6 kills in about half a minute. ``SHOAL_SEED`` replays a run.
