@@ -215,8 +215,10 @@ class GroupWriter:
         iov: list = []
         try:
             group, nbytes, next_offset, active = self._take_group(plog.active_segment, layer, iov)
-        except OSError as exc:
-            self._refuse([self._queue.popleft()] if self._queue else [], exc, "roll to a new segment")
+        except OSError as exc:  # the roll failed: refuse the append that needed it, retry with the next
+            head = self._queue.popleft()
+            self.queued_bytes -= head.size
+            self._refuse([head], exc, "open a new segment for")
             return
         if not group:
             return
@@ -296,7 +298,7 @@ class GroupWriter:
         """Fail a group whose write (or roll) failed; nothing of it was written."""
         err = self._write_error(exc, what)
         self._log.stats.write_errors += 1
-        self.error = f"{err.code}: {err}"
+        self.error = str(err)
         for p in group:
             if not p.future.done():
                 p.future.set_exception(err)

@@ -81,3 +81,60 @@ def test_a_full_disk_leaves_nothing_half_written(tmp_path):
     assert out["committed_after"] == 3
     assert out["records"] == [0, 1, 2]
     assert "nothing written" in proc.stderr  # the WARNING of the failed append
+
+
+ROLL_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, json, os, resource, sys
+    from pathlib import Path
+    from shoal.broker.storage import LogConfig, PartitionLog
+    from shoal.client.errors import StorageFull
+    from shoal.client.records import encode_batch
+
+    out = {}
+
+    def lowest_free_fd():
+        fd = os.dup(0)
+        os.close(fd)
+        return fd
+
+    async def main():
+        plog = PartitionLog(Path(sys.argv[1]) / "t-0", "t", 0, LogConfig(flush="never", segment_bytes=1))
+        await plog.start()
+        body = encode_batch([(None, b"x" * 100, None, 1)])
+        await plog.append(body)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free_fd(), hard))
+        try:
+            await plog.append(body)  # must roll: no descriptor for the new segment
+            out["append"] = "written"
+        except StorageFull as exc:
+            out["append"] = exc.code
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        out["error"] = plog.error
+        out["queued_bytes"] = plog.queued_bytes
+        out["segments"] = plog.segment_count
+        out["after"] = (await plog.append(body)).base_offset
+        out["error_after"] = plog.error
+        out["segments_after"] = plog.segment_count
+        await plog.stop()
+
+    asyncio.run(main())
+    print(json.dumps(out))
+    """
+)
+
+
+def test_a_roll_without_a_file_descriptor_is_storage_full_and_retried(tmp_path):
+    """EMFILE creating the new segment refuses that append with STORAGE_FULL; the writer lives on
+    and the next append rolls."""
+    proc = subprocess.run(
+        [sys.executable, "-c", ROLL_SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["append"] == "STORAGE_FULL"
+    assert out["error"].startswith("[STORAGE_FULL] cannot open a new segment for t/0: Too many open files")
+    assert (out["queued_bytes"], out["segments"]) == (0, 1)
+    assert (out["after"], out["error_after"], out["segments_after"]) == (1, None, 2)
