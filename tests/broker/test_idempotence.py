@@ -134,7 +134,7 @@ async def test_a_crash_after_rolls_keeps_producers_of_sealed_segments(open_log, 
     d = tmp_path / "t-0"
     (d / CLEAN_SHUTDOWN).unlink()
     snapshots = sorted(d.glob("*.snapshot"))
-    assert [int(p.stem) for p in snapshots] == [s.base_offset for s in plog._view.segments[1:]]
+    assert [p.stem for p in snapshots] == [p.stem for p in sorted(d.glob("*.log"))[1:]]  # one per roll
     if snapshot == "torn":
         for p in snapshots:
             p.write_bytes(p.read_bytes()[:-3])
