@@ -34,19 +34,19 @@ class Flusher:
     Args:
         active: returns the current active segment.
         recovery_point: the offset below which everything is already on disk.
-        unsynced_dirs: directories with entries not yet fsynced (a log created just now).
+        unsynced: files and directories not yet fsynced (a log created or recovered just now).
         stats: the log's ``LogStats``; each sync counts in its ``fsyncs``.
     """
 
     def __init__(
-        self, name: str, active: Callable[[], Segment], recovery_point: int, unsynced_dirs: list[Path], stats
+        self, name: str, active: Callable[[], Segment], recovery_point: int, unsynced: list[Path], stats
     ):
         self._name = name
         self._active = active
         self.recovery_point = recovery_point
         self._stats = stats
         self._dirty = False
-        self._unsynced_dirs = list(unsynced_dirs)
+        self._unsynced_dirs = list(unsynced)
         self._unsynced_files: list[Path] = []
         self._lock = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None

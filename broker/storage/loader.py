@@ -7,8 +7,9 @@ segment holding the recovery point (the offset below which everything was fsynce
 from ``checkpoint.RECOVERY_POINTS``) and checks every later segment frame by frame,
 sealed ones included: a power cut can tear the tail of a segment sealed just before
 it. At the first bad frame the segment is cut and every later segment is deleted, so
-offsets stay contiguous. The segments checked are then fsynced, which makes the
-recovered log end the new recovery point.
+offsets stay contiguous. Nothing is fsynced here (after a kill -9 that could mean
+writing back seconds of dirty pages before serving): the files checked are handed to
+the log's flusher, whose next sync moves the recovery point past them.
 
 The producer table comes from the newest producer snapshot at or below the log end,
 with the frame headers after it replayed on top (``producer_state``).
@@ -24,7 +25,6 @@ from pathlib import Path
 
 from .checkpoint import read_clean_shutdown
 from .config import LogConfig
-from .durable import fsync_dir, sync_data
 from .producer_state import ProducerTable, delete_snapshots, load_snapshot
 from .segment import Segment
 
@@ -38,7 +38,7 @@ class LoadedLog:
     segments: list[Segment]
     producers: ProducerTable
     recovery_point: int
-    new_dirs: list[Path]  # directories with entries not yet fsynced (a log created just now)
+    unsynced: list[Path]  # files and directories to fsync before the recovery point may move
 
 
 def load_log(directory: Path, config: LogConfig, recovery_point: int, now_ms: int) -> LoadedLog:
@@ -72,10 +72,10 @@ def load_log(directory: Path, config: LogConfig, recovery_point: int, now_ms: in
             producers = rebuild_producers(segments, now_ms)
         producers.expire(now_ms, config.producer_expiry_ms)
         return LoadedLog(segments, producers, active.next_offset, [])
-    segments = _recover(segments, recovery_point)
+    segments, checked = _recover(segments, recovery_point)
     producers = rebuild_producers(segments, now_ms)
     producers.expire(now_ms, config.producer_expiry_ms)
-    return LoadedLog(segments, producers, segments[-1].next_offset, [])
+    return LoadedLog(segments, producers, min(recovery_point, segments[-1].next_offset), [*checked, d])
 
 
 def _scan_files(d: Path) -> dict[int, int]:
@@ -98,13 +98,15 @@ def _scan_files(d: Path) -> dict[int, int]:
     return sizes
 
 
-def _recover(segments: list[Segment], recovery_point: int) -> list[Segment]:
-    """Check the segments from the one holding ``recovery_point`` on; return those kept.
+def _recover(segments: list[Segment], recovery_point: int) -> tuple[list[Segment], list[Path]]:
+    """Check the segments from the one holding ``recovery_point`` on.
 
-    The last one kept is left open (the active segment); the others are closed.
+    Returns the segments kept, the last one left open (the active segment), and the
+    .log files of the sealed ones checked.
     """
     bases = [s.base_offset for s in segments]
     first = max(0, bisect_right(bases, recovery_point) - 1)
+    checked = []
     for i in range(first, len(segments)):
         seg = segments[i]
         file_size = os.path.getsize(seg.log_path)
@@ -126,17 +128,11 @@ def _recover(segments: list[Segment], recovery_point: int) -> list[Segment]:
         if last:
             break
         seg.seal()
-        _sync_and_close(seg)
+        seg.close()
+        checked.append(seg.log_path)
     active = segments[-1]
-    sync_data(active.fd)
     delete_snapshots(active.directory, above=active.next_offset)
-    fsync_dir(active.directory)
-    return segments
-
-
-def _sync_and_close(seg: Segment) -> None:
-    sync_data(seg.fd)
-    seg.close()
+    return segments, checked
 
 
 def rebuild_producers(segments: list[Segment], now_ms: int) -> ProducerTable:

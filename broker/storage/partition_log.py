@@ -178,6 +178,8 @@ class PartitionLog:
                 raise
         self._state = "running"
         self._writer.start()
+        if self.flusher.recovery_point < self._hw:  # recovery checked data not known to be on disk
+            self.flusher.written()
 
     def load(self) -> None:
         """Find the segments on disk and open (or recover) them (``loader.load_log``).
@@ -189,7 +191,7 @@ class PartitionLog:
         segments = loaded.segments
         self.producers = loaded.producers
         self.flusher = Flusher(
-            self.name, lambda: self.active_segment, loaded.recovery_point, loaded.new_dirs, self.stats
+            self.name, lambda: self.active_segment, loaded.recovery_point, loaded.unsynced, self.stats
         )
         self.flusher.configure(self._config.flush, self._config.flush_interval_ms)
         self._set_view(segments)
