@@ -18,19 +18,25 @@ It is trusted only when the active segment still has that base offset and size.
 partition log of the broker, its recovery point, the offset below which everything
 was fsynced. One record framed as in ``durable``, msgpack payload::
 
-    {"version": 1, "partitions": [[topic, partition, recovery_point], ...]}
+    {"version": 1,
+     "boot_id": str,          # the kernel's boot id when written ("" when unknown)
+     "partitions": [[topic, partition, recovery_point], ...]}
 
 Written with ``write_atomic`` by the log manager every ``checkpoint_interval_ms``
 when a point moved, after a partition is deleted, and at stop. After an unclean
 stop every segment holding offsets at or above a partition's recovery point is
 CRC-checked and cut at the first bad frame; a partition missing from the file
-(or a missing file) is checked from its first segment.
+(or a missing file) is checked from its first segment. When the file's boot id is the
+running kernel's, the machine did not go down since: the crash was the process's
+alone, the page cache kept every completed write, and only the active segment's tail
+is checked.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 from shoal.client.structs import TopicPartition
 
@@ -41,6 +47,22 @@ log = logging.getLogger(__name__)
 CLEAN_SHUTDOWN = "clean-shutdown"
 RECOVERY_POINTS = "recovery-point-offset-checkpoint"
 _VERSION = 1
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+class RecoveryPoints(NamedTuple):
+    """A checkpoint as read: the points, and whether it was written since the last boot."""
+
+    points: dict[TopicPartition, int]
+    same_boot: bool
+
+
+def boot_id() -> str:
+    """The running kernel's boot id; "" where there is none (then no boot counts as the same)."""
+    try:
+        return _BOOT_ID.read_text().strip()
+    except OSError:
+        return ""
 _CLEAN_KEYS = ("base_offset", "size", "next_offset", "max_timestamp", "max_ts_offset", "producers")
 
 
@@ -65,21 +87,23 @@ def write_clean_shutdown(directory: Path, state: dict) -> None:
     write_record(directory / CLEAN_SHUTDOWN, state, sync=False)
 
 
-def read_recovery_points(data_dir: Path) -> dict[TopicPartition, int]:
-    """The recovery points of the last checkpoint; empty (check everything) when unreadable."""
+def read_recovery_points(data_dir: Path) -> RecoveryPoints:
+    """The recovery points of the last checkpoint; none (check everything) when unreadable."""
     path = data_dir / RECOVERY_POINTS
     try:
         state = read_record(path)
         if state["version"] != _VERSION:
             raise ValueError(f"version {state['version']}")
-        return {TopicPartition(str(t), int(p)): int(o) for t, p, o in state["partitions"]}
+        points = {TopicPartition(str(t), int(p)): int(o) for t, p, o in state["partitions"]}
+        booted = boot_id()
+        return RecoveryPoints(points, bool(booted) and state["boot_id"] == booted)
     except FileNotFoundError:
-        return {}
+        return RecoveryPoints({}, False)
     except (ValueError, TypeError, KeyError) as exc:
-        log.warning("ignoring %s (every partition is checked as after a crash): %s", path, exc)
-        return {}
+        log.warning("ignoring %s (every partition is checked as after a power cut): %s", path, exc)
+        return RecoveryPoints({}, False)
 
 
 def write_recovery_points(data_dir: Path, points: dict[TopicPartition, int]) -> None:
     entries = [[tp.topic, tp.partition, offset] for tp, offset in sorted(points.items())]
-    write_record(data_dir / RECOVERY_POINTS, {"version": _VERSION, "partitions": entries})
+    write_record(data_dir / RECOVERY_POINTS, {"version": _VERSION, "boot_id": boot_id(), "partitions": entries})

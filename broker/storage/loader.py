@@ -2,8 +2,11 @@
 damaged, and rebuild the producer table.
 
 After a clean stop (``checkpoint.CLEAN_SHUTDOWN`` present and matching) the active
-segment is opened as recorded, without a scan. Otherwise recovery starts at the
-segment holding the recovery point (the offset below which everything was fsynced,
+segment is opened as recorded, without a scan. After a process crash on a machine
+that kept running (the checkpoint was written since the last boot), the page cache
+kept every completed write: only the tail of the active segment can be torn, and only
+that is checked. Otherwise (the machine went down, or no checkpoint) recovery starts at
+the segment holding the recovery point (the offset below which everything was fsynced,
 from ``checkpoint.RECOVERY_POINTS``) and checks every later segment frame by frame,
 sealed ones included: a power cut can tear the tail of a segment sealed just before
 it. At the first bad frame the segment is cut and every later segment is deleted, so
@@ -41,8 +44,11 @@ class LoadedLog:
     unsynced: list[Path]  # files and directories to fsync before the recovery point may move
 
 
-def load_log(directory: Path, config: LogConfig, recovery_point: int, now_ms: int) -> LoadedLog:
-    """Open the log in ``directory`` (created when missing). Blocking: run it in a thread."""
+def load_log(directory: Path, config: LogConfig, recovery_point: int, now_ms: int, *, same_boot: bool) -> LoadedLog:
+    """Open the log in ``directory`` (created when missing). Blocking: run it in a thread.
+
+    ``same_boot``: the machine has not restarted since ``recovery_point`` was recorded.
+    """
     d = directory
     d.mkdir(parents=True, exist_ok=True)
     sizes = _scan_files(d)
@@ -72,7 +78,7 @@ def load_log(directory: Path, config: LogConfig, recovery_point: int, now_ms: in
             producers = rebuild_producers(segments, now_ms)
         producers.expire(now_ms, config.producer_expiry_ms)
         return LoadedLog(segments, producers, active.next_offset, [])
-    segments, checked = _recover(segments, recovery_point)
+    segments, checked = _recover(segments, recovery_point, same_boot)
     producers = rebuild_producers(segments, now_ms)
     producers.expire(now_ms, config.producer_expiry_ms)
     return LoadedLog(segments, producers, min(recovery_point, segments[-1].next_offset), [*checked, d])
@@ -98,19 +104,23 @@ def _scan_files(d: Path) -> dict[int, int]:
     return sizes
 
 
-def _recover(segments: list[Segment], recovery_point: int) -> tuple[list[Segment], list[Path]]:
-    """Check the segments from the one holding ``recovery_point`` on.
+def _recover(segments: list[Segment], recovery_point: int, same_boot: bool) -> tuple[list[Segment], list[Path]]:
+    """Check the segments from the one holding ``recovery_point`` on (only the active one on
+    the same boot).
 
     Returns the segments kept, the last one left open (the active segment), and the
     .log files of the sealed ones checked.
     """
     bases = [s.base_offset for s in segments]
-    first = max(0, bisect_right(bases, recovery_point) - 1)
+    if same_boot:
+        first, check_from = len(segments) - 1, None
+    else:
+        first, check_from = max(0, bisect_right(bases, recovery_point) - 1), recovery_point
     checked = []
     for i in range(first, len(segments)):
         seg = segments[i]
         file_size = os.path.getsize(seg.log_path)
-        seg.recover(check_from=recovery_point)
+        seg.recover(check_from=check_from)
         last = i == len(segments) - 1
         if not last and (seg.size < file_size or seg.next_offset != segments[i + 1].base_offset):
             doomed = segments[i + 1 :]

@@ -106,9 +106,13 @@ class LogManager:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         _raise_fd_limit()
         await self.offsets.start()
-        points = await asyncio.to_thread(read_recovery_points, self.data_dir)
+        checkpoint = await asyncio.to_thread(read_recovery_points, self.data_dir)
         found = await asyncio.to_thread(self._scan_data_dir)
-        logs = [self._new_log(tp, points.get(tp, 0)) for tp in found]
+        logs = [
+            self._new_log(tp, checkpoint.points[tp], same_boot=checkpoint.same_boot) if tp in checkpoint.points
+            else self._new_log(tp)
+            for tp in found
+        ]
         # recover in a few threads, a batch each: one thread hop per log costs more than the IO
         await asyncio.gather(*(asyncio.to_thread(_load_all, logs[i::_LOADERS]) for i in range(_LOADERS)))
         await asyncio.gather(*(plog.start() for plog in logs))
@@ -189,7 +193,7 @@ class LogManager:
             raise InvalidRequest(f"topic {topic!r} does not map to a directory inside the data dir", field="topic")
         return path
 
-    def _new_log(self, tp: TopicPartition, recovery_point: int = 0) -> PartitionLog:
+    def _new_log(self, tp: TopicPartition, recovery_point: int = 0, *, same_boot: bool = False) -> PartitionLog:
         return PartitionLog(
             self.partition_dir(tp.topic, tp.partition),
             tp.topic,
@@ -197,6 +201,7 @@ class LogManager:
             self.config_for(tp.topic),
             open_segments=self._open_segments,
             recovery_point=recovery_point,
+            same_boot=same_boot,
         )
 
     def get(self, topic: str, partition: int) -> PartitionLog | None:

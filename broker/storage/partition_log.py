@@ -59,6 +59,8 @@ class PartitionLog:
     Args:
         recovery_point: the offset below which the log was known to be fsynced (from
             the broker's checkpoint); start-up after a crash checks everything above it.
+        same_boot: the machine has not restarted since then, so a crash was the
+            process's alone and only the active segment's tail needs checking.
 
     Example::
 
@@ -78,6 +80,7 @@ class PartitionLog:
         *,
         open_segments: OpenSegments | None = None,
         recovery_point: int = 0,
+        same_boot: bool = False,
     ):
         self.directory = Path(directory)
         self.topic = topic
@@ -97,6 +100,7 @@ class PartitionLog:
         self._stopped = asyncio.Event()
         self._writer = GroupWriter(self)
         self._loaded_recovery_point = recovery_point
+        self._same_boot = same_boot
         self.flusher = Flusher(self.name, lambda: self.active_segment, recovery_point, [], self.stats)
 
     def __repr__(self) -> str:
@@ -187,7 +191,9 @@ class PartitionLog:
         Blocking: ``start()`` runs it in a thread, or a caller opening many logs runs it
         for a batch of them in one thread and then awaits ``start()``.
         """
-        loaded = load_log(self.directory, self._config, self._loaded_recovery_point, current_ms())
+        loaded = load_log(
+            self.directory, self._config, self._loaded_recovery_point, current_ms(), same_boot=self._same_boot
+        )
         segments = loaded.segments
         self.producers = loaded.producers
         self.flusher = Flusher(

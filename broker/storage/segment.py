@@ -193,6 +193,22 @@ class Segment:
             self._max_timestamp = times[-1][0] if times else NO_TIMESTAMP
         return True
 
+    def _last_valid_entry_offset(self) -> int:
+        """Base offset of the last .index entry's frame if that frame is whole and valid, else the segment's."""
+        try:
+            raw = self.index_path.read_bytes()
+        except FileNotFoundError:
+            return self.base_offset
+        entries = list(INDEX_ENTRY.iter_unpack(raw[: len(raw) - len(raw) % INDEX_ENTRY.size]))
+        for i in range(1, len(entries)):  # only the ordered prefix can be trusted
+            if entries[i - 1][0] >= entries[i][0] or entries[i - 1][1] >= entries[i][1]:
+                entries = entries[:i]
+                break
+        for rel, pos in reversed(entries):
+            if self._entry_fits(rel, pos) and self._crc_ok(pos, read_header(self.read(pos, HEADER_SIZE))):
+                return self.base_offset + rel
+        return self.base_offset
+
     def _entry_fits(self, rel: int, pos: int) -> bool:
         """Does an index entry point at a whole frame with the base offset it claims?"""
         if pos + HEADER_SIZE > self.size:
@@ -420,19 +436,24 @@ class Segment:
 
     # -- recovery ------------------------------------------------------------------
 
-    def recover(self, check_from: int = 0) -> list[Located]:
+    def recover(self, check_from: int | None = 0) -> list[Located]:
         """Open a segment after a crash; return every whole frame it keeps.
 
         Every frame gets a header check (magic, lengths, contiguous offsets); frames
         holding offsets at or above ``check_from`` (the log's recovery point: not known
-        to be fsynced) also get their CRC checked. The file is cut at the first bad or
-        partial frame, with a WARNING. Indexes are rebuilt from the frames found. The
-        segment stays open (read-write); ``next_offset`` is one past its last frame.
+        to be fsynced) also get their CRC checked. ``check_from=None`` is for a process
+        crash on a machine that kept running, where only the tail of the active segment
+        can be torn: CRCs are checked from the last index entry that points at a valid
+        frame on. The file is cut at the first bad or partial frame, with a WARNING.
+        Indexes are rebuilt from the frames found. The segment stays open (read-write);
+        ``next_offset`` is one past its last frame.
         """
         fd = os.open(self.log_path, os.O_RDWR)
         self.fd = fd
         file_size = os.fstat(fd).st_size
         self.size = file_size
+        if check_from is None:
+            check_from = self._last_valid_entry_offset()
         self._reset_index()
         self._max_timestamp = NO_TIMESTAMP
         frames: list[Located] = []

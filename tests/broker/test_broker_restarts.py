@@ -10,8 +10,10 @@ import resource
 import time
 from pathlib import Path
 
-from shoal.broker.storage.checkpoint import CLEAN_SHUTDOWN
+from shoal.broker.storage.checkpoint import CLEAN_SHUTDOWN, RECOVERY_POINTS, boot_id, read_recovery_points
+from shoal.broker.storage.durable import read_record, write_record
 from shoal.client.records import encode_batch, iter_frames
+from shoal.client.structs import TopicPartition
 from tests.faults.partition_http import BATCH, post_batch, read_all
 from tests.harness import http_json
 
@@ -52,6 +54,11 @@ def test_a_torn_sealed_segment_is_cut_and_later_segments_go(cluster_factory):
         assert (status, ack["base_offset"]) == (200, i)
         acked.append(value)
     assert http_json("PUT", f"{cluster.url(1)}/v1/groups/g/topics/t/partitions/0/offset", {"offset": 60})[0] == 200
+    data_dir = Path(cluster.config["brokers"][0]["data_dir"])
+    deadline = time.monotonic() + 10
+    while TopicPartition("t", 0) not in read_recovery_points(data_dir).points:  # flush: never, so its point is 0
+        assert time.monotonic() < deadline, "no recovery-point checkpoint"
+        time.sleep(0.05)
     cluster.kill(1)
 
     d = _partition_dir(cluster)
@@ -63,6 +70,7 @@ def test_a_torn_sealed_segment_is_cut_and_later_segments_go(cluster_factory):
     cut_at = sum(h.size for h in frames[:kept]) + frames[kept].size // 2
     os.truncate(torn, cut_at)  # the tail the disk never got
     assert not (d / CLEAN_SHUTDOWN).exists()
+    _as_after_a_reboot(d.parent)
     cluster.start(1)
 
     end = frames[kept].base_offset
@@ -75,6 +83,14 @@ def test_a_torn_sealed_segment_is_cut_and_later_segments_go(cluster_factory):
     assert f"committed offset 60 of t/0, above its high watermark {end}" in text
     status, ack = post_batch(part + "/records", encode_batch([(None, b"after", None, None)]))
     assert (status, ack["base_offset"]) == (200, end)
+
+
+def _as_after_a_reboot(data_dir: Path) -> None:
+    """Make the recovery-point checkpoint look written before the last boot, as after a power cut."""
+    path = data_dir / RECOVERY_POINTS
+    state = read_record(path)
+    assert state["boot_id"] == boot_id()
+    write_record(path, {**state, "boot_id": "an earlier boot"})
 
 
 def _request(conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None = None, ctype: str = BATCH):

@@ -167,11 +167,11 @@ async def test_recovery_points_are_checkpointed_and_used_after_a_crash(open_mana
         await plog.append(batch())
     assert plog.recovery_point == 5
     async with asyncio.timeout(5):
-        while read_recovery_points(tmp_path / "data") != {TopicPartition("t", 0): 5}:
+        while read_recovery_points(tmp_path / "data").points != {TopicPartition("t", 0): 5}:
             await asyncio.sleep(0.01)
     await plog.append(batch())
     await manager.stop()
-    assert read_recovery_points(tmp_path / "data") == {TopicPartition("t", 0): 6}
+    assert read_recovery_points(tmp_path / "data") == ({TopicPartition("t", 0): 6}, True)
     again = await open_manager()
     assert again.get("t", 0).recovery_point == 6
 

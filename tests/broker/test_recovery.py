@@ -271,10 +271,11 @@ async def test_kill_9_loses_no_acknowledged_record(tmp_path):
     assert [r.key for r in got] == [b"%d" % i for i in range(plog.high_watermark)]
 
 
-@pytest.mark.parametrize("recovery_point", ["start", "end"])
+@pytest.mark.parametrize("recovery_point", ["start", "end", "same-boot"])
 async def test_segments_above_the_recovery_point_are_checked(tmp_path, caplog, recovery_point):
-    """After a crash every segment above the recovery point is CRC-checked, sealed ones too: a
-    bad frame cuts its segment and deletes the later ones. Below the point (fsynced) nothing is."""
+    """After a machine crash every segment above the recovery point is CRC-checked, sealed ones
+    too: a bad frame cuts its segment and deletes the later ones. Below the point (fsynced)
+    nothing is; after a crash of the process alone (same boot) only the active segment is."""
     d = tmp_path / "t-0"
     config = {"segment_bytes": 600}
     records = await write_log(d, [batch(i) for i in range(20)], **config)
@@ -284,9 +285,9 @@ async def test_segments_above_the_recovery_point_are_checked(tmp_path, caplog, r
     data = bytearray(logs[1].read_bytes())
     data[sizes[0] + 40] ^= 1  # inside the second frame of the second segment
     logs[1].write_bytes(bytes(data))
-    point = 0 if recovery_point == "start" else len(records)
+    point = len(records) if recovery_point == "end" else 0
     with caplog.at_level(logging.WARNING):
-        plog = PartitionLog(d, "t", 0, LogConfig(**config), recovery_point=point)
+        plog = PartitionLog(d, "t", 0, LogConfig(**config), recovery_point=point, same_boot=recovery_point == "same-boot")
         await plog.start()
     if recovery_point == "start":
         first_of_segment = int(logs[1].stem)

@@ -83,7 +83,7 @@ def test_restarted_broker_serves_every_whole_record(cluster_factory, damage):
     directory = data_dir / "t-0"
     assert len(_logs(directory)) >= 3, "the test wants sealed segments too"
     deadline = time.monotonic() + 10  # start-up then checks only what lies above the recovery point
-    while read_recovery_points(data_dir).get(TopicPartition("t", 0)) != hw:
+    while read_recovery_points(data_dir).points.get(TopicPartition("t", 0)) != hw:
         assert time.monotonic() < deadline, "the recovery point was never checkpointed"
         time.sleep(0.05)
     cluster.kill(1)
