@@ -73,8 +73,12 @@ class Flusher:
         self._unsynced_dirs.append(directory)
         self.written()
 
+    def exclusive(self) -> asyncio.Lock:
+        """``async with flusher.exclusive():`` no sync runs meanwhile (held around a truncation)."""
+        return self._lock
+
     def truncated(self, end: int, directory: Path) -> None:
-        """Note a truncation to ``end``: the cut and the deleted files must reach the disk."""
+        """Note a truncation to ``end`` (under ``exclusive``): the cut and the deleted files must reach the disk."""
         self.recovery_point = min(self.recovery_point, end)
         self._unsynced_dirs.append(directory)
         self.written()

@@ -458,7 +458,7 @@ class PartitionLog:
             return self._hw
         if offset < self._log_start:
             self._check_offset(offset)
-        async with self._writer.exclusive():
+        async with self._writer.exclusive(), self.flusher.exclusive():  # no write, no sync under way
             view = self._view
             i = bisect_right(view.bases, offset) - 1
             keep = view.segments[i]

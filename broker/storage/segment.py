@@ -34,7 +34,7 @@ rebuilt from the frame headers whenever they are missing or do not fit the log.
 Blocking on purpose: appends (``os.pwritev``) and reads (``os.pread``) run on the
 event loop. They hit the page cache and are bounded by the write group and the
 fetch's ``max_bytes``; only fsync, which waits for the device, goes to a thread (in
-``PartitionLog``). Nothing here is safe across threads.
+``flush``). Nothing here is safe across threads.
 """
 
 from __future__ import annotations
