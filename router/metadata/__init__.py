@@ -1,0 +1,1 @@
+"""Replication metadata in etcd: its configuration, the etcd client and the store."""
