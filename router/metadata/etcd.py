@@ -297,6 +297,19 @@ class EtcdClient:
             return LeaseNotFound(message, code=code, endpoint=endpoint)
         return EtcdRequestError(message, code=code, endpoint=endpoint)
 
+    async def healthy(self) -> bool:
+        """Whether some endpoint reports itself healthy (``GET /health``: it has a leader)."""
+        assert self._session is not None, "EtcdClient.start() was not called"
+        for endpoint in self.endpoints:
+            try:
+                async with asyncio.timeout(self.request_timeout_s):
+                    async with self._session.get(f"{endpoint}/health") as resp:
+                        if (await resp.json(content_type=None)).get("health") == "true":
+                            return True
+            except (aiohttp.ClientError, TimeoutError, OSError, ValueError, AttributeError):
+                continue
+        return False
+
     # -- keys ----------------------------------------------------------------
 
     async def get(self, key: bytes) -> KeyValue | None:
