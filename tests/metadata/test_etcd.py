@@ -22,20 +22,7 @@ from shoal.router.metadata.etcd import (
     range_op,
 )
 from tests.harness import EtcdServer, free_port
-
-
-@pytest.fixture
-async def etcd(etcd_server):
-    async with EtcdClient([etcd_server.url]) as client:
-        yield client
-
-
-async def poll(check, timeout: float = 10.0, interval: float = 0.05):
-    """Await ``check()`` until it returns something truthy, or fail at the deadline."""
-    async with asyncio.timeout(timeout):
-        while not (result := await check()):
-            await asyncio.sleep(interval)
-    return result
+from tests.metadata.helpers import poll
 
 
 def test_prefix_end():
