@@ -48,9 +48,9 @@ from shoal.client.names import MAX_NAME_LENGTH, is_valid_name
 from shoal.client.structs import TopicPartition
 
 from shoal.router import hashing
+from shoal.router.metadata.config import MetadataConfig, parse_metadata
 from shoal.router.server.auth import ACTIONS, AuthConfig, Principal, pattern_problem, token_hash_problem
 from shoal.router.server.tls import TlsConfig
-from shoal.router.metadata.config import MetadataConfig, parse_metadata
 
 __all__ = [
     "FLUSH_POLICIES",

@@ -34,7 +34,7 @@ from typing import Any
 
 import aiohttp
 
-from .config import EtcdTls
+from shoal.router.metadata.config import EtcdTls
 
 __all__ = [
     "EtcdClient",

@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from .etcd import EtcdClient, EtcdError, LeaseNotFound, mod_revision_is, put_op, range_op
+from shoal.router.metadata.etcd import EtcdClient, EtcdError, LeaseNotFound, mod_revision_is, put_op, range_op
 
 __all__ = ["BrokerLease", "BrokerIdInUse"]
 

@@ -27,10 +27,9 @@ from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 
 from shoal.client.structs import TopicPartition
-
-from ..topology import Topology
-from .etcd import EtcdClient, WatchEvent, mod_revision_is, put_op, range_op
-from .partition import PartitionState, TransitionError, elect, expand_isr, initial_state, shrink_isr
+from shoal.router.metadata.etcd import EtcdClient, WatchEvent, mod_revision_is, put_op, range_op
+from shoal.router.metadata.partition import PartitionState, TransitionError, elect, expand_isr, initial_state, shrink_isr
+from shoal.router.topology import Topology
 
 __all__ = ["MetadataStore", "StaleTopology", "PartitionChange", "cluster_prefix"]
 
