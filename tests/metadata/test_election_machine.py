@@ -104,29 +104,22 @@ class ElectionMachine(RuleBasedStateMachine):
             self.isr = {x for x in self.isr if x == new.leader or (x != self.leader and x in self.live)}
             self.leader, self.epoch = new.leader, self.epoch + 1
 
-    @rule(follower=brokers)
-    def shrink(self, follower):
+    @rule(follower=brokers, expand=st.booleans())
+    def isr_change(self, follower, expand):
         current = self.read()
-        allowed = follower != self.leader and follower in self.isr
+        if expand:
+            allowed = follower in REPLICAS and follower not in self.isr
+            change = self.store.expand_isr
+        else:
+            allowed = follower != self.leader and follower in self.isr
+            change = self.store.shrink_isr
         try:
-            self.run(self.store.shrink_isr(TP, current, follower))
+            self.run(change(TP, current, follower))
         except TransitionError:
             assert not allowed
             return
         assert allowed
-        self.isr.discard(follower)
-
-    @rule(follower=brokers)
-    def expand(self, follower):
-        current = self.read()
-        allowed = follower in REPLICAS and follower not in self.isr
-        try:
-            self.run(self.store.expand_isr(TP, current, follower))
-        except TransitionError:
-            assert not allowed
-            return
-        assert allowed
-        self.isr.add(follower)
+        self.isr = self.isr | {follower} if expand else self.isr - {follower}
 
     @rule(old=snapshots, follower=brokers, expand=st.booleans())
     def change_from_a_stale_read(self, old, follower, expand):
