@@ -297,7 +297,8 @@ class Topology:
     def from_dict(cls, data: Any, *, source: str = "<request>") -> Topology:
         """Validate and build from ``to_dict()`` output or parsed YAML.
 
-        ``owners`` is accepted and ignored: owners are always recomputed.
+        ``owners`` and ``partitions`` (a replicated broker's view of etcd) are accepted
+        and ignored: owners are always recomputed, partition states live in etcd.
 
         Raises:
             TopologyError: every problem found.
@@ -549,7 +550,7 @@ class _Builder:
         if not isinstance(data, Mapping):
             self.problem((), f"must be a mapping with {', '.join(_TOP_KEYS)}, got {_show(data)}")
             raise self.fail()
-        allowed = _TOP_KEYS + (("owners",) if self.accept_owners else ())
+        allowed = _TOP_KEYS + (("owners", "partitions") if self.accept_owners else ())
         top = self.mapping(data, (), allowed)
 
         cluster = top.get("cluster", "local")

@@ -43,11 +43,14 @@ def http_json(method: str, url: str, body=None, *, timeout: float = 10.0, header
 class LocalCluster:
     """Brokers of a temporary cluster.yaml, each a real ``python -m shoal.broker`` process."""
 
-    def __init__(self, root: Path, n_brokers: int = 3, topics: dict | None = None, **defaults):
+    def __init__(
+        self, root: Path, n_brokers: int = 3, topics: dict | None = None, *, name: str = "test", metadata: dict | None = None,
+        **defaults,
+    ):
         self.root = root
         self.ports = {i: free_port() for i in range(1, n_brokers + 1)}
         self.config = {
-            "cluster": "test",
+            "cluster": name,
             "epoch": 1,
             "defaults": {"partitions": 3, "flush": "interval", "flush_interval_ms": 50, **defaults},
             "brokers": [
@@ -56,6 +59,8 @@ class LocalCluster:
             ],
             "topics": {name: {"partitions": n} if isinstance(n, int) else n for name, n in (topics or {}).items()},
         }
+        if metadata is not None:
+            self.config["metadata"] = metadata
         self.config_path = root / "cluster.yaml"
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         self.procs: dict[int, subprocess.Popen] = {}

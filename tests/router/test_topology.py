@@ -444,6 +444,9 @@ def test_metadata_stays_local_and_api_documents_keep_their_factors():
     # A broker or the gateway reading another process's body has no metadata section of its own to show.
     again = Topology.from_dict(json.loads(json.dumps(body)))
     assert again.topics == topo.topics and again.metadata is None
+    # A replicated broker's GET /v1/cluster adds partition states from etcd: read and ignored.
+    states = {"orders": [{"leader": 1, "leader_epoch": 0, "replicas": [1, 2, 3], "isr": [1, 2, 3]}] * 6}
+    assert Topology.from_dict({**body, "partitions": states}) == again
     with pytest.raises(TopologyError) as info:
         Topology.from_dict({**body, "metadata": {"etcd": ["http://h:1"]}})
     assert info.value.problems == [
