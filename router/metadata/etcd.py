@@ -291,7 +291,7 @@ class EtcdClient:
     def _error(answer: dict[str, Any], status: int, endpoint: str, path: str) -> EtcdError:
         code = answer.get("code")
         message = f"etcd {endpoint} /v3/{path}: {answer.get('message') or answer.get('error') or f'HTTP {status}'}"
-        if code in (_UNAVAILABLE, _DEADLINE_EXCEEDED) or status >= 500 and code is None:
+        if code in (_UNAVAILABLE, _DEADLINE_EXCEEDED) or (status >= 500 and code is None):
             return EtcdUnavailable(message, code=code, endpoint=endpoint)
         if code == _NOT_FOUND and "lease" in message:
             return LeaseNotFound(message, code=code, endpoint=endpoint)
