@@ -117,14 +117,11 @@ class ChildProcess:
         tail = self.last_log_line()
         return f"{self.name} {how}{when}; see {self.log_path}" + (f": {tail}" if tail else "")
 
-    async def stop(self, grace_s: float) -> bool:
-        """SIGTERM, then SIGKILL after ``grace_s``; reaps it. True if it had to be killed."""
-        if self.proc is None:
-            return False
+    async def stop(self, grace_s: float) -> None:
+        """SIGTERM, then SIGKILL after ``grace_s``; reaps it."""
         if self.running:
             self.proc.send_signal(signal.SIGTERM)
-        killed = await _reap([self], grace_s)
-        return bool(killed)
+        await _reap([self], grace_s)
 
 
 async def _reap(children: list[ChildProcess], grace_s: float) -> list[ChildProcess]:
