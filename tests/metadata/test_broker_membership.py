@@ -91,3 +91,21 @@ async def test_a_new_topic_applied_over_http_gets_partition_states(replicated, e
 async def _has_topic(url, topic):
     parts = await cluster_partitions(url)
     return parts if parts and topic in parts else None
+
+
+async def test_a_broker_whose_lease_is_lost_registers_again(replicated, etcd_server, cluster_name):
+    cluster = replicated()
+    async with EtcdClient([etcd_server.url]) as etcd:
+        store = MetadataStore(etcd, cluster_name)
+        await poll(lambda: _live_is(store, {1, 2, 3}), timeout=20)
+        key = store.prefix + b"brokers/1"
+        old = (await etcd.get(key)).lease
+        await etcd.revoke(old)  # as if etcd had expired it
+        again = await poll(lambda: _leased_by_other(etcd, key, old), timeout=20)
+        assert again.lease != old
+    assert "lost its etcd registration" in cluster.tail(1)
+
+
+async def _leased_by_other(etcd, key, lease):
+    kv = await etcd.get(key)
+    return kv if kv is not None and kv.lease != lease else None
