@@ -412,9 +412,12 @@ class EtcdClient:
                     request["start_revision"] = str(next_revision)
                 answered = False
                 try:
-                    async for events in self._stream(endpoint, request):
+                    async for revision, events in self._stream(endpoint, request):
                         answered = True
                         self._current = i
+                        if not next_revision:
+                            # Watching "from now": a resumed stream must start where this one did.
+                            next_revision = revision + 1
                         if events:
                             next_revision = events[-1].kv.mod_revision + 1
                             yield events
@@ -427,8 +430,8 @@ class EtcdClient:
                 raise EtcdUnavailable("etcd watch: no endpoint answered (" + "; ".join(failures) + ")", endpoint=endpoint)
             await asyncio.sleep(0.1)
 
-    async def _stream(self, endpoint: str, request: dict[str, Any]) -> AsyncIterator[list[WatchEvent]]:
-        """One watch stream: its JSON messages, newline-separated, as lists of events."""
+    async def _stream(self, endpoint: str, request: dict[str, Any]) -> AsyncIterator[tuple[int, list[WatchEvent]]]:
+        """One watch stream: its JSON messages, newline-separated, as (header revision, events)."""
         assert self._session is not None
         timeout = aiohttp.ClientTimeout(total=None, connect=self.request_timeout_s, sock_read=None)
         body = json.dumps({"create_request": request})
@@ -445,7 +448,7 @@ class EtcdClient:
             raise aiohttp.ServerDisconnectedError("watch stream ended")
 
     @staticmethod
-    def _watch_message(message: dict[str, Any], endpoint: str) -> list[WatchEvent]:
+    def _watch_message(message: dict[str, Any], endpoint: str) -> tuple[int, list[WatchEvent]]:
         if "error" in message:
             raise aiohttp.ClientPayloadError(str(message["error"]))
         result = message.get("result", {})
@@ -458,4 +461,4 @@ class EtcdClient:
             )
         if result.get("canceled"):
             raise aiohttp.ClientPayloadError(f"watch canceled: {result.get('cancel_reason', '')}")
-        return [WatchEvent(e.get("type", "PUT"), _kv(e["kv"])) for e in result.get("events", [])]
+        return _revision(result), [WatchEvent(e.get("type", "PUT"), _kv(e["kv"])) for e in result.get("events", [])]
