@@ -14,10 +14,12 @@ import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 from shoal.broker.coordinator import GroupCoordinator
+from shoal.broker.replication.membership import Membership
 from shoal.client.membership import partition_map
 from shoal.broker.storage import LogConfig, LogManager, PartitionLog
 from shoal.broker.storage.durable import fsync_dir
@@ -65,13 +67,15 @@ class Broker:
                 "using topology epoch %d installed at run time (newer than epoch %d of %s)",
                 installed.epoch, topology.epoch, topology.source,
             )
-            topology = dataclasses.replace(installed, auth=topology.auth, tls=topology.tls)  # those stay local
+            # auth, tls and metadata stay local
+            topology = dataclasses.replace(installed, auth=topology.auth, tls=topology.tls, metadata=topology.metadata)
         self.topology = topology
         self.broker_id = broker_id
         self.data_dir = data_dir
         self.logs = LogManager(data_dir, self._config_for)
         self.coordinator = GroupCoordinator(self._partition_counts)
         self._peers: aiohttp.ClientSession | None = None
+        self.membership = Membership(topology, broker_id) if topology.replicated else None
 
     def _config_for(self, topic: str) -> LogConfig:
         config = self.topology.topics.get(topic, self.topology.defaults)
@@ -100,8 +104,12 @@ class Broker:
             "broker %d serving %d partitions of cluster %s at epoch %d, data in %s",
             self.broker_id, owned, self.topology.cluster, self.topology.epoch, self.data_dir,
         )
+        if self.membership is not None:
+            await self.membership.start()
 
     async def stop(self) -> None:
+        if self.membership is not None:
+            await self.membership.stop()
         await self.coordinator.stop()
         if self._peers is not None:
             await self._peers.close()
@@ -166,6 +174,15 @@ class Broker:
             ) from None
         raise ShoalError.from_problem(problem, status=resp.status)
 
+    def cluster_view(self) -> dict[str, Any]:
+        """The ``GET /v1/cluster`` body: the topology, and in a replicated cluster each
+        partition's leader, leader epoch, replicas and ISR as etcd holds them."""
+        topology = self.topology
+        view = topology.to_dict()
+        if self.membership is not None:
+            view["partitions"] = self.membership.view(topology)
+        return view
+
     async def partition_log(self, topic: str, partition: int) -> PartitionLog:
         """The log of an owned partition, created on first use."""
         self.check_owner(topic, partition)
@@ -209,10 +226,13 @@ class Broker:
                 f"epoch {new.epoch} would move partitions that hold data: {', '.join(moved[:20])}",
                 partitions=moved,
             )
-        new = dataclasses.replace(new, auth=self.topology.auth, tls=self.topology.tls)  # never sent over the wire
+        local = self.topology  # auth, tls and metadata are never sent over the wire
+        new = dataclasses.replace(new, auth=local.auth, tls=local.tls, metadata=local.metadata)
         dropped = sorted({tp.topic for tp in self.logs.partitions()} - set(new.topics))
         await asyncio.to_thread(_save_installed, self.data_dir, new)
         self.topology = new
+        if self.membership is not None:
+            self.membership.update(new)
         await self.logs.reconfigure()
         for topic in dropped:  # the new topology is in force: a failed delete only leaves files
             try:

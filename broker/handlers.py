@@ -214,14 +214,14 @@ async def delete_group(request: web.Request) -> web.Response:
 
 
 async def get_cluster(request: web.Request) -> web.Response:
-    return web.json_response(request.app[BROKER].topology.to_dict())
+    return web.json_response(request.app[BROKER].cluster_view())
 
 
 async def put_cluster(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
     new = await topology_body(request)
     await broker.install(new)
-    return web.json_response(broker.topology.to_dict())
+    return web.json_response(broker.cluster_view())
 
 
 async def health(request: web.Request) -> web.Response:

@@ -13,15 +13,18 @@ The YAML file is the source of truth; see ``cluster.yaml`` at the repository roo
     settings: {max_request_bytes: 8388608, ...}       # broker limits, see Settings
     auth: {principals: {ops: {token_hash: "sha256:...", admin: true}}}  # optional, see router.auth
     tls: {cert_file: server.pem, key_file: server.key}                 # optional, see router.tls
+    metadata: {etcd: [http://127.0.0.1:2379]}   # optional: replicated, see router.metadata.config
 
 Loading validates everything before anything is built and reports every problem at
 once in a ``TopologyError``, one line each naming the file, the line (when the text
 came from YAML) and the field path. An invalid file is never half-applied.
 
 Partition owners are not configured: they are the rendezvous hash of
-``(topic, partition)`` over the broker ids (``router.hashing``).
+``(topic, partition)`` over the broker ids (``router.hashing``). A topic's replicas are
+the first ``replication_factor`` brokers of that ranking; the first is the preferred
+leader and, with one replica, the owner. A factor above 1 needs ``metadata:`` (etcd).
 
-``auth`` and ``tls`` are each process's own: they are read from the file at start-up,
+``auth``, ``tls`` and ``metadata`` are each process's own: they are read from the file at start-up,
 never served by ``GET /v1/cluster`` nor accepted by ``PUT /v1/cluster``.
 
 Pure data and validation: no network IO (``load_topology`` reads one file).
@@ -45,6 +48,7 @@ from shoal.client.names import MAX_NAME_LENGTH, is_valid_name
 from shoal.client.structs import TopicPartition
 
 from shoal.router import hashing
+from shoal.router.metadata.config import MetadataConfig, parse_metadata
 from shoal.router.server.auth import ACTIONS, AuthConfig, Principal, pattern_problem, token_hash_problem
 from shoal.router.server.tls import TlsConfig
 
@@ -87,6 +91,12 @@ class TopicConfig:
         retention_ms: whole segments older than this are deleted; None keeps them forever.
         retention_bytes: oldest segments are deleted while the partition is larger
             than this; None means no size limit.
+        replication_factor: copies of each partition (brokers holding it); above 1
+            only with ``metadata:``, and at most the number of brokers.
+        min_insync_replicas: the in-sync replicas an ``acks=all`` append needs
+            (at most ``replication_factor``).
+        unclean_leader_election: let an out-of-sync replica become leader when no
+            in-sync one is alive (availability over acknowledged records).
     """
 
     partitions: int = 1
@@ -95,6 +105,9 @@ class TopicConfig:
     segment_bytes: int = 128 * _MIB
     retention_ms: int | None = 7 * 24 * 3600 * 1000
     retention_bytes: int | None = None
+    replication_factor: int = 1
+    min_insync_replicas: int = 1
+    unclean_leader_election: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -179,6 +192,7 @@ class Topology:
     settings: Settings = Settings()
     auth: AuthConfig | None = None
     tls: TlsConfig | None = None
+    metadata: MetadataConfig | None = None
     source: str = field(default="<memory>", compare=False)
 
     @property
@@ -238,6 +252,25 @@ class Topology:
             )
         return self._by_id[self._owners[topic][partition]]
 
+    @property
+    def replicated(self) -> bool:
+        """True when etcd holds leaders and ISRs (a ``metadata:`` section)."""
+        return self.metadata is not None
+
+    def replicas(self, topic: str, partition: int) -> list[int]:
+        """The replica set of ``topic``/``partition``, preferred leader first.
+
+        Raises:
+            UnknownTopic: no such topic.
+            UnknownPartition: ``partition`` is not in ``[0, partitions)``.
+        """
+        self.owner(topic, partition)
+        return hashing.rank(topic, partition, self.broker_ids)[: self.topics[topic].replication_factor]
+
+    def preferred_leader(self, topic: str, partition: int) -> int:
+        """The broker id that leads ``topic``/``partition`` when all replicas are live."""
+        return self.owner(topic, partition).id
+
     def owned(self, broker_id: int) -> list[TopicPartition]:
         """The partitions broker ``broker_id`` owns, sorted by topic then partition."""
         return [
@@ -267,7 +300,8 @@ class Topology:
     def from_dict(cls, data: Any, *, source: str = "<request>") -> Topology:
         """Validate and build from ``to_dict()`` output or parsed YAML.
 
-        ``owners`` is accepted and ignored: owners are always recomputed.
+        ``owners`` and ``partitions`` (a replicated broker's view of etcd) are accepted
+        and ignored: owners are always recomputed, partition states live in etcd.
 
         Raises:
             TopologyError: every problem found.
@@ -296,7 +330,7 @@ class Topology:
         else:
             out.append("topics: {}\n")
         out.append(dump({"settings": self.settings.to_dict()}))
-        for name in ("auth", "tls"):
+        for name in ("auth", "tls", "metadata"):
             section = getattr(self, name)
             if section is not None:
                 out.append(dump({name: section.to_dict()}))
@@ -412,6 +446,10 @@ def _flush_rule(value: Any) -> str | None:
     return f"must be one of {', '.join(FLUSH_POLICIES)}, got {_show(value)}"
 
 
+def _bool_rule(value: Any) -> str | None:
+    return None if isinstance(value, bool) else f"must be true or false, got {_show(value)}"
+
+
 _TOPIC_RULES: dict[str, Rule] = {
     "partitions": _int_rule(1),
     "flush": _flush_rule,
@@ -419,12 +457,15 @@ _TOPIC_RULES: dict[str, Rule] = {
     "segment_bytes": _int_rule(1, maximum=2**31 - 1),  # index positions are 32-bit
     "retention_ms": _int_rule(1, nullable=True),
     "retention_bytes": _int_rule(1, nullable=True),
+    "replication_factor": _int_rule(1),
+    "min_insync_replicas": _int_rule(1),
+    "unclean_leader_election": _bool_rule,
 }
 _SETTINGS_RULES: dict[str, Rule] = {f.name: _int_rule(1) for f in dataclasses.fields(Settings)}
 assert set(_TOPIC_RULES) == {f.name for f in dataclasses.fields(TopicConfig)}
 
-_TOP_KEYS = ("cluster", "epoch", "defaults", "brokers", "topics", "settings", "auth", "tls")
-_LOCAL_KEYS = ("auth", "tls")
+_TOP_KEYS = ("cluster", "epoch", "defaults", "brokers", "topics", "settings", "auth", "tls", "metadata")
+_LOCAL_KEYS = ("auth", "tls", "metadata")
 _BROKER_KEYS = ("id", "url", "data_dir")
 _PRINCIPAL_KEYS = ("token_hash", "admin") + ACTIONS
 _TLS_KEYS = ("cert_file", "key_file", "ca_file")
@@ -465,6 +506,7 @@ class _Builder:
         self.lines = lines
         self.accept_owners = accept_owners
         self._problems: list[tuple[int, str]] = []
+        self._overrides: dict[str, set[str]] = {}  # topic -> the config keys it sets itself
 
     def problem(self, path: tuple, message: str, *, line: int | None = None) -> None:
         if line is None:
@@ -511,7 +553,7 @@ class _Builder:
         if not isinstance(data, Mapping):
             self.problem((), f"must be a mapping with {', '.join(_TOP_KEYS)}, got {_show(data)}")
             raise self.fail()
-        allowed = _TOP_KEYS + (("owners",) if self.accept_owners else ())
+        allowed = _TOP_KEYS + (("owners", "partitions") if self.accept_owners else ())
         top = self.mapping(data, (), allowed)
 
         cluster = top.get("cluster", "local")
@@ -531,6 +573,8 @@ class _Builder:
                     self.problem((name,), "is read from each process's cluster.yaml at start-up, never installed over the API")
         auth = self.auth(top["auth"]) if "auth" in top else None
         tls = self.tls(top["tls"], brokers) if "tls" in top else None
+        metadata = parse_metadata(top["metadata"], self) if "metadata" in top else None
+        self.replication(defaults, topics, brokers, metadata)
 
         if self._problems:
             raise self.fail()
@@ -543,6 +587,7 @@ class _Builder:
             settings=settings,
             auth=auth,
             tls=tls,
+            metadata=metadata,
             source=self.source,
         )
 
@@ -615,8 +660,36 @@ class _Builder:
                     "A-Z a-z 0-9 . _ - (not '.' or '..'), quoted if YAML would read it as a number",
                 )
                 continue
-            out[name] = dataclasses.replace(defaults, **self.fields(config, here, _TOPIC_RULES))
+            own = self.fields(config, here, _TOPIC_RULES)
+            self._overrides[name] = set(own)
+            out[name] = dataclasses.replace(defaults, **own)
         return out
+
+    def replication(
+        self, defaults: TopicConfig, topics: dict[str, TopicConfig], brokers: list[BrokerSpec], metadata: MetadataConfig | None
+    ) -> None:
+        """Replica counts the cluster can hold; each reported where it was set (a topic
+        that inherits a bad default is not reported again)."""
+        keys = {"replication_factor", "min_insync_replicas"}
+        self.replica_counts(("defaults",), defaults, len(brokers), metadata)
+        for name, config in topics.items():
+            if self._overrides.get(name, set()) & keys:
+                self.replica_counts(("topics", name), config, len(brokers), metadata)
+
+    def replica_counts(self, path: tuple, config: TopicConfig, n_brokers: int, metadata: MetadataConfig | None) -> None:
+        factor = config.replication_factor
+        # A document from the API carries no metadata section: the receiving process has its own.
+        if factor > 1 and metadata is None and not self.accept_owners:
+            self.problem(
+                path + ("replication_factor",),
+                f"is {factor}, but a cluster without a metadata: section (etcd) keeps one replica per partition",
+            )
+        elif n_brokers and factor > n_brokers:
+            self.problem(path + ("replication_factor",), f"is {factor}, more than the {n_brokers} brokers")
+        if config.min_insync_replicas > factor:
+            self.problem(
+                path + ("min_insync_replicas",), f"is {config.min_insync_replicas}, more than replication_factor {factor}"
+            )
 
     def auth(self, value: Any) -> AuthConfig | None:
         path = ("auth",)

@@ -1,10 +1,14 @@
-"""Shared fixtures: ``cluster_factory`` starts real brokers from a temporary cluster.yaml."""
+"""Shared fixtures: ``cluster_factory`` starts real brokers from a temporary cluster.yaml;
+``etcd_server`` is one real etcd for the session, ``etcd_prefix`` a key prefix of a test's own."""
 
 from __future__ import annotations
 
+import shutil
+import uuid
+
 import pytest
 
-from tests.harness import LocalCluster
+from tests.harness import EtcdServer, LocalCluster
 
 
 @pytest.fixture
@@ -24,3 +28,20 @@ def cluster_factory(tmp_path):
     yield make
     for cluster in clusters:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory):
+    """One real etcd for the whole run (minimum lease TTL 1 s); keep to ``etcd_prefix``."""
+    if shutil.which("etcd") is None:
+        pytest.fail("no etcd binary: apt-get install etcd-server (./dev installs it when run as root)")
+    server = EtcdServer(tmp_path_factory.mktemp("etcd"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def etcd_prefix(request) -> bytes:
+    """A key prefix no other test uses, so tests can share ``etcd_server``."""
+    return f"/test/{request.node.name}/{uuid.uuid4().hex[:8]}/".encode()

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -42,11 +43,14 @@ def http_json(method: str, url: str, body=None, *, timeout: float = 10.0, header
 class LocalCluster:
     """Brokers of a temporary cluster.yaml, each a real ``python -m shoal.broker`` process."""
 
-    def __init__(self, root: Path, n_brokers: int = 3, topics: dict | None = None, **defaults):
+    def __init__(
+        self, root: Path, n_brokers: int = 3, topics: dict | None = None, *, name: str = "test", metadata: dict | None = None,
+        **defaults,
+    ):
         self.root = root
         self.ports = {i: free_port() for i in range(1, n_brokers + 1)}
         self.config = {
-            "cluster": "test",
+            "cluster": name,
             "epoch": 1,
             "defaults": {"partitions": 3, "flush": "interval", "flush_interval_ms": 50, **defaults},
             "brokers": [
@@ -55,6 +59,8 @@ class LocalCluster:
             ],
             "topics": {name: {"partitions": n} if isinstance(n, int) else n for name, n in (topics or {}).items()},
         }
+        if metadata is not None:
+            self.config["metadata"] = metadata
         self.config_path = root / "cluster.yaml"
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         self.procs: dict[int, subprocess.Popen] = {}
@@ -134,5 +140,78 @@ class LocalCluster:
                 proc.wait(5)
 
 
+def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM ``proc`` if it runs, SIGKILL it after ``grace`` seconds, and reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "") not in ("", "0", "false", "no")
+
+
+class EtcdServer:
+    """One real etcd (Debian's ``etcd-server``) on free loopback ports, its data in ``root``.
+
+    ``fast`` shortens etcd's heartbeat and election timeout so that its minimum lease
+    TTL is 1 s (with the defaults etcd raises any TTL below 2 s to 2 s).
+    """
+
+    def __init__(self, root: Path, *, fast: bool = True, cert: tuple[str, str] | None = None):
+        self.root = root
+        self.client_port, self.peer_port = free_port(), free_port()
+        scheme = "https" if cert else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.client_port}"
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        self.cmd = [
+            "etcd", "--name", "test", "--data-dir", str(root / "data"),
+            "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"test={peer}", "--log-level", "warn", "--logger", "zap",
+        ]  # fmt: skip
+        if fast:
+            self.cmd += ["--heartbeat-interval", "10", "--election-timeout", "100"]
+        if cert:
+            self.cmd += ["--cert-file", cert[0], "--key-file", cert[1]]
+        self.log_path = root / "etcd.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.wait_healthy(timeout)
+
+    def wait_healthy(self, timeout: float = 20.0) -> None:
+        """Poll etcd's own health check (it is true once it has a leader)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"etcd exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                # Only whether it is up: the TLS tests check certificates with the client itself.
+                with urllib.request.urlopen(self.url + "/health", timeout=1, context=ssl._create_unverified_context()) as resp:
+                    if json.loads(resp.read()).get("health") == "true":
+                        return
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"etcd not healthy after {timeout}s:\n{self.tail()}")
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)

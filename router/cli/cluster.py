@@ -11,7 +11,7 @@ import click
 from shoal.router.cli.base import Options, action, global_options
 from shoal.router.cli.output import CliError, emit, key_values, note, sections, table
 from shoal.router.cli.session import BrokerState, ClusterSession, newest
-from shoal.router.cli.local_cluster import LocalCluster, LocalClusterError
+from shoal.router.cli.local_cluster import LocalCluster, LocalClusterError, LocalEtcd
 from shoal.router.server.logs import FORMATS, LEVELS
 from shoal.router.topology import Topology
 
@@ -40,7 +40,9 @@ def up(opts: Options, ready_timeout: float, grace: float, log_level: str) -> Non
     """Start every broker of cluster.yaml here; Ctrl-C stops them all
 
     Each broker runs as `python -m shoal.broker --config PATH --id N`, storing its data
-    in its data_dir (default data/broker-<id>) and its log in <data_dir>.log. The
+    in its data_dir (default data/broker-<id>) and its log in <data_dir>.log. With
+    metadata.start_local, one etcd runs too (data in data/etcd, log in data/etcd.log):
+    started first, healthy before the brokers are waited for, stopped last. The
     command prints where the brokers listen once every one of them answers, then
     waits. Ctrl-C (or SIGTERM) stops them: SIGTERM, then SIGKILL after --grace
     seconds. If a broker dies, the others are stopped and the command exits 1.
@@ -73,7 +75,8 @@ async def _run_up(opts: Options, local: LocalCluster) -> None:
         ready.result()
         emit(opts.output, up_view(local), render_up)
         topo = local.topology
-        note(f"cluster {topo.cluster} (epoch {topo.epoch}) is up with {len(local.brokers)} brokers; Ctrl-C stops it")
+        with_etcd = f" and etcd at {local.etcd.url} (log {local.etcd.log_path})" if local.etcd is not None else ""
+        note(f"cluster {topo.cluster} (epoch {topo.epoch}) is up with {len(local.brokers)} brokers{with_etcd}; Ctrl-C stops it")
         died = await local.watch(stop)
         if died is not None:
             raise LocalClusterError(died.describe_exit())
@@ -81,9 +84,12 @@ async def _run_up(opts: Options, local: LocalCluster) -> None:
         raise CliError(str(exc)) from None
     finally:
         running = sum(b.running for b in local.brokers)
+        etcd_running = local.etcd is not None and local.etcd.running
         killed = await local.stop()
         if running:
             note(f"stopped {running} broker{'s' if running > 1 else ''}" + (f" (killed {', '.join(map(str, killed))})" if killed else ""))
+        if etcd_running:
+            note("stopped etcd")
 
 
 def up_view(local: LocalCluster) -> dict[str, Any]:
@@ -100,7 +106,12 @@ def up_view(local: LocalCluster) -> dict[str, Any]:
             }
             for b in local.brokers
         ],
+        **({"etcd": _etcd_view(local.etcd)} if local.etcd is not None else {}),
     }
+
+
+def _etcd_view(etcd: LocalEtcd) -> dict[str, Any]:
+    return {"url": etcd.url, "pid": etcd.proc.pid if etcd.proc else None, "data_dir": etcd.data_dir, "log": str(etcd.log_path)}
 
 
 def render_up(view: dict[str, Any]) -> str:

@@ -1,4 +1,5 @@
-"""Every broker of a cluster.yaml as a local child process: what ``shoal cluster up`` runs.
+"""Every broker of a cluster.yaml (and, with ``metadata.start_local``, one etcd) as a
+local child process: what ``shoal cluster up`` runs.
 
 Each broker is ``python -m shoal.broker --config PATH --id N`` in its own session, so a
 Ctrl-C at the terminal reaches only this supervisor, which then stops the brokers in
@@ -6,6 +7,12 @@ order: SIGTERM to all, a grace period, SIGKILL for any still running. On Linux e
 broker also gets SIGTERM from the kernel if the supervisor itself dies (even by
 SIGKILL), so no broker outlives it. A broker's stdout and stderr are appended to
 ``<data_dir>.log`` (``data/broker-1.log`` for the default ``data/broker-1``).
+
+The local etcd is Debian's ``etcd`` binary (package ``etcd-server``), listening on the
+one ``metadata.etcd`` endpoint (its peer port is the client port + 1, as etcd's own
+2379/2380), with its data in ``data/etcd`` and its output in ``data/etcd.log``. It
+starts first, must answer its health check before the brokers are waited for, and
+stops last.
 
 Used from one event loop; not safe across threads.
 """
@@ -17,6 +24,7 @@ import ctypes
 import errno
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,15 +33,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from shoal.client.errors import ShoalError
 
 from shoal.router.cli.session import AdminClient
+from shoal.router.metadata.config import MetadataConfig
+from shoal.router.metadata.etcd import EtcdClient
 from shoal.router.topology import BrokerSpec, Topology
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+ETCD_DATA_DIR = "data/etcd"
+NO_ETCD = (
+    "metadata.start_local needs etcd, which is not installed: apt-get install etcd-server "
+    "(or point metadata.etcd at a running etcd and set start_local: false)"
+)
 
 
 class LocalClusterError(Exception):
@@ -59,10 +75,10 @@ def _die_with_parent() -> Callable[[], None] | None:
 
 
 @dataclass
-class BrokerProcess:
-    """One broker child: its spec, its process and where its output goes."""
+class ChildProcess:
+    """One child of ``cluster up`` (``broker 2``, ``etcd``): its process and its log."""
 
-    spec: BrokerSpec
+    name: str
     log_path: Path
     log_offset: int = 0
     proc: subprocess.Popen | None = field(default=None, repr=False)
@@ -70,6 +86,19 @@ class BrokerProcess:
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def spawn(self, cmd: list[str], preexec: Callable[[], None] | None) -> None:
+        """Start ``cmd`` in its own session, appending its output to the log."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as out:
+            out.write(f"--- shoal cluster up: {self.name} starting at {time.ctime()} ---\n".encode())
+            out.flush()
+            self.log_offset = out.tell()
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=preexec,
+            )
+        log.debug("started %s as pid %d, log %s", self.name, self.proc.pid, self.log_path)
 
     def last_log_line(self) -> str:
         """The last non-empty line this run wrote to the log, for error messages."""
@@ -86,7 +115,75 @@ class BrokerProcess:
         code = self.proc.returncode if self.proc else None
         how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
         tail = self.last_log_line()
-        return f"broker {self.spec.id} {how}{when}; see {self.log_path}" + (f": {tail}" if tail else "")
+        return f"{self.name} {how}{when}; see {self.log_path}" + (f": {tail}" if tail else "")
+
+    async def stop(self, grace_s: float) -> None:
+        """SIGTERM, then SIGKILL after ``grace_s``; reaps it."""
+        if self.running:
+            self.proc.send_signal(signal.SIGTERM)
+        await _reap([self], grace_s)
+
+
+async def _reap(children: list[ChildProcess], grace_s: float) -> list[ChildProcess]:
+    """Wait for signalled children, SIGKILL those still running after ``grace_s``."""
+    deadline = time.monotonic() + grace_s
+    while any(c.running for c in children) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    killed = []
+    for c in children:
+        if c.running:
+            log.warning("%s did not stop within %gs; killing it", c.name, grace_s)
+            c.proc.kill()
+            killed.append(c)
+    for c in children:
+        if c.proc is not None:
+            c.proc.wait()
+    return killed
+
+
+@dataclass
+class BrokerProcess(ChildProcess):
+    """One broker child: also its spec."""
+
+    spec: BrokerSpec = field(kw_only=True)
+
+
+class LocalEtcd(ChildProcess):
+    """The one etcd of ``metadata.start_local``, on ``metadata.etcd[0]``."""
+
+    def __init__(self, metadata: MetadataConfig, data_dir: str = ETCD_DATA_DIR):
+        super().__init__("etcd", Path(data_dir + ".log"))
+        self.url = metadata.etcd[0]
+        self.data_dir = data_dir
+        parts = urlsplit(self.url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 2379
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.peer_url = f"http://{host}:{self.port + 1}"
+
+    def command(self) -> list[str]:
+        binary = shutil.which("etcd")
+        if binary is None:
+            raise LocalClusterError(NO_ETCD)
+        return [
+            binary, "--name", "shoal", "--data-dir", self.data_dir,
+            "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+            "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
+            "--initial-cluster", f"shoal={self.peer_url}",
+        ]  # fmt: skip
+
+    async def wait_ready(self, deadline: float) -> None:
+        """Return once etcd reports itself healthy (it has a leader).
+
+        Raises:
+            LocalClusterError: etcd exited, or was not healthy by ``deadline`` (monotonic).
+        """
+        async with EtcdClient([self.url], request_timeout_s=1) as etcd:
+            while not await etcd.healthy():
+                if not self.running:
+                    raise LocalClusterError(self.describe_exit(" before it was ready"))
+                if time.monotonic() > deadline:
+                    raise LocalClusterError(f"etcd did not answer {self.url}/health in time; see {self.log_path}")
+                await asyncio.sleep(0.1)
 
 
 class LocalCluster:
@@ -114,42 +211,45 @@ class LocalCluster:
         self.log_level = log_level
         self.ready_timeout_s = ready_timeout_s
         self.grace_s = grace_s
-        self.brokers = [BrokerProcess(spec, log_path(spec)) for spec in topology.brokers]
+        self.brokers = [BrokerProcess(f"broker {spec.id}", log_path(spec), spec=spec) for spec in topology.brokers]
+        metadata = topology.metadata
+        self.etcd = LocalEtcd(metadata) if metadata is not None and metadata.start_local else None
 
     def check_ports(self) -> None:
-        """Fail early, naming the broker, when a port is taken (by an earlier cluster?)."""
-        for b in self.brokers:
-            with socket.socket(socket.AF_INET6 if ":" in b.spec.host else socket.AF_INET) as s:
+        """Fail early, naming the process, when a port is taken (by an earlier cluster?)."""
+        ports = [(b.spec.host, b.spec.port, f"broker {b.spec.id} ({b.spec.url})") for b in self.brokers]
+        if self.etcd is not None:
+            ports.append((self.etcd.host, self.etcd.port, f"etcd ({self.etcd.url})"))
+            ports.append((self.etcd.host, self.etcd.port + 1, f"etcd's peers ({self.etcd.peer_url})"))
+        for host, port, what in ports:
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
-                    s.bind((b.spec.host, b.spec.port))
+                    s.bind((host, port))
                 except OSError as exc:
                     if exc.errno == errno.EADDRINUSE:
                         raise LocalClusterError(
-                            f"port {b.spec.port} of broker {b.spec.id} ({b.spec.url}) is already in use; "
-                            "is a cluster already running? (shoal cluster info)"
+                            f"port {port} of {what} is already in use; is a cluster already running? (shoal cluster info)"
                         ) from None
-                    # Anything else (a host not on this machine) is the broker's to report.
+                    # Anything else (a host not on this machine) is the process's own to report.
 
     def start(self) -> None:
-        """Spawn every broker (before any thread exists: the preexec hook needs that)."""
+        """Spawn etcd (if local) and every broker (before any thread exists: the preexec hook needs that).
+
+        Raises:
+            LocalClusterError: a port is taken, or etcd is needed and not installed.
+        """
+        etcd_cmd = self.etcd.command() if self.etcd is not None else None
         self.check_ports()
         preexec = _die_with_parent()
+        if self.etcd is not None:
+            self.etcd.spawn(etcd_cmd, preexec)
         for b in self.brokers:
-            b.log_path.parent.mkdir(parents=True, exist_ok=True)
             cmd = [
                 sys.executable, "-m", "shoal.broker",
                 "--config", self.config_path, "--id", str(b.spec.id), "--log-level", self.log_level,
             ]
-            with open(b.log_path, "ab") as out:
-                out.write(f"--- shoal cluster up: broker {b.spec.id} starting at {time.ctime()} ---\n".encode())
-                out.flush()
-                b.log_offset = out.tell()
-                b.proc = subprocess.Popen(
-                    cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                    start_new_session=True, preexec_fn=preexec,
-                )
-            log.debug("started broker %d as pid %d, log %s", b.spec.id, b.proc.pid, b.log_path)
+            b.spawn(cmd, preexec)
 
     async def wait_ready(self) -> None:
         """Return once every broker answers its health check as itself.
@@ -158,6 +258,8 @@ class LocalCluster:
             LocalClusterError: a broker exited, or did not answer within the deadline.
         """
         deadline = time.monotonic() + self.ready_timeout_s
+        if self.etcd is not None:
+            await self.etcd.wait_ready(deadline)
         pending = {b.spec.id: b for b in self.brokers}
         api = AdminClient(request_timeout_ms=1000)
         try:
@@ -185,10 +287,11 @@ class LocalCluster:
         finally:
             await api.close()
 
-    async def watch(self, stop: asyncio.Event) -> BrokerProcess | None:
-        """Wait until ``stop`` is set (None) or a broker exits (that broker)."""
+    async def watch(self, stop: asyncio.Event) -> ChildProcess | None:
+        """Wait until ``stop`` is set (None) or a child exits (that child)."""
+        children = self.brokers + ([self.etcd] if self.etcd is not None else [])
         while True:
-            for b in self.brokers:
+            for b in children:
                 if not b.running:
                     return b
             try:
@@ -199,20 +302,12 @@ class LocalCluster:
 
     async def stop(self) -> list[int]:
         """SIGTERM every running broker, SIGKILL those still running after the grace
-        period, and reap them all. Returns the ids that had to be killed."""
-        alive = [b for b in self.brokers if b.running]
-        for b in alive:
-            b.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.grace_s
-        while any(b.running for b in alive) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        killed = []
-        for b in alive:
-            if b.running:
-                log.warning("broker %d did not stop within %gs; killing it", b.spec.id, self.grace_s)
-                b.proc.kill()
-                killed.append(b.spec.id)
+        period, and reap them all; then the same for etcd, last, as brokers may still
+        be using it on their way out. Returns the broker ids that had to be killed."""
         for b in self.brokers:
-            if b.proc is not None:
-                b.proc.wait()
+            if b.running:
+                b.proc.send_signal(signal.SIGTERM)
+        killed = [b.spec.id for b in await _reap(self.brokers, self.grace_s)]
+        if self.etcd is not None:
+            await self.etcd.stop(self.grace_s)
         return killed

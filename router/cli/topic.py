@@ -148,7 +148,8 @@ _NO_APPLY = click.option("--no-apply", is_flag=True, help="Only edit cluster.yam
 @click.argument("names", nargs=-1, required=True)
 @click.option("-p", "--partitions", type=click.IntRange(min=1), help="Partitions (default: defaults.partitions of cluster.yaml).")
 @click.option("-c", "--topic-config", "configs", multiple=True, metavar="KEY=VALUE",
-              help="A topic setting (flush, flush_interval_ms, segment_bytes, retention_ms, retention_bytes); repeatable.")
+              help="A topic setting (flush, flush_interval_ms, segment_bytes, retention_ms, retention_bytes, "
+              "replication_factor, min_insync_replicas, unclean_leader_election); repeatable.")
 @_NO_APPLY
 @action("create topic")
 def create(opts: Options, names: tuple[str, ...], partitions: int | None, configs: tuple[str, ...], no_apply: bool) -> None:

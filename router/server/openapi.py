@@ -86,6 +86,7 @@ _TOPOLOGY_IN = {
         },
         "topics": {"type": "object", "additionalProperties": {"type": ["object", "null"]}},
         "owners": {"type": "object"},
+        "partitions": {"type": "object"},
         "defaults": {"type": ["object", "null"]},
         "settings": {"type": ["object", "null"]},
     },

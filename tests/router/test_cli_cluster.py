@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.harness import free_port
+from tests.harness import free_port, http_json
 
 SHOAL = [sys.executable, "-m", "shoal.router.cli.main"]
 
@@ -55,9 +55,9 @@ class Up:
                 raise AssertionError(f"cluster up ended early: {self.proc.wait()} {self.proc.stderr.read()}")
             out += line
             if line.startswith("}"):
-                view = json.loads(out)
-                assert len(view["brokers"]) == n
-                return view["brokers"]
+                self.view = json.loads(out)
+                assert len(self.view["brokers"]) == n
+                return self.view["brokers"]
         raise AssertionError("cluster up did not print its table in time")
 
     def finish(self, sig: int | None = signal.SIGINT) -> tuple[int, str]:
@@ -233,3 +233,57 @@ def test_broker_start_serves_until_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def etcd_endpoint() -> str:
+    """A free loopback client port whose peer port (+1) is free too."""
+    while True:
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return f"http://127.0.0.1:{port}"
+
+
+def test_up_with_start_local_runs_etcd_and_stops_it_last(tmp_path, up):
+    endpoint = etcd_endpoint()
+    write_config(tmp_path, n=2, metadata={"etcd": [endpoint], "start_local": True})
+    cluster = up("-o", "json")
+    rows = cluster.wait_ready(2)
+    etcd = cluster.view["etcd"]
+    assert (etcd["url"], etcd["data_dir"], etcd["log"]) == (endpoint, "data/etcd", "data/etcd.log")
+    assert http_json("GET", endpoint + "/health") == (200, {"health": "true"})
+    assert (tmp_path / "data/etcd/member").is_dir()
+    rc, err = cluster.finish(signal.SIGINT)
+    assert rc == 0, err
+    assert err.index("stopped 2 brokers") < err.index("stopped etcd")
+    assert gone(etcd["pid"]) and all(gone(r["pid"]) for r in rows)
+
+
+def test_a_dead_etcd_stops_the_cluster_with_exit_1(tmp_path, up):
+    write_config(tmp_path, n=1, metadata={"etcd": [etcd_endpoint()], "start_local": True})
+    cluster = up("-o", "json")
+    rows = cluster.wait_ready(1)
+    os.kill(cluster.view["etcd"]["pid"], signal.SIGKILL)
+    rc, err = cluster.finish(None)
+    assert rc == 1
+    assert "unable to run cluster: etcd was killed by signal 9; see data/etcd.log" in err
+    assert gone(rows[0]["pid"])
+
+
+def test_start_local_without_etcd_installed_says_how_to_get_it(tmp_path):
+    write_config(tmp_path, n=1, metadata={"etcd": [etcd_endpoint()], "start_local": True})
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    result = subprocess.run(
+        [*SHOAL, "cluster", "up"], cwd=tmp_path, capture_output=True, text=True, timeout=30,
+        env={**os.environ, "PATH": str(empty)},
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        "unable to run cluster: metadata.start_local needs etcd, which is not installed: apt-get install etcd-server "
+        "(or point metadata.etcd at a running etcd and set start_local: false)\n"
+    )
+    assert not (tmp_path / "data").exists()

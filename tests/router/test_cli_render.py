@@ -184,13 +184,16 @@ def test_topic_rows_list_and_describe():
         "partitions": [{"partition": 0, "owner": 1, "log_start_offset": 0, "high_watermark": 7, "error": None}],
     }]  # fmt: skip
     assert render_topic(described) == (
-        "NAME               audit\n"
-        "PARTITIONS         1\n"
-        "FLUSH              always\n"
-        "FLUSH-INTERVAL-MS  200\n"
-        "SEGMENT-BYTES      134217728\n"
-        "RETENTION-MS       -\n"
-        "RETENTION-BYTES    -\n"
+        "NAME                     audit\n"
+        "PARTITIONS               1\n"
+        "FLUSH                    always\n"
+        "FLUSH-INTERVAL-MS        200\n"
+        "SEGMENT-BYTES            134217728\n"
+        "RETENTION-MS             -\n"
+        "RETENTION-BYTES          -\n"
+        "REPLICATION-FACTOR       1\n"
+        "MIN-INSYNC-REPLICAS      1\n"
+        "UNCLEAN-LEADER-ELECTION  no\n"
         "\n"
         "PARTITION  OWNER  LOG-START-OFFSET  HIGH-WATERMARK\n"
         "0          1      0                 7\n"

@@ -108,7 +108,8 @@ def test_yaml_syntax_error_names_file_and_line():
 
 def test_top_level_must_be_a_mapping():
     assert problems("- 1\n- 2\n") == [
-        "cluster.yaml:1: must be a mapping with cluster, epoch, defaults, brokers, topics, settings, auth, tls, got [1, 2]"
+        "cluster.yaml:1: must be a mapping with cluster, epoch, defaults, brokers, topics, settings, auth, tls, metadata, "
+        "got [1, 2]"
     ]
 
 
@@ -149,7 +150,8 @@ def test_every_problem_is_reported_at_once_with_lines():
     assert problems(text) == [
         "cluster.yaml:1: cluster: must be a name of 1-249 characters of A-Z a-z 0-9 . _ -, got 'bad name'",
         "cluster.yaml:2: epoch: must be an integer >= 0, got -1",
-        "cluster.yaml:3: colour: unknown key (expected one of: cluster, epoch, defaults, brokers, topics, settings, auth, tls)",
+        "cluster.yaml:3: colour: unknown key (expected one of: cluster, epoch, defaults, brokers, topics, settings, auth, tls, "
+        "metadata)",
         "cluster.yaml:5: defaults.flush: must be one of always, interval, never, got 'sometimes'",
         "cluster.yaml:6: defaults.partitions: must be an integer >= 1, got 0",
         "cluster.yaml:10: brokers[1].id: duplicate broker id 1 (also brokers[0])",
@@ -172,7 +174,8 @@ def test_every_problem_is_reported_at_once_with_lines():
         "cluster.yaml:23: topics.123: invalid topic name 123: use 1-249 characters of A-Z a-z 0-9 . _ - "
         "(not '.' or '..'), quoted if YAML would read it as a number",
         "cluster.yaml:24: topics.ok.partitons: unknown key (expected one of: partitions, flush, "
-        "flush_interval_ms, segment_bytes, retention_ms, retention_bytes)",
+        "flush_interval_ms, segment_bytes, retention_ms, retention_bytes, "
+        "replication_factor, min_insync_replicas, unclean_leader_election)",
         "cluster.yaml:24: topics.ok.retention_bytes: must be null or an integer >= 1, got 0",
         "cluster.yaml:24: topics.ok.segment_bytes: must be an integer from 1 to 2147483647, got '1GB'",
         "cluster.yaml:26: settings.max_wait_ms: must be an integer >= 1, got True",
@@ -238,7 +241,8 @@ def test_data_dir_must_be_a_path():
 
 def test_owners_are_not_configurable_in_yaml():
     assert problems('brokers: [{id: 1, url: "http://h:1"}]\nowners: {t: [1]}\n') == [
-        "cluster.yaml:2: owners: unknown key (expected one of: cluster, epoch, defaults, brokers, topics, settings, auth, tls)"
+        "cluster.yaml:2: owners: unknown key (expected one of: cluster, epoch, defaults, brokers, topics, settings, auth, tls, "
+        "metadata)"
     ]
 
 
@@ -275,6 +279,9 @@ def test_to_dict_is_the_cluster_body():
         "segment_bytes": 134217728,
         "retention_ms": None,
         "retention_bytes": None,
+        "replication_factor": 1,
+        "min_insync_replicas": 1,
+        "unclean_leader_election": False,
     }
     assert body["owners"]["orders"] == topo.owners("orders")
     assert json.loads(json.dumps(body)) == body
@@ -308,3 +315,140 @@ def test_to_yaml_without_topics():
     topo = parse_topology('brokers: [{id: 0, url: "http://h:1"}]\n')
     assert "topics: {}\n" in topo.to_yaml()
     assert parse_topology(topo.to_yaml()) == topo
+
+
+REPLICATED = """\
+cluster: local
+defaults: {replication_factor: 3, min_insync_replicas: 2}
+brokers:
+  - {id: 1, url: "http://127.0.0.1:9091"}
+  - {id: 2, url: "http://127.0.0.1:9092"}
+  - {id: 3, url: "http://127.0.0.1:9093"}
+  - {id: 4, url: "http://127.0.0.1:9094"}
+topics:
+  orders: {partitions: 6}
+  audit: {partitions: 2, replication_factor: 1, min_insync_replicas: 1}
+  logs: {replication_factor: 2, unclean_leader_election: true}
+metadata:
+  etcd: [http://127.0.0.1:2379]
+  start_local: true
+"""
+
+
+def test_replicated_topology_reads_metadata_and_factors():
+    topo = parse_topology(REPLICATED)
+    assert topo.replicated and not parse_topology(GOOD).replicated
+    assert topo.metadata.etcd == ("http://127.0.0.1:2379",)
+    assert topo.metadata.start_local and topo.metadata.lease_ttl_ms == 3000 and topo.metadata.tls is None
+    assert topo.topics["orders"].replication_factor == 3 and topo.topics["orders"].min_insync_replicas == 2
+    assert topo.topics["audit"].replication_factor == 1
+    assert topo.topics["logs"].unclean_leader_election and not topo.topics["orders"].unclean_leader_election
+    assert parse_topology(GOOD).topics["orders"].replication_factor == 1
+
+
+def test_replicas_are_the_head_of_the_rendezvous_ranking():
+    topo = parse_topology(REPLICATED)
+    for p in range(6):
+        ranking = hashing.rank("orders", p, [1, 2, 3, 4])
+        assert topo.replicas("orders", p) == ranking[:3]
+        assert topo.preferred_leader("orders", p) == ranking[0] == topo.owner("orders", p).id
+    assert topo.replicas("audit", 1) == [topo.owner("audit", 1).id]
+    assert len(topo.replicas("logs", 0)) == 2
+    with pytest.raises(UnknownPartition):
+        topo.replicas("orders", 6)
+    with pytest.raises(UnknownTopic):
+        topo.preferred_leader("nope", 0)
+
+
+def test_replication_needs_metadata():
+    text = REPLICATED.split("metadata:")[0]
+    assert problems(text) == [
+        "cluster.yaml:2: defaults.replication_factor: is 3, but a cluster without a metadata: section (etcd) "
+        "keeps one replica per partition",
+        "cluster.yaml:11: topics.logs.replication_factor: is 2, but a cluster without a metadata: section (etcd) "
+        "keeps one replica per partition",
+    ]
+
+
+def test_replica_counts_are_checked_where_they_are_set():
+    text = """\
+        defaults:
+          replication_factor: 3
+          min_insync_replicas: 4
+        brokers: [{id: 1, url: "http://h:1"}, {id: 2, url: "http://h:2"}]
+        topics:
+          a: {}
+          b: {replication_factor: 1}
+          c:
+            min_insync_replicas: 2
+          d: {replication_factor: 0}
+        metadata: {etcd: [http://h:2379]}
+        """
+    assert problems(text) == [
+        "cluster.yaml:2: defaults.replication_factor: is 3, more than the 2 brokers",
+        "cluster.yaml:3: defaults.min_insync_replicas: is 4, more than replication_factor 3",
+        "cluster.yaml:7: topics.b.min_insync_replicas: is 4, more than replication_factor 1",
+        "cluster.yaml:9: topics.c.replication_factor: is 3, more than the 2 brokers",
+        "cluster.yaml:10: topics.d.replication_factor: must be an integer >= 1, got 0",
+    ]
+
+
+def test_metadata_section_problems():
+    text = """\
+        brokers: [{id: 1, url: "http://h:1"}]
+        metadata:
+          etcd: [http://a:2379, "ftp://b:1", http://c]
+          start_local: yes please
+          lease_ttl_ms: 2500
+          tls: {ca_file: "", cert_file: c.pem}
+          peers: 3
+        """
+    assert problems(text) == [
+        "cluster.yaml:3: metadata.etcd[1]: must be an http:// or https:// URL with a host and a port, got 'ftp://b:1'",
+        "cluster.yaml:3: metadata.etcd[2]: must be an http:// or https:// URL with a host and a port, got 'http://c'",
+        "cluster.yaml:4: metadata.start_local: must be true or false, got 'yes please'",
+        "cluster.yaml:5: metadata.lease_ttl_ms: must be a whole number of seconds in ms, >= 2000 "
+        "(etcd leases count seconds), got 2500",
+        "cluster.yaml:6: metadata.tls.ca_file: must be a file path, got ''",
+        "cluster.yaml:6: metadata.tls: cert_file and key_file go together: set both or neither",
+        "cluster.yaml:6: metadata.tls: is set, so every etcd endpoint must be https://",
+        "cluster.yaml:7: metadata.peers: unknown key (expected one of: etcd, start_local, lease_ttl_ms, tls)",
+    ]
+
+
+def test_start_local_needs_one_plain_endpoint():
+    two = 'brokers: [{id: 1, url: "http://h:1"}]\nmetadata: {etcd: [http://a:1, http://b:2], start_local: true}\n'
+    assert problems(two) == ["cluster.yaml:2: metadata.etcd: start_local runs one etcd, so list exactly one endpoint, not 2"]
+    tls = 'brokers: [{id: 1, url: "http://h:1"}]\nmetadata: {etcd: [https://a:1], start_local: true}\n'
+    assert problems(tls) == ["cluster.yaml:2: metadata.etcd: start_local runs a plain-http etcd, so its endpoint must be http://"]
+
+
+def test_metadata_with_tls_round_trips_through_yaml():
+    text = """\
+        brokers: [{id: 1, url: "http://h:1"}]
+        metadata:
+          etcd: [https://e1:2379, https://e2:2379]
+          lease_ttl_ms: 5000
+          tls: {ca_file: ca.pem, cert_file: c.pem, key_file: c.key}
+        """
+    topo = parse_topology(textwrap.dedent(text))
+    assert topo.metadata.etcd == ("https://e1:2379", "https://e2:2379") and topo.metadata.lease_ttl_ms == 5000
+    assert (topo.metadata.tls.ca_file, topo.metadata.tls.cert_file, topo.metadata.tls.key_file) == ("ca.pem", "c.pem", "c.key")
+    assert parse_topology(topo.to_yaml()) == topo
+
+
+def test_metadata_stays_local_and_api_documents_keep_their_factors():
+    topo = parse_topology(REPLICATED)
+    body = topo.to_dict()
+    assert "metadata" not in body
+    # A broker or the gateway reading another process's body has no metadata section of its own to show.
+    again = Topology.from_dict(json.loads(json.dumps(body)))
+    assert again.topics == topo.topics and again.metadata is None
+    # A replicated broker's GET /v1/cluster adds partition states from etcd: read and ignored.
+    states = {"orders": [{"leader": 1, "leader_epoch": 0, "replicas": [1, 2, 3], "isr": [1, 2, 3]}] * 6}
+    assert Topology.from_dict({**body, "partitions": states}) == again
+    with pytest.raises(TopologyError) as info:
+        Topology.from_dict({**body, "metadata": {"etcd": ["http://h:1"]}})
+    assert info.value.problems == [
+        "<request>: metadata: is read from each process's cluster.yaml at start-up, never installed over the API"
+    ]

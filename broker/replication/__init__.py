@@ -1,0 +1,1 @@
+"""Replication: the broker's side of the metadata in etcd (``membership``)."""

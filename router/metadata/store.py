@@ -1,0 +1,252 @@
+"""The cluster's metadata in etcd: applied topology, live brokers, partition states.
+
+Key layout, under ``/shoal/<cluster>/`` (values are JSON, readable with ``etcdctl``):
+
+- ``topology``: the applied topology (``Topology.to_dict()``); replaced only by a
+  higher epoch, by compare-and-swap on the ``mod_revision`` read.
+- ``brokers/<id>``: ``{"id", "url"}``, attached to the broker's lease
+  (``router.metadata.lease``): present exactly while the broker is live.
+- ``partitions/<topic>/<partition>``: ``{"replicas", "leader", "leader_epoch", "isr"}``
+  (``router.metadata.partition``), created once and then changed only by
+  compare-and-swap on the ``mod_revision`` the change was computed from.
+
+Every change is computed from a read and written with a transaction that compares the
+read's ``mod_revision``: if anything wrote the key in between, the transaction fails,
+nothing is written, and the caller gets the fresh state to decide again. This is how
+Kafka's KRaft controller guards ISR changes with the partition epoch.
+
+Task-safe: every method is one or a few independent etcd requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Collection
+from dataclasses import dataclass
+
+from shoal.client.structs import TopicPartition
+from shoal.router.metadata.etcd import EtcdClient, WatchEvent, mod_revision_is, put_op, range_op
+from shoal.router.metadata.partition import PartitionState, TransitionError, elect, expand_isr, initial_state, shrink_isr
+from shoal.router.topology import Topology
+
+__all__ = ["MetadataStore", "StaleTopology", "PartitionChange", "cluster_prefix"]
+
+log = logging.getLogger(__name__)
+
+# Concurrent creation transactions while creating partitions (etcd serialises them anyway).
+_CREATE_CONCURRENCY = 32
+
+
+class StaleTopology(ValueError):
+    """etcd already holds this epoch with other content, or a higher epoch."""
+
+
+def cluster_prefix(cluster: str) -> bytes:
+    """Where cluster ``cluster`` keeps its keys."""
+    return f"/shoal/{cluster}/".encode()
+
+
+@dataclass(frozen=True)
+class PartitionChange:
+    """A partition's new state as a watch saw it (``state`` None: the key was deleted)."""
+
+    partition: TopicPartition
+    state: PartitionState | None
+    revision: int
+
+
+class MetadataStore:
+    """Reads and changes one cluster's metadata in etcd.
+
+    Args:
+        etcd: a started client.
+        cluster: the cluster name (``Topology.cluster``); keys live under ``/shoal/<cluster>/``.
+    """
+
+    def __init__(self, etcd: EtcdClient, cluster: str):
+        self.etcd = etcd
+        self.prefix = cluster_prefix(cluster)
+        self._partitions = self.prefix + b"partitions/"
+        self._brokers = self.prefix + b"brokers/"
+
+    # -- topology ------------------------------------------------------------
+
+    async def topology(self) -> Topology | None:
+        """The applied topology, or None before the first apply."""
+        kv = await self.etcd.get(self.prefix + b"topology")
+        return Topology.from_dict(json.loads(kv.value), source="etcd") if kv else None
+
+    async def apply_topology(self, topology: Topology) -> bool:
+        """Store ``topology`` if its epoch is higher than the stored one.
+
+        Returns:
+            True if written, False if this very topology was already applied.
+
+        Raises:
+            StaleTopology: etcd holds a higher epoch, or this epoch with other content.
+        """
+        key = self.prefix + b"topology"
+        body = topology.to_dict()
+        value = json.dumps(body, sort_keys=True).encode()
+        while True:
+            kv = await self.etcd.get(key)
+            if kv is not None:
+                stored = json.loads(kv.value)
+                if stored == body:
+                    return False
+                if stored["epoch"] >= topology.epoch:
+                    raise StaleTopology(
+                        f"etcd holds epoch {stored['epoch']}; apply a higher epoch than that, not {topology.epoch}"
+                    )
+            result = await self.etcd.txn([mod_revision_is(key, kv.mod_revision if kv else 0)], [put_op(key, value)])
+            if result.succeeded:
+                log.info("applied topology epoch %d of cluster %s to etcd", topology.epoch, topology.cluster)
+                return True
+            # Someone applied in between: look again.
+
+    # -- brokers -------------------------------------------------------------
+
+    async def live_brokers(self) -> tuple[dict[int, str], int]:
+        """The registered (live) brokers, id -> URL, and the revision read at."""
+        kvs, revision = await self.etcd.range(self._brokers)
+        return {int(kv.key[len(self._brokers) :]): json.loads(kv.value)["url"] for kv in kvs}, revision
+
+    # -- partitions ----------------------------------------------------------
+
+    def _key(self, tp: TopicPartition) -> bytes:
+        return self._partitions + f"{tp.topic}/{tp.partition}".encode()
+
+    def _tp(self, key: bytes) -> TopicPartition:
+        topic, _, partition = key[len(self._partitions) :].decode().rpartition("/")
+        return TopicPartition(topic, int(partition))
+
+    async def partition(self, tp: TopicPartition) -> PartitionState | None:
+        """The stored state of ``tp``, with the ``mod_revision`` to compare against."""
+        kv = await self.etcd.get(self._key(tp))
+        return PartitionState.from_json(kv.value, kv.mod_revision) if kv else None
+
+    async def partitions(self) -> tuple[dict[TopicPartition, PartitionState], int]:
+        """Every stored partition state, and the revision read at (watch from it + 1)."""
+        kvs, revision = await self.etcd.range(self._partitions)
+        return {self._tp(kv.key): PartitionState.from_json(kv.value, kv.mod_revision) for kv in kvs}, revision
+
+    async def create_partitions(self, topology: Topology) -> list[TopicPartition]:
+        """Create the state of every partition of ``topology`` that has none yet:
+        replicas from the rendezvous ranking, the preferred leader leading at epoch 0,
+        every replica in sync. Existing states are left alone. Returns those created."""
+        wanted = [TopicPartition(name, p) for name in sorted(topology.topics) for p in range(topology.topics[name].partitions)]
+        limit = asyncio.Semaphore(_CREATE_CONCURRENCY)
+
+        async def create(tp: TopicPartition) -> bool:
+            state = initial_state(topology.replicas(tp.topic, tp.partition))
+            async with limit:
+                result = await self.etcd.txn([mod_revision_is(self._key(tp), 0)], [put_op(self._key(tp), state.to_json())])
+            return result.succeeded
+
+        created = await asyncio.gather(*(create(tp) for tp in wanted))
+        return [tp for tp, ok in zip(wanted, created) if ok]
+
+    async def compare_and_set(self, tp: TopicPartition, expected: PartitionState, new: PartitionState) -> PartitionState | None:
+        """Write ``new`` if ``tp`` is still at ``expected.mod_revision``.
+
+        Returns:
+            The stored state (with its new ``mod_revision``), or None when another write
+            came first (nothing was written; read again and decide again).
+        """
+        key = self._key(tp)
+        result = await self.etcd.txn([mod_revision_is(key, expected.mod_revision)], [put_op(key, new.to_json()), range_op(key)])
+        if not result.succeeded:
+            return None
+        kv = result.ranges[0][0]
+        return PartitionState.from_json(kv.value, kv.mod_revision)
+
+    async def _transition(
+        self, tp: TopicPartition, change: Callable[[PartitionState], PartitionState], expected: PartitionState | None
+    ) -> PartitionState:
+        """Apply ``change`` to the state read (or to ``expected``), by compare-and-swap.
+
+        With ``expected`` given, a concurrent write makes it fail; without, the change is
+        recomputed from a fresh read until it applies or is refused.
+
+        Raises:
+            TransitionError: the change is refused, the write lost a race, or ``tp`` has no state.
+        """
+        while True:
+            state = expected or await self.partition(tp)
+            if state is None:
+                raise TransitionError(f"{tp.topic}/{tp.partition} has no state in etcd")
+            stored = await self.compare_and_set(tp, state, change(state))
+            if stored is not None:
+                return stored
+            if expected is not None:
+                raise TransitionError(f"{tp.topic}/{tp.partition} changed since revision {expected.mod_revision}")
+
+    async def elect_leader(
+        self, tp: TopicPartition, candidate: int, live: Collection[int], *, unclean: bool = False
+    ) -> PartitionState:
+        """``candidate`` takes over ``tp`` from a leader that is not live, in one
+        transaction (``partition.elect``: leader epoch + 1, ISR without the old leader).
+
+        Raises:
+            TransitionError: the leader is live, ``candidate`` may not lead, or no state.
+        """
+        stored = await self._transition(tp, lambda s: elect(s, candidate, live, unclean=unclean), None)
+        log.info("broker %d leads %s/%d at epoch %d, isr %s", candidate, tp.topic, tp.partition, stored.leader_epoch, list(stored.isr))
+        return stored
+
+    async def shrink_isr(self, tp: TopicPartition, expected: PartitionState, follower: int) -> PartitionState:
+        """The leader of ``expected`` drops ``follower`` from the ISR.
+
+        Raises:
+            TransitionError: refused (see ``partition.shrink_isr``) or ``tp`` changed since ``expected``.
+        """
+        return await self._transition(tp, lambda s: shrink_isr(s, expected.leader, expected.leader_epoch, follower), expected)
+
+    async def expand_isr(self, tp: TopicPartition, expected: PartitionState, follower: int) -> PartitionState:
+        """The leader of ``expected`` adds a caught-up ``follower`` to the ISR.
+
+        Raises:
+            TransitionError: refused (see ``partition.expand_isr``) or ``tp`` changed since ``expected``.
+        """
+        return await self._transition(tp, lambda s: expand_isr(s, expected.leader, expected.leader_epoch, follower), expected)
+
+    async def take_over(self, me: int, live: Collection[int], topology: Topology) -> list[tuple[TopicPartition, PartitionState]]:
+        """Elect ``me`` for every partition whose leader is not live and that ``me`` may
+        lead (per the topic's ``unclean_leader_election``). Losing a race to another
+        candidate is fine: that partition has a leader again. Returns what ``me`` won."""
+        states, _ = await self.partitions()
+        won = []
+        for tp, state in states.items():
+            if state.leader in live or me not in state.replicas or tp.topic not in topology.topics:
+                continue
+            unclean = topology.topics[tp.topic].unclean_leader_election
+            try:
+                new = elect(state, me, live, unclean=unclean)
+            except TransitionError:
+                continue
+            stored = await self.compare_and_set(tp, state, new)
+            if stored is not None:
+                won.append((tp, stored))
+        return won
+
+    async def watch_partitions(self, start_revision: int) -> AsyncIterator[PartitionChange]:
+        """Every change of a partition state from ``start_revision`` on, in order.
+
+        Raises:
+            WatchCompacted: ``start_revision`` is too old: read ``partitions()`` again.
+        """
+        async for events in self.etcd.watch(self._partitions, start_revision=start_revision):
+            for event in events:
+                yield self._change(event)
+
+    def _change(self, event: WatchEvent) -> PartitionChange:
+        state = PartitionState.from_json(event.kv.value, event.kv.mod_revision) if event.type == "PUT" else None
+        return PartitionChange(self._tp(event.kv.key), state, event.kv.mod_revision)
+
+    async def watch_brokers(self, start_revision: int) -> AsyncIterator[tuple[int, bool]]:
+        """``(broker id, live)`` for every registration and expiry from ``start_revision`` on."""
+        async for events in self.etcd.watch(self._brokers, start_revision=start_revision):
+            for event in events:
+                yield int(event.kv.key[len(self._brokers) :]), event.type == "PUT"
