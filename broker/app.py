@@ -11,7 +11,7 @@ from shoal.broker.handlers import add_routes
 from shoal.broker.metrics import BrokerMetrics
 from shoal.broker.state import BROKER, METRICS
 from shoal.router.server.auth import authenticate
-from shoal.router.server.middlewares import MAX_BODY, limit_load, problem_errors, request_context
+from shoal.router.server.middlewares import MAX_BODY, LoadLimits, problem_errors, request_context
 from shoal.router.server.openapi import build_openapi
 from shoal.router.topology import Topology
 
@@ -20,9 +20,11 @@ def create_app(topology: Topology, broker_id: int, data_dir: Path) -> web.Applic
     """The broker's application; its logs open and recover when the app starts up."""
     limit = topology.settings.max_request_bytes
     broker = Broker(topology, broker_id, data_dir)
-    middlewares = [request_context, problem_errors, limit_load(lambda: broker.topology.settings)]
+    limits = LoadLimits(lambda: broker.topology.settings)
+    middlewares = [request_context, problem_errors, limits.admit]
     if topology.auth is not None:
         middlewares.append(authenticate(topology.auth))  # from the file at start-up, kept across epochs
+    middlewares.append(limits.receive)
     app = web.Application(middlewares=middlewares, client_max_size=limit)
     app[BROKER] = broker
     app[METRICS] = BrokerMetrics(broker)

@@ -3,6 +3,15 @@
 Safe to use from the broker's one event loop only. The topology is replaced whole
 (never edited in place), so a handler that read ``broker.topology`` keeps a consistent
 view for the rest of its request.
+
+Ownership changes are two-phase, so no write is acknowledged by a broker that no
+longer owns its partition: ``install()`` first freezes the partitions the new epoch
+moves away (new appends and commits get 421 NOT_OWNER naming the new owner), waits
+for the writes already admitted to them to finish, checks them for data again, and
+only then switches. A ``topology.json`` found at start-up that is newer than
+cluster.yaml is held back the same way until every other broker of that epoch has it
+too (or it is installed again): until then the broker serves only what both epochs
+give it.
 """
 
 from __future__ import annotations
@@ -12,7 +21,9 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +40,7 @@ from shoal.client.errors import (
     NotOwner,
     ShoalError,
     StaleEpoch,
+    Throttled,
     TopologyConflict,
 )
 from shoal.client.names import check_name
@@ -38,6 +50,9 @@ from shoal.router.server.tls import client_context
 from shoal.router.topology import BrokerSpec, TopicConfig, Topology, TopologyError
 
 log = logging.getLogger(__name__)
+
+DRAIN_TIMEOUT_S = 30.0  # how long install() waits for admitted writes to a moving partition
+AHEAD_RECHECK_S = 2.0  # how often a held-back topology.json is checked against the peers
 
 
 def log_config(topic: TopicConfig, max_queue_bytes: int, producer_expiry_ms: int) -> LogConfig:
@@ -61,21 +76,30 @@ class Broker:
 
     def __init__(self, topology: Topology, broker_id: int, data_dir: Path):
         topology.broker(broker_id)  # KeyError when this broker is not in the topology
+        self.topology = topology
+        # A topology stored by an earlier PUT, newer than cluster.yaml: not in force until
+        # the other brokers have it too (see _adopt_ahead) or it is installed again.
+        self.ahead: Topology | None = None
         installed = _load_installed(data_dir)
         if installed is not None and installed.epoch > topology.epoch:
-            log.info(
-                "using topology epoch %d installed at run time (newer than epoch %d of %s)",
-                installed.epoch, topology.epoch, topology.source,
+            log.warning(
+                "%s holds epoch %d, newer than epoch %d of %s: serving only what both give this broker "
+                "until the other brokers report epoch %d (or it is applied again)",
+                data_dir / INSTALLED, installed.epoch, topology.epoch, topology.source, installed.epoch,
             )
             # auth, tls and metadata stay local
-            topology = dataclasses.replace(installed, auth=topology.auth, tls=topology.tls, metadata=topology.metadata)
-        self.topology = topology
+            self.ahead = dataclasses.replace(installed, auth=topology.auth, tls=topology.tls, metadata=topology.metadata)
         self.broker_id = broker_id
         self.data_dir = data_dir
         self.logs = LogManager(data_dir, self._config_for)
         self.coordinator = GroupCoordinator(self._partition_counts)
         self._peers: aiohttp.ClientSession | None = None
         self.membership = Membership(topology, broker_id) if topology.replicated else None
+        self._installing: Topology | None = None  # the epoch being installed, while its moves are frozen
+        self._install_lock = asyncio.Lock()
+        self._writes: Counter[TopicPartition] = Counter()  # admitted appends and commits not yet answered
+        self._writes_done = asyncio.Event()
+        self._ahead_task: asyncio.Task | None = None
 
     def _config_for(self, topic: str) -> LogConfig:
         config = self.topology.topics.get(topic, self.topology.defaults)
@@ -106,8 +130,15 @@ class Broker:
         )
         if self.membership is not None:
             await self.membership.start()
+        if self.ahead is not None:
+            await self._adopt_ahead()
+            if self.ahead is not None:
+                self._ahead_task = asyncio.get_running_loop().create_task(self._recheck_ahead(), name="shoal-ahead")
 
     async def stop(self) -> None:
+        if self._ahead_task is not None:
+            self._ahead_task.cancel()
+            await asyncio.gather(self._ahead_task, return_exceptions=True)
         if self.membership is not None:
             await self.membership.stop()
         await self.coordinator.stop()
@@ -116,15 +147,36 @@ class Broker:
         await self.logs.stop()
 
     def check_owner(self, topic: str, partition: int) -> None:
-        """Raise unless this broker owns ``topic/partition`` in the installed topology."""
+        """Raise unless this broker owns ``topic/partition`` in the installed topology,
+        in the one being installed, and in a stored one held back (UNKNOWN_TOPIC,
+        UNKNOWN_PARTITION or NOT_OWNER naming the owner under the first that refuses)."""
         check_name(topic, "topic")
-        topology = self.topology
-        owner = topology.owner(topic, partition)
-        if owner.id != self.broker_id:
-            raise NotOwner(
-                f"broker {self.broker_id} does not own {topic}/{partition}; broker {owner.id} does",
-                owner_id=owner.id, owner_url=owner.url, epoch=topology.epoch,
-            )
+        for topology in (self.topology, self._installing, self.ahead):
+            if topology is None:
+                continue
+            owner = topology.owner(topic, partition)
+            if owner.id != self.broker_id:
+                raise NotOwner(
+                    f"broker {self.broker_id} does not own {topic}/{partition} at epoch {topology.epoch}; "
+                    f"broker {owner.id} does",
+                    owner_id=owner.id, owner_url=owner.url, epoch=topology.epoch,
+                )
+
+    @asynccontextmanager
+    async def writing(self, topic: str, partition: int) -> AsyncIterator[PartitionLog]:
+        """The log of an owned partition, for an append or a commit that ``install()``
+        waits for before it moves the partition away."""
+        plog = await self.partition_log(topic, partition)
+        tp = TopicPartition(topic, partition)
+        self.check_owner(topic, partition)  # again: an install may have begun while the log opened
+        self._writes[tp] += 1
+        try:
+            yield plog
+        finally:
+            self._writes[tp] -= 1
+            if not self._writes[tp]:
+                del self._writes[tp]
+                self._writes_done.set()
 
     def coordinator_of(self, group: str) -> BrokerSpec:
         check_name(group, "group")
@@ -188,22 +240,47 @@ class Broker:
         self.check_owner(topic, partition)
         return self.logs.get(topic, partition) or await self.logs.get_or_create(topic, partition)
 
+    def _moves_away(self, new: Topology, tp: TopicPartition) -> bool:
+        config = new.topics.get(tp.topic)
+        return config is None or tp.partition >= config.partitions or new.owner(*tp).id != self.broker_id
+
     def conflicts(self, new: Topology) -> list[str]:
-        """Owned partitions holding data that ``new`` would move elsewhere or drop."""
+        """Partitions holding data (any offset ever written) that ``new`` would move
+        elsewhere; the data of topics ``new`` drops goes with them."""
         moved = []
         for tp in self.logs.partitions():
             plog = self.logs.get(*tp)
-            if plog is None or plog.high_watermark == 0:
+            if plog is None or plog.high_watermark == 0 or tp.topic not in new.topics:
                 continue
-            config = new.topics.get(tp.topic)
-            if config is None:
-                continue  # a deleted topic: its data goes with it
-            if tp.partition >= config.partitions or new.owner(tp.topic, tp.partition).id != self.broker_id:
+            if self._moves_away(new, tp):
                 moved.append(f"{tp.topic}/{tp.partition}")
         return sorted(moved)
 
-    async def install(self, new: Topology) -> None:
-        """Install a newer topology without a restart (PUT /v1/cluster)."""
+    async def install(self, new: Topology, delete_topics: Iterable[str] = ()) -> None:
+        """Install a newer topology without a restart (PUT /v1/cluster).
+
+        Topics of the installed topology that ``new`` leaves out must be named in
+        ``delete_topics``: only then are they deleted with their data. Two-phase: the
+        partitions ``new`` moves away are frozen (see ``check_owner``), the writes
+        already admitted to them are waited for, and they are checked for data again
+        before the switch.
+        """
+        async with self._install_lock:
+            self._check_installable(new, set(delete_topics))
+            self._installing = new
+            try:
+                await self._drain(new)
+                moved = self.conflicts(new)
+                if moved:
+                    raise TopologyConflict(
+                        f"epoch {new.epoch} would move partitions that hold data: {', '.join(moved[:20])}",
+                        partitions=moved,
+                    )
+                await self._switch(new)
+            finally:
+                self._installing = None
+
+    def _check_installable(self, new: Topology, delete_topics: set[str]) -> None:
         if new.epoch <= self.topology.epoch:
             raise StaleEpoch(
                 f"epoch {new.epoch} is not newer than the installed epoch {self.topology.epoch}",
@@ -220,12 +297,35 @@ class Broker:
             raise InvalidRequest(
                 f"cluster name {new.cluster!r} differs from {self.topology.cluster!r}", field="cluster"
             )
-        moved = self.conflicts(new)
-        if moved:
-            raise TopologyConflict(
-                f"epoch {new.epoch} would move partitions that hold data: {', '.join(moved[:20])}",
-                partitions=moved,
+        kept = sorted(delete_topics & set(new.topics))
+        if kept:
+            raise InvalidRequest(
+                f"delete_topics names topics that epoch {new.epoch} keeps: {', '.join(kept[:20])}",
+                field="delete_topics",
             )
+        omitted = sorted(set(self.topology.topics) - set(new.topics) - delete_topics)
+        if omitted:
+            raise InvalidRequest(
+                f"epoch {new.epoch} leaves out topics {', '.join(omitted[:20])}: name them in delete_topics "
+                "to delete them and their data",
+                field="delete_topics",
+            )
+
+    async def _drain(self, new: Topology) -> None:
+        """Wait until no admitted write to a partition ``new`` moves away is unanswered."""
+        try:
+            async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                while any(self._moves_away(new, tp) for tp in self._writes):
+                    self._writes_done.clear()
+                    await self._writes_done.wait()
+        except TimeoutError:
+            raise Throttled(
+                f"writes to partitions that epoch {new.epoch} moves away are still unanswered "
+                f"after {DRAIN_TIMEOUT_S:.0f} s; try again",
+                retry_after=1,
+            ) from None
+
+    async def _switch(self, new: Topology) -> None:
         local = self.topology  # auth, tls and metadata are never sent over the wire
         new = dataclasses.replace(new, auth=local.auth, tls=local.tls, metadata=local.metadata)
         dropped = sorted({tp.topic for tp in self.logs.partitions()} - set(new.topics))
@@ -233,6 +333,8 @@ class Broker:
         self.topology = new
         if self.membership is not None:
             self.membership.update(new)
+        if self.ahead is not None and self.ahead.epoch <= new.epoch:
+            self.ahead = None
         await self.logs.reconfigure()
         for topic in dropped:  # the new topology is in force: a failed delete only leaves files
             try:
@@ -240,6 +342,40 @@ class Broker:
             except OSError as exc:
                 log.error("could not delete the data of dropped topic %s: %s", topic, exc)
         log.info("installed topology epoch %d (%d topics); deleted topics: %s", new.epoch, len(new.topics), dropped or "none")
+
+    async def _adopt_ahead(self) -> None:
+        """Put the held-back topology in force once every other broker of it reports its
+        epoch (installed, or itself held back: each of them has then accepted it)."""
+        ahead = self.ahead
+        peers = [b for b in ahead.brokers if b.id != self.broker_id]
+
+        async def epoch_of(url: str) -> int:
+            try:
+                async with self._peers.get(f"{url}/v1/health", timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                    body = await resp.json(content_type=None)
+                return max(int(body.get("epoch") or 0), int(body.get("pending_epoch") or 0))
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, TypeError, AttributeError):
+                return -1
+
+        epochs = await asyncio.gather(*(epoch_of(b.url) for b in peers))
+        if self.ahead is not ahead or any(e < ahead.epoch for e in epochs):
+            return
+        async with self._install_lock:
+            if self.ahead is ahead and ahead.epoch > self.topology.epoch:
+                self.topology = ahead
+                if self.membership is not None:
+                    self.membership.update(ahead)
+                await self.logs.reconfigure()
+                log.info("every other broker has epoch %d: it is in force here too", ahead.epoch)
+            self.ahead = None
+
+    async def _recheck_ahead(self) -> None:
+        while self.ahead is not None:
+            await asyncio.sleep(AHEAD_RECHECK_S)
+            try:
+                await self._adopt_ahead()
+            except Exception:
+                log.exception("checking the held-back topology epoch against the other brokers failed")
 
 
 INSTALLED = "topology.json"

@@ -6,14 +6,20 @@ an error response by hand.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 
 from aiohttp import web
 
 from shoal.broker.group_handlers import add_group_routes
 from shoal.broker.state import BROKER, METRICS
+from shoal.broker.storage.producer_state import is_idempotent
 from shoal.client.errors import (
+    CorruptRecordError,
+    CorruptStoredRecord,
     InvalidRequest,
+    InvalidTimestamp,
     NotAcceptable,
     OffsetOutOfRange,
     StorageFull,
@@ -21,15 +27,18 @@ from shoal.client.errors import (
 )
 from shoal.client.json_records import encode_json_batch, records_to_json
 from shoal.client.names import check_name
-from shoal.client.records import decode_fetch, validate_frames
+from shoal.client.records import FrameHeader, decode_batch, iter_frames, now_ms, validate_frames
 from shoal.client.structs import TopicPartition
-from shoal.router.server.params import json_body, json_object, path_partition, query_int, topology_body
+from shoal.router.server.params import json_body, json_object, path_partition, query_int, topology_change
 
 log = logging.getLogger(__name__)
 
 BATCH = "application/vnd.shoal.batch"
 JSON = "application/json"
 DEFAULT_FETCH_BYTES = 1 << 20
+# A JSON fetch decodes and re-encodes what it answers (in a worker thread, off the event
+# loop): at most this many bytes of stored frames, at least one batch.
+MAX_JSON_FETCH_BYTES = 1 << 20
 MAX_METADATA = 4096
 
 
@@ -52,6 +61,23 @@ def _watermarks(plog) -> dict[str, str]:
 # --- data plane ---------------------------------------------------------------
 
 
+def _check_produce(headers: list[FrameHeader], max_future_ms: int) -> None:
+    """Refuse what validate_frames cannot see: an idempotent batch sent with others,
+    and timestamps too far ahead of this broker's clock."""
+    if len(headers) > 1 and any(map(is_idempotent, headers)):
+        raise InvalidRequest(
+            f"a body holds {len(headers)} batches, some with a producer id: send each idempotent "
+            "batch in a request of its own",
+            field="body",
+        )
+    newest = max(h.max_timestamp for h in headers)
+    if newest > now_ms() + max_future_ms:
+        raise InvalidTimestamp(
+            f"timestamp {newest} is more than {max_future_ms} ms ahead of the broker's clock",
+            timestamp=newest, max_future_ms=max_future_ms,
+        )
+
+
 async def produce(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
     topic, partition = path_partition(request)
@@ -67,12 +93,13 @@ async def produce(request: web.Request) -> web.Response:
         raise UnsupportedMediaType(
             f"send {BATCH} or {JSON}, not {ctype or 'no content type'}", supported=[BATCH, JSON]
         )
-    plog = await broker.partition_log(topic, partition)
-    try:
-        result = await plog.append(body, headers)
-    except StorageFull as exc:
-        exc.broker_id = broker.broker_id
-        raise
+    _check_produce(headers, broker.topology.topic(topic).max_future_ms)
+    async with broker.writing(topic, partition) as plog:
+        try:
+            result = await plog.append(body, headers)
+        except StorageFull as exc:
+            exc.broker_id = broker.broker_id
+            raise
     count = result.last_offset - result.base_offset + 1
     request.app[METRICS].appended(topic, count, len(body))
     return web.json_response(
@@ -92,20 +119,37 @@ async def fetch(request: web.Request) -> web.Response:
     max_wait_ms = min(query_int(request, "max_wait_ms", 0), settings.max_wait_ms)
     if offset == plog.high_watermark and max_wait_ms > 0:
         await plog.wait_for(offset, max_wait_ms / 1000)
+    if not as_batch:
+        max_bytes = min(max_bytes, MAX_JSON_FETCH_BYTES)
     data = plog.read(offset, max_bytes)
     request.app[METRICS].fetched(topic, len(data))
     headers = _watermarks(plog)
     if as_batch:
         return web.Response(body=data, content_type=BATCH, headers=headers)
-    records = decode_fetch(topic, partition, data, min_offset=offset)
-    return web.json_response(
-        {
-            "records": records_to_json(records),
-            "high_watermark": plog.high_watermark,
-            "log_start_offset": plog.log_start_offset,
-        },
-        headers=headers,
-    )
+    marks = {"high_watermark": plog.high_watermark, "log_start_offset": plog.log_start_offset}
+    body = await asyncio.to_thread(_json_fetch, topic, partition, data, offset, marks)
+    return web.Response(body=body, content_type=JSON, headers=headers)
+
+
+def _json_fetch(topic: str, partition: int, data: bytes, offset: int, marks: dict) -> bytes:
+    """The JSON answer of a fetch: the records of each stored frame that decodes, up to
+    the first that does not (CORRUPT_RECORD when that is the first one)."""
+    records: list = []
+    for h, frame in iter_frames(data, check_crc=False):
+        if h.next_offset <= offset:
+            continue
+        try:
+            batch, _ = decode_batch(topic, partition, frame, min_offset=offset)
+        except CorruptRecordError as exc:
+            if records:
+                break  # answer what decodes; the next fetch starts at the bad batch
+            raise CorruptStoredRecord(
+                f"the batch of {topic}/{partition} at offset {h.base_offset} does not decode ({exc}); "
+                f"fetch from offset {h.next_offset} to skip it",
+                topic=topic, partition=partition, offset=h.base_offset, next_offset=h.next_offset,
+            ) from None
+        records.extend(batch.tolist())
+    return json.dumps({"records": records_to_json(records), **marks}).encode()
 
 
 async def offsets(request: web.Request) -> web.Response:
@@ -144,7 +188,7 @@ async def put_committed(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
     group = check_name(request.match_info["group"], "group")
     topic, partition = path_partition(request)
-    plog = await broker.partition_log(topic, partition)
+    broker.check_owner(topic, partition)  # before reading a body we would refuse
     body = await json_object(request)
     offset = body.get("offset")
     if not isinstance(offset, int) or isinstance(offset, bool):
@@ -154,23 +198,24 @@ async def put_committed(request: web.Request) -> web.Response:
         metadata = ""
     if not isinstance(metadata, str) or len(metadata) > MAX_METADATA:
         raise InvalidRequest(f"metadata must be a string of at most {MAX_METADATA} characters", field="metadata")
-    if not plog.log_start_offset <= offset <= plog.high_watermark:
-        raise OffsetOutOfRange(
-            f"cannot commit {offset} for {topic}/{partition}: valid offsets are "
-            f"{plog.log_start_offset}..{plog.high_watermark}",
-            offset=offset, log_start_offset=plog.log_start_offset, high_watermark=plog.high_watermark,
-        )
     member_id = body.get("member_id")
     generation = body.get("generation")
     if member_id is not None and not isinstance(member_id, str):
         raise InvalidRequest("member_id must be a string", field="member_id")
     if generation is not None and (not isinstance(generation, int) or isinstance(generation, bool)):
         raise InvalidRequest("generation must be an integer", field="generation")
-    await broker.fence(
-        group, member_id, generation, [TopicPartition(topic, partition)],
-        authorization=request.headers.get("Authorization"),
-    )
-    await broker.logs.offsets.commit(group, [(topic, partition, offset, metadata)])
+    async with broker.writing(topic, partition) as plog:
+        if not plog.log_start_offset <= offset <= plog.high_watermark:
+            raise OffsetOutOfRange(
+                f"cannot commit {offset} for {topic}/{partition}: valid offsets are "
+                f"{plog.log_start_offset}..{plog.high_watermark}",
+                offset=offset, log_start_offset=plog.log_start_offset, high_watermark=plog.high_watermark,
+            )
+        await broker.fence(
+            group, member_id, generation, [TopicPartition(topic, partition)],
+            authorization=request.headers.get("Authorization"),
+        )
+        await broker.logs.offsets.commit(group, [(topic, partition, offset, metadata)])
     return web.json_response({"group": group, "topic": topic, "partition": partition, "offset": offset, "metadata": metadata})
 
 
@@ -219,8 +264,8 @@ async def get_cluster(request: web.Request) -> web.Response:
 
 async def put_cluster(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
-    new = await topology_body(request)
-    await broker.install(new)
+    change = await topology_change(request)
+    await broker.install(change.topology, change.delete_topics)
     return web.json_response(broker.cluster_view())
 
 
@@ -236,6 +281,8 @@ async def health(request: web.Request) -> web.Response:
     body = {"status": "degraded" if failed else "ok", "broker_id": broker.broker_id, "epoch": broker.topology.epoch}
     if failed:
         body["failed_partitions"] = failed
+    if broker.ahead is not None:
+        body["pending_epoch"] = broker.ahead.epoch
     return web.json_response(body)
 
 

@@ -30,6 +30,8 @@ __all__ = [
     "OffsetOutOfRange",
     "InvalidRequest",
     "CorruptBatch",
+    "CorruptStoredRecord",
+    "InvalidTimestamp",
     "BatchTooLarge",
     "UnsupportedMediaType",
     "NotAcceptable",
@@ -44,6 +46,7 @@ __all__ = [
     "NotFound",
     "MethodNotAllowed",
     "Throttled",
+    "RequestTimeout",
     "StorageFull",
     "BrokerUnavailable",
     "InternalError",
@@ -198,6 +201,24 @@ class CorruptBatch(ShoalApiError):
     http_status = 400
 
 
+class CorruptStoredRecord(ShoalApiError):
+    """A stored batch at ``offset`` does not decode; a reader may go on at ``next_offset``."""
+
+    code = "CORRUPT_RECORD"
+    title = "Corrupt stored record"
+    http_status = 422
+    fields = ("topic", "partition", "offset", "next_offset")
+
+
+class InvalidTimestamp(ShoalApiError):
+    """A record's timestamp is more than ``max_future_ms`` ahead of the broker's clock."""
+
+    code = "INVALID_TIMESTAMP"
+    title = "Invalid timestamp"
+    http_status = 400
+    fields = ("timestamp", "max_future_ms")
+
+
 class BatchTooLarge(ShoalApiError):
     code = "BATCH_TOO_LARGE"
     title = "Batch too large"
@@ -315,6 +336,16 @@ class Throttled(ShoalApiError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(max(1, round(self.retry_after or 1)))}
+
+
+class RequestTimeout(ShoalApiError):
+    """The request body did not arrive within the broker's ``body_timeout_ms``."""
+
+    code = "REQUEST_TIMEOUT"
+    title = "Request timeout"
+    http_status = 408
+    retriable = True
+    fields = ("timeout_ms",)
 
 
 class StorageFull(ShoalApiError):

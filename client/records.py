@@ -19,10 +19,11 @@ A batch is one frame. All integers are big-endian.
                                          headers: map str->bin | nil]
 
 Record ``i`` of a batch has offset ``base_offset + i`` and timestamp
-``first_timestamp + timestamp_delta``. The broker never decodes the records: it checks
-the frame (length, magic, CRC, that the msgpack array header matches record_count),
-patches base_offset and stores the frame as it came; a fetch returns stored frames
-byte for byte.
+``first_timestamp + timestamp_delta``, at most ``max_timestamp``. On produce the broker
+checks the frame (length, magic, CRC) and that its records decode to exactly that shape
+(``validate_frames``, with msgpack's C unpacker), so an accepted batch is a decodable
+one; it then patches base_offset and stores the frame as it came; a fetch returns
+stored frames byte for byte.
 """
 
 from __future__ import annotations
@@ -171,26 +172,57 @@ def base_offset_bytes(base_offset: int) -> bytes:
     return _BASE_OFFSET.pack(base_offset)
 
 
-def _array_len(buf, pos: int, end: int) -> int | None:
-    """Length announced by a msgpack array header at ``pos``, or None if there is none."""
-    if pos >= end:
-        return None
-    tag = buf[pos]
-    if 0x90 <= tag <= 0x9F:
-        return tag & 0x0F
-    if tag == 0xDC and pos + 3 <= end:
-        return (buf[pos + 1] << 8) | buf[pos + 2]
-    if tag == 0xDD and pos + 5 <= end:
-        return int.from_bytes(buf[pos + 1 : pos + 5], "big")
+_DELTA, _KEY, _VALUE, _HEADERS = map(itemgetter, range(4))  # fields of a stored record
+_NONE = type(None)
+_BYTES_OR_NONE = frozenset({bytes, _NONE})
+_HEADERS_OR_NONE = frozenset({dict, _NONE})
+_INT = frozenset({int})
+_UNPACK_ERRORS = (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError)
+
+
+def _records_problem(records: memoryview, h: FrameHeader) -> str | None:
+    """Why ``records`` is not an array of ``h.record_count`` well-formed records, or None.
+
+    One C unpack of the whole array, one C transpose into columns, then one C pass per
+    column (``set(map(type, column))``): Python code runs per record only for records
+    with headers. A count the bytes cannot hold (say 2**32-1) fails inside the unpacker,
+    which never allocates more entries than there are bytes.
+    """
+    try:
+        entries = msgpack.unpackb(records, use_list=False, raw=False, strict_map_key=True)
+    except _UNPACK_ERRORS as exc:
+        return f"records do not decode: {exc}"
+    if entries.__class__ is not tuple:
+        return f"records are a {type(entries).__name__}, not an array"
+    if len(entries) != h.record_count:
+        return f"records array holds {len(entries)} entries, record_count says {h.record_count}"
+    try:  # an entry that is not a 4-array fails here or in a column's type check below
+        deltas, keys, values, headers = zip(*entries, strict=True)
+    except (TypeError, ValueError):
+        return "a record is not an array of [timestamp_delta, key, value, headers]"
+    if set(map(type, deltas)) != _INT:
+        return "a record's timestamp_delta is not an integer"
+    if not set(map(type, keys)) <= _BYTES_OR_NONE:
+        return "a record's key is neither bin nor nil"
+    if not set(map(type, values)) <= _BYTES_OR_NONE:
+        return "a record's value is neither bin nor nil"
+    if not set(map(type, headers)) <= _HEADERS_OR_NONE:
+        return "a record's headers are neither a map nor nil"
+    for hdrs in filter(None, headers):
+        if not all(k.__class__ is str and v.__class__ is bytes for k, v in hdrs.items()):
+            return "a record's headers are not a map of str to bin"
+    if h.first_timestamp + max(deltas) > h.max_timestamp:
+        return f"a record's timestamp is past the batch's max_timestamp {h.max_timestamp}"
     return None
 
 
 def validate_frames(body: bytes | bytearray | memoryview, *, max_batch_bytes: int | None = None) -> list[FrameHeader]:
     """Check every frame of a produce body; return their headers in order.
 
-    Work is per batch, never per record: length, magic, CRC and the msgpack array
-    header. Raises ``CorruptBatch`` for anything that is not a sequence of whole,
-    valid frames.
+    Checks length, magic and CRC, then decodes each frame's records once with the C
+    unpacker and checks their shape (see ``_records_problem``): what this accepts,
+    ``decode_batch`` decodes. Raises ``CorruptBatch`` for anything that is not a
+    sequence of whole, valid frames.
     """
     view = memoryview(body)
     end = len(view)
@@ -213,8 +245,9 @@ def validate_frames(body: bytes | bytearray | memoryview, *, max_batch_bytes: in
             raise CorruptBatch(f"batch at byte {pos} has no records")
         if crc32c(view[pos + CRC_START : pos + size]) != h.crc:
             raise CorruptBatch(f"batch at byte {pos} fails its CRC32C check")
-        if _array_len(view, pos + HEADER_SIZE, pos + size) != h.record_count:
-            raise CorruptBatch(f"batch at byte {pos}: records array does not hold record_count={h.record_count} entries")
+        problem = _records_problem(view[pos + HEADER_SIZE : pos + size], h)
+        if problem is not None:
+            raise CorruptBatch(f"batch at byte {pos}: {problem}")
         headers.append(h)
         pos += size
     return headers
@@ -242,7 +275,6 @@ def iter_frames(buf: bytes | memoryview, *, check_crc: bool = True) -> Iterator[
 
 
 _new_tuple = tuple.__new__
-_DELTA, _KEY, _VALUE, _HEADERS = map(itemgetter, range(4))  # fields of a stored record
 _NO_HEADERS: dict = {}  # never handed out: records get copies
 _copy_dict = dict.copy
 # Only C code runs under gc_paused (msgpack's C extension, C iterators), so no other thread

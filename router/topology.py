@@ -97,6 +97,9 @@ class TopicConfig:
             (at most ``replication_factor``).
         unclean_leader_election: let an out-of-sync replica become leader when no
             in-sync one is alive (availability over acknowledged records).
+        max_future_ms: a batch whose newest record is stamped more than this ahead of
+            the broker's clock is refused with 400 INVALID_TIMESTAMP (Kafka's
+            ``message.timestamp.after.max.ms``; default one hour).
     """
 
     partitions: int = 1
@@ -108,6 +111,7 @@ class TopicConfig:
     replication_factor: int = 1
     min_insync_replicas: int = 1
     unclean_leader_election: bool = False
+    max_future_ms: int = 3600 * 1000
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -122,11 +126,15 @@ class Settings:
         max_batch_bytes: largest single batch frame accepted (413 beyond).
         max_wait_ms: longest long-poll a fetch may ask for.
         max_fetch_bytes: most bytes one fetch answers with (at least one batch).
-        max_connections: most requests served at once, long-polls included; one more
-            gets 429 THROTTLED (health checks and metrics are not counted).
-        max_buffered_bytes: most request-body bytes held at once (each request counts
-            its Content-Length, or max_request_bytes when it has none); a body that
-            would go past it gets 429 THROTTLED.
+        max_connections: most requests served at once, long-polls not included; one
+            more gets 429 THROTTLED (health checks and metrics are not counted).
+        max_long_polls: most fetches with ``max_wait_ms > 0`` served at once (their own
+            budget, so parked consumers never crowd out produce and commits).
+        max_buffered_bytes: most request-body bytes held at once, counted as they
+            arrive; a request announcing more than the room left, or whose bytes
+            would go past it, gets 429 THROTTLED.
+        body_timeout_ms: a request body must arrive whole within this long after its
+            headers, else 408 REQUEST_TIMEOUT and the connection is closed.
         max_queue_bytes: most bytes of appends waiting for one partition's writer; one
             more gets 429 THROTTLED with Retry-After.
         producer_expiry_ms: an idempotent producer id that wrote nothing to a partition
@@ -138,7 +146,9 @@ class Settings:
     max_wait_ms: int = 30_000
     max_fetch_bytes: int = 8 * _MIB
     max_connections: int = 1024
+    max_long_polls: int = 4096
     max_buffered_bytes: int = 256 * _MIB
+    body_timeout_ms: int = 30_000
     max_queue_bytes: int = 64 * _MIB
     producer_expiry_ms: int = 24 * 3600 * 1000
 
@@ -460,6 +470,7 @@ _TOPIC_RULES: dict[str, Rule] = {
     "replication_factor": _int_rule(1),
     "min_insync_replicas": _int_rule(1),
     "unclean_leader_election": _bool_rule,
+    "max_future_ms": _int_rule(0),
 }
 _SETTINGS_RULES: dict[str, Rule] = {f.name: _int_rule(1) for f in dataclasses.fields(Settings)}
 assert set(_TOPIC_RULES) == {f.name for f in dataclasses.fields(TopicConfig)}

@@ -93,7 +93,7 @@ async def _commit(
             raise CliError(f"{path} left unchanged; the cluster would refuse it:\n  " + "\n  ".join(result.refusals))
         new_text, kept = edited(_edit_epoch(edit(text), epoch), expected, path)
         write_atomically(path, new_text)
-        rows = await push(session, expected)
+        rows = await push(session, expected, result.plan)
     failed = [f"broker {r['id']} ({r['status']})" for r in rows if not r["status"].startswith("OK")]
     if failed:
         raise CliError(

@@ -15,6 +15,7 @@ from shoal.router.cli.base import Options, action, global_options
 from shoal.router.cli.output import CliError, emit, key_values, sections, table
 from shoal.router.cli.session import BrokerState, ClusterSession, newest, reason
 from shoal.router.plan import Plan, diff
+from shoal.router.server.params import TopologyChange
 from shoal.router.topology import Topology, load_topology
 
 _CHECK_CONCURRENCY = 16
@@ -198,9 +199,13 @@ def _removed_but_running(plan: Plan, states: list[BrokerState]) -> list[str]:
     return [f"broker {b.id} is removed but still running at {b.url}: stop it first" for b in removed if b.url in alive]
 
 
-async def push(session: ClusterSession, candidate: Topology) -> list[dict[str, Any]]:
-    """``PUT /v1/cluster`` to every broker of ``candidate``; one status row each."""
-    body = candidate.to_dict()
+async def push(session: ClusterSession, candidate: Topology, plan: Plan) -> list[dict[str, Any]]:
+    """``PUT /v1/cluster`` to every broker of ``candidate``; one status row each.
+
+    The topics ``plan`` deletes go along as ``delete_topics``: a broker deletes a
+    topic's data only when the request names it.
+    """
+    body = TopologyChange(candidate, tuple(plan.deleted_topics)).to_dict()
 
     async def one(broker_id: int, url: str) -> dict[str, Any]:
         try:
@@ -309,7 +314,7 @@ async def _apply(urls: list[str], candidate: Topology, delete_topics: bool) -> d
         if result.refusals:
             raise CliError("refused:\n  " + "\n  ".join(result.refusals))
         view = result.view()
-        view["brokers"] = await push(session, candidate)
+        view["brokers"] = await push(session, candidate, result.plan)
     return view
 
 

@@ -33,9 +33,9 @@ from shoal.client.names import check_name
 from shoal.client.partitioner import partition_for_key
 from shoal.router.hashing import group_coordinator
 from shoal.router.server.auth import authenticate
-from shoal.router.server.middlewares import MAX_BODY, limit_load, problem_errors, request_context
+from shoal.router.server.middlewares import MAX_BODY, LoadLimits, problem_errors, request_context
 from shoal.router.server.openapi import build_openapi
-from shoal.router.server.params import json_body, path_partition, topology_body
+from shoal.router.server.params import json_body, path_partition, topology_change
 from shoal.router.server.tls import client_context, serving_context
 from shoal.router.topology import Topology, TopologyError
 
@@ -102,7 +102,7 @@ class Gateway:
             ) from None
 
     async def to_owner(self, request: web.Request, topic: str, partition: int) -> web.Response:
-        body = await request.read() if request.can_read_body else None
+        body = await request.read() if request.body_exists else None
         for attempt in range(2):
             owner = self._owner(topic, partition)
             resp = await self.forward(request, owner, request.path_qs, body)
@@ -143,7 +143,7 @@ async def coordinator_request(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     group = check_name(request.match_info["group"], "group")
     coordinator = group_coordinator(group, gw.topology.broker_ids)
-    body = await request.read() if request.can_read_body else None
+    body = await request.read() if request.body_exists else None
     return await gw.forward(request, coordinator, request.path_qs, body)
 
 
@@ -201,19 +201,21 @@ async def topic_records(request: web.Request) -> web.Response:
 
 async def list_groups(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    views = await _all_brokers(gw, "/v1/groups")
+    views, unavailable = await _answering_brokers(gw, "/v1/groups")
     merged: dict[str, list] = defaultdict(list)
     for view in views:
         for group in view.get("groups", []):
             merged[group["group"]].extend(group["partitions"])
-    return web.json_response({"groups": [_group(g, rows) for g, rows in sorted(merged.items())]})
+    groups = [_group(g, rows) for g, rows in sorted(merged.items())]
+    return web.json_response({"groups": groups, "unavailable_brokers": unavailable})
 
 
 async def describe_group(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     group = check_name(request.match_info["group"], "group")
-    views = await _all_brokers(gw, f"/v1/groups/{group}")
-    return web.json_response(_group(group, [row for view in views for row in view.get("partitions", [])]))
+    views, unavailable = await _answering_brokers(gw, f"/v1/groups/{group}")
+    body = _group(group, [row for view in views for row in view.get("partitions", [])])
+    return web.json_response({**body, "unavailable_brokers": unavailable})
 
 
 async def delete_group(request: web.Request) -> web.Response:
@@ -230,8 +232,27 @@ def _group(group: str, rows: list[dict]) -> dict:
 
 
 async def _all_brokers(gw: Gateway, path: str, method: str = "GET") -> list[dict]:
-    """One call per broker; a broker that is down fails the whole view with 503."""
+    """One call per broker; a broker that is down fails the whole call with 503."""
     return list(await asyncio.gather(*(gw.json_call(method, b.id, path) for b in gw.topology.brokers)))
+
+
+async def _answering_brokers(gw: Gateway, path: str) -> tuple[list[dict], list[int]]:
+    """One GET per broker: the answers of those that answered, and the ids of those that
+    did not (503 BROKER_UNAVAILABLE only when none answered)."""
+    brokers = gw.topology.brokers
+    results = await asyncio.gather(*(gw.json_call("GET", b.id, path) for b in brokers), return_exceptions=True)
+    views, unavailable = [], []
+    for broker, result in zip(brokers, results):
+        if isinstance(result, BrokerUnavailable):
+            log.warning("broker %d left out of %s: %s", broker.id, path, result.detail)
+            unavailable.append(broker.id)
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            views.append(result)
+    if not views and unavailable:
+        raise BrokerUnavailable(f"no broker answered {path}", broker_id=unavailable[0])
+    return views, unavailable
 
 
 async def get_cluster(request: web.Request) -> web.Response:
@@ -241,8 +262,8 @@ async def get_cluster(request: web.Request) -> web.Response:
 async def put_cluster(request: web.Request) -> web.Response:
     """Install a topology on every broker (admin); the gateway adopts it when all accept."""
     gw = request.app[GATEWAY]
-    new = await topology_body(request)
-    body = new.to_dict()
+    change = await topology_change(request)
+    new, body = change.topology, change.to_dict()
     for broker in new.brokers:
         try:
             await gw.json_call("PUT", broker.id, "/v1/cluster", body, topology=new)
@@ -268,9 +289,11 @@ def create_gateway_app(topology: Topology, *, token: str | None = None) -> web.A
     """
     limit = topology.settings.max_request_bytes
     gw = Gateway(topology, timeout_s=topology.settings.max_wait_ms / 1000 + 5, token=token)
-    middlewares = [request_context, problem_errors, limit_load(lambda: gw.topology.settings)]
+    limits = LoadLimits(lambda: gw.topology.settings)
+    middlewares = [request_context, problem_errors, limits.admit]
     if topology.auth is not None:
         middlewares.append(authenticate(topology.auth))
+    middlewares.append(limits.receive)
     app = web.Application(middlewares=middlewares, client_max_size=limit)
     app[GATEWAY] = gw
     app[MAX_BODY] = limit

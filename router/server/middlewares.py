@@ -8,6 +8,7 @@ their codes; anything else is logged with its traceback and answered as INTERNAL
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
@@ -24,6 +25,7 @@ from shoal.client.errors import (
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
+    RequestTimeout,
     ShoalApiError,
     Throttled,
     UnsupportedMediaType,
@@ -104,40 +106,106 @@ async def problem_errors(request: web.Request, handler):
         return problem_response(InternalError("internal error; see the broker log"))
 
 
-def limit_load(settings: Callable[[], Any]):
+LONG_POLL = ("GET", "/v1/topics/{topic}/partitions/{partition}/records")
+
+
+def _is_long_poll(request: web.Request) -> bool:
+    return route_key(request) == LONG_POLL and request.query.get("max_wait_ms", "0") not in ("", "0")
+
+
+class LoadLimits:
     """Shed load with 429 THROTTLED (Retry-After) instead of queueing without bound.
 
     ``settings()`` gives the current ``Settings`` (re-read per request, so a new
     topology epoch changes the limits): at most ``max_connections`` requests in
-    progress, long-polls included, and at most ``max_buffered_bytes`` of request
-    bodies held at once. Probes are never counted nor refused.
+    progress, plus at most ``max_long_polls`` fetches that may wait (their own budget:
+    parked consumers never crowd out produce, commits and heartbeats), and at most
+    ``max_buffered_bytes`` of request bodies held at once, counted as the bytes
+    arrive (a stalled upload holds only what it sent). A body must arrive within
+    ``body_timeout_ms``, else 408 REQUEST_TIMEOUT and the connection is closed.
+    Probes are never counted nor refused.
+
+    Two middlewares: ``admit`` goes before authentication, ``receive`` after it (so
+    the body of a caller without a valid token is never read).
     """
-    in_progress = 0
-    buffered = 0
+
+    def __init__(self, settings: Callable[[], Any]):
+        self.settings = settings
+        self.in_progress = 0
+        self.long_polls = 0
+        self.buffered = 0
 
     @web.middleware
-    async def limits(request: web.Request, handler):
-        nonlocal in_progress, buffered
+    async def admit(self, request: web.Request, handler):
         if route_key(request) in PROBES:
             return await handler(request)
-        current = settings()
-        size = 0
-        if request.body_exists:
-            size = min(request.content_length or current.max_request_bytes, current.max_request_bytes)
-        if in_progress >= current.max_connections:
+        current = self.settings()
+        if _is_long_poll(request):
+            if self.long_polls >= current.max_long_polls:
+                raise Throttled(
+                    f"{self.long_polls} long-polls waiting, the most this server takes (max_long_polls)", retry_after=1
+                )
+            self.long_polls += 1
+            try:
+                return await handler(request)
+            finally:
+                self.long_polls -= 1
+        if self.in_progress >= current.max_connections:
             raise Throttled(
-                f"{in_progress} requests in progress, the most this server takes (max_connections)", retry_after=1
+                f"{self.in_progress} requests in progress, the most this server takes (max_connections)", retry_after=1
             )
-        if buffered and buffered + size > current.max_buffered_bytes:
+        announced = min(request.content_length or 0, current.max_request_bytes) if request.body_exists else 0
+        if self.buffered and self.buffered + announced > current.max_buffered_bytes:
             raise Throttled(
-                f"{buffered} bytes of request bodies held, no room for {size} more (max_buffered_bytes)", retry_after=1
+                f"{self.buffered} bytes of request bodies held, no room for {announced} more (max_buffered_bytes)",
+                retry_after=1,
             )
-        in_progress += 1
-        buffered += size
+        self.in_progress += 1
         try:
             return await handler(request)
         finally:
-            in_progress -= 1
-            buffered -= size
+            self.in_progress -= 1
 
-    return limits
+    @web.middleware
+    async def receive(self, request: web.Request, handler):
+        if not request.body_exists or route_key(request) in PROBES:
+            return await handler(request)
+        held = [0]
+        try:
+            try:
+                await self._read(request, self.settings(), held)
+            except ShoalApiError as exc:  # the rest of the body may still come: do not wait for it
+                response = problem_response(exc)
+                response.force_close()
+                return response
+            return await handler(request)
+        finally:
+            self.buffered -= held[0]
+
+    async def _read(self, request: web.Request, current: Any, held: list[int]) -> None:
+        """Read the whole body within ``body_timeout_ms``, counting its bytes (in
+        ``self.buffered`` and ``held[0]``) as they arrive; ``request.read()`` then
+        answers from what was read."""
+        chunks = []
+        try:
+            async with asyncio.timeout(current.body_timeout_ms / 1000):
+                while chunk := await request.content.readany():
+                    if held[0] + len(chunk) > current.max_request_bytes:
+                        raise BatchTooLarge(
+                            f"request body exceeds {current.max_request_bytes} bytes", max_bytes=current.max_request_bytes
+                        )
+                    if self.buffered + len(chunk) > current.max_buffered_bytes:
+                        raise Throttled(
+                            f"{self.buffered} bytes of request bodies held, no room for more (max_buffered_bytes)",
+                            retry_after=1,
+                        )
+                    self.buffered += len(chunk)
+                    held[0] += len(chunk)
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the request body did not arrive within {current.body_timeout_ms} ms (body_timeout_ms); "
+                f"{held[0]} bytes came",
+                timeout_ms=current.body_timeout_ms,
+            ) from None
+        request._read_bytes = b"".join(chunks)  # aiohttp's request.read() answers from this cache once set

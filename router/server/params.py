@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import NamedTuple
 
 from aiohttp import web
 
@@ -58,10 +59,28 @@ async def json_object(request: web.Request) -> dict:
     return body
 
 
-async def topology_body(request: web.Request) -> Topology:
-    """The topology a ``PUT /v1/cluster`` carries, validated, or INVALID_REQUEST listing why not."""
-    body = await json_body(request)
+class TopologyChange(NamedTuple):
+    """What a ``PUT /v1/cluster`` asks for: the new topology, and the topics it deletes."""
+
+    topology: Topology
+    delete_topics: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        """The request body that asks for this change."""
+        return {**self.topology.to_dict(), "delete_topics": list(self.delete_topics)}
+
+
+async def topology_change(request: web.Request) -> TopologyChange:
+    """The topology a ``PUT /v1/cluster`` carries, validated, with its ``delete_topics``
+    (topic names, default none), or INVALID_REQUEST saying why not."""
+    body = await json_object(request)
+    deletes = body.pop("delete_topics", [])
+    if not isinstance(deletes, list) or not all(isinstance(name, str) for name in deletes):
+        raise InvalidRequest("delete_topics must be a list of topic names", field="delete_topics")
+    for name in deletes:
+        check_name(name, "delete_topics")
     try:
-        return Topology.from_dict(body, source="PUT /v1/cluster")
+        topology = Topology.from_dict(body, source="PUT /v1/cluster")
     except TopologyError as exc:
         raise InvalidRequest(f"invalid topology: {exc}", field="topology") from None
+    return TopologyChange(topology, tuple(sorted(set(deletes))))
