@@ -174,9 +174,14 @@ class LoadLimits:
         try:
             try:
                 await self._read(request, self.settings(), held)
-            except ShoalApiError as exc:  # the rest of the body may still come: do not wait for it
+            except ShoalApiError as exc:
+                # Answer now and close: reading (aiohttp "lingers" up to 10 s) a body that
+                # stalled or is unwanted would hold the connection for nothing.
                 response = problem_response(exc)
                 response.force_close()
+                await response.prepare(request)
+                await response.write_eof()
+                request.protocol.force_close()
                 return response
             return await handler(request)
         finally:

@@ -7,10 +7,19 @@ import io
 import json
 
 import aiohttp
+import msgpack
 import pytest
 
 from shoal.client.errors import ShoalError
-from shoal.client.records import encode_batch, iter_frames, read_header
+from shoal.client.records import (
+    array_header,
+    encode_batch,
+    frame_records,
+    iter_frames,
+    now_ms,
+    patch_base_offset,
+    read_header,
+)
 
 BATCH = "application/vnd.shoal.batch"
 
@@ -233,3 +242,119 @@ async def test_metrics_and_openapi(single, http):
     assert 'shoal_partition_high_watermark{partition="0",topic="t"} 3.0' in text
     status, doc, _ = await call(http, "GET", single.url(1) + "/v1/openapi.json")
     assert doc["openapi"].startswith("3.") and "/v1/topics/{topic}/partitions/{partition}/records" in doc["paths"]
+
+
+def poison_frames() -> dict[str, bytes]:
+    """Frames whose length, magic and CRC are right but whose records are not records."""
+    now = now_ms()
+
+    def framed(records: bytes, count: int) -> bytes:
+        return frame_records(records, record_count=count, first_timestamp=now, max_timestamp=now)
+
+    return {
+        "integer record": framed(msgpack.packb([7]), 1),
+        "2**32-1 records announced": framed(array_header(2**32 - 1) + msgpack.packb([0, None, b"v", None]), 2**32 - 1),
+        "record of 3 fields": framed(msgpack.packb([[0, None, b"v"]]), 1),
+        "string value": framed(msgpack.packb([[0, None, "text", None]]), 1),
+        "headers not str->bin": framed(msgpack.packb([[0, None, b"v", {"h": 1}]]), 1),
+        "timestamp past max_timestamp": framed(msgpack.packb([[5000, None, b"v", None]]), 1),
+    }
+
+
+@pytest.mark.parametrize("name", list(poison_frames()))
+async def test_undecodable_records_are_refused_and_nothing_is_stored(single, http, name):
+    """A frame that passes its CRC but whose records do not decode is 400 CORRUPT_BATCH."""
+    url = records_url(single)
+    status, got, _ = await call(http, "POST", url, data=poison_frames()[name], headers={"Content-Type": BATCH})
+    assert (status, got["code"]) == (400, "CORRUPT_BATCH"), got
+    _, offsets, _ = await call(http, "GET", single.url(1) + "/v1/topics/t/partitions/0/offsets")
+    assert offsets["high_watermark"] == 0
+
+
+async def test_a_stored_undecodable_batch_is_named_not_internal(single, http):
+    """A JSON fetch meeting a stored batch that does not decode (written before produce-time
+    checks) answers 422 CORRUPT_RECORD naming it, and reads on from next_offset."""
+    url = records_url(single)
+    await call(http, "POST", url, json={"records": [{"value": "before"}]})
+    single.kill(1)
+    (segment,) = (single.root / "broker-1" / "t-0").glob("*.log")
+    poison = bytearray(poison_frames()["integer record"])
+    patch_base_offset(poison, 0, 1)
+    with open(segment, "ab") as f:
+        f.write(poison)
+    single.start(1)
+    async with aiohttp.ClientSession() as fresh:  # the old session's connection died with the broker
+        status, got, _ = await call(fresh, "POST", url, json={"records": [{"value": "after"}]})
+        assert (status, got["base_offset"]) == (200, 2)
+        status, got, _ = await call(fresh, "GET", url, params={"offset": 0})
+        assert (status, [r["value"] for r in got["records"]]) == (200, ["before"])
+        status, got, _ = await call(fresh, "GET", url, params={"offset": 1})
+        assert (status, got["code"], got["offset"], got["next_offset"]) == (422, "CORRUPT_RECORD", 1, 2), got
+        assert (got["topic"], got["partition"]) == ("t", 0)
+        status, got, _ = await call(fresh, "GET", url, params={"offset": got["next_offset"]})
+        assert (status, [r["value"] for r in got["records"]]) == (200, ["after"])
+
+
+async def test_timestamps_too_far_ahead_are_refused(cluster_factory, http):
+    """A batch stamped past max_future_ms (an hour by default; per topic) is 400
+    INVALID_TIMESTAMP with timestamp and max_future_ms, and nothing is stored."""
+    cluster = cluster_factory(1, {"t": 1, "strict": {"partitions": 1, "max_future_ms": 1000}})
+    hour = 3600 * 1000
+    cases = [
+        ("t", now_ms() * 1_000_000, hour),  # nanoseconds by mistake
+        ("t", now_ms() + hour + 60_000, hour),
+        ("strict", now_ms() + 60_000, 1000),
+    ]
+    for topic, ts, limit in cases:
+        frame = encode_batch([(None, b"early", None, now_ms()), (None, b"late", None, ts)])
+        status, got, _ = await call(http, "POST", records_url(cluster, topic), data=frame, headers={"Content-Type": BATCH})
+        assert (status, got["code"], got["timestamp"], got["max_future_ms"]) == (400, "INVALID_TIMESTAMP", ts, limit), got
+        status, got, _ = await call(http, "POST", records_url(cluster, topic), json={"records": [{"value": "j", "timestamp": ts}]})
+        assert (status, got["code"]) == (400, "INVALID_TIMESTAMP"), got
+    status, got, _ = await call(http, "POST", records_url(cluster, "t"), json={"records": [{"value": "ok", "timestamp": now_ms() + 60_000}]})
+    assert status == 200, got
+    for topic, hw in (("t", 1), ("strict", 0)):
+        _, offsets, _ = await call(http, "GET", f"{cluster.url(1)}/v1/topics/{topic}/partitions/0/offsets")
+        assert offsets["high_watermark"] == hw
+
+
+async def test_an_idempotent_batch_must_travel_alone(single, http):
+    """A resent batch bundled with a new one is refused (as Kafka takes one batch per
+    partition per request) instead of answered with a range over other producers' records."""
+    url = records_url(single)
+    first = encode_batch([(None, b"p1-0", None, None)], producer_id=42, base_sequence=0)
+    status, got, _ = await call(http, "POST", url, data=first, headers={"Content-Type": BATCH})
+    assert (status, got["base_offset"]) == (200, 0)
+    await call(http, "POST", url, json={"records": [{"value": "other"}] * 5})
+    second = encode_batch([(None, b"p1-1", None, None)], producer_id=42, base_sequence=1)
+    status, got, _ = await call(http, "POST", url, data=first + second, headers={"Content-Type": BATCH})
+    assert (status, got["code"], got["field"]) == (400, "INVALID_REQUEST", "body"), got
+    _, offsets, _ = await call(http, "GET", single.url(1) + "/v1/topics/t/partitions/0/offsets")
+    assert offsets["high_watermark"] == 6
+    status, got, _ = await call(http, "POST", url, data=second, headers={"Content-Type": BATCH})
+    assert got == {"base_offset": 6, "count": 1, "duplicate": False}
+    plain = encode_batch([(None, b"a", None, None)]) + encode_batch([(None, b"b", None, None)] * 2)
+    status, got, _ = await call(http, "POST", url, data=plain, headers={"Content-Type": BATCH})
+    assert (status, got["base_offset"], got["count"]) == (200, 7, 3)  # frames without a producer id still share a body
+
+
+async def test_put_cluster_deletes_only_topics_it_names(single, http):
+    """A topology that merely leaves a topic out is refused; delete_topics deletes it."""
+    url = records_url(single, "audit")
+    await call(http, "POST", url, json={"records": [{"value": "keep"}]})
+    _, topo, _ = await call(http, "GET", single.url(1) + "/v1/cluster")
+    topo.pop("owners")
+    del topo["topics"]["audit"]
+    topo["epoch"] = 2
+    status, got, _ = await call(http, "PUT", single.url(1) + "/v1/cluster", json=topo)
+    assert (status, got["code"], got["field"]) == (400, "INVALID_REQUEST", "delete_topics"), got
+    assert "audit" in got["detail"]
+    status, got, _ = await call(http, "GET", url, params={"offset": 0})
+    assert [r["value"] for r in got["records"]] == ["keep"]
+    status, got, _ = await call(http, "PUT", single.url(1) + "/v1/cluster", json={**topo, "delete_topics": ["t"]})
+    assert (status, got["field"]) == (400, "delete_topics")  # t is kept: naming it is a mistake
+    status, got, _ = await call(http, "PUT", single.url(1) + "/v1/cluster", json={**topo, "delete_topics": ["audit"]})
+    assert (status, got["epoch"]) == (200, 2) and "audit" not in got["topics"]
+    status, got, _ = await call(http, "GET", url, params={"offset": 0})
+    assert (status, got["code"]) == (404, "UNKNOWN_TOPIC")
+    assert not (single.root / "broker-1" / "audit-0").exists()

@@ -80,3 +80,32 @@ async def test_broker_down_gives_503_for_its_partitions_only(gateway):
                     assert (resp.status, body["code"], body["broker_id"]) == (503, "BROKER_UNAVAILABLE", victim)
                 else:
                     assert resp.status == 200, body
+
+
+async def test_group_views_answer_what_is_known_and_name_missing_brokers(gateway):
+    """With one broker down, GET /v1/groups and /v1/groups/{g} list the others' partitions
+    and name the missing broker in unavailable_brokers, instead of 503."""
+    cluster, url = gateway
+    owners = [cluster.owner("t", p) for p in range(6)]
+    async with aiohttp.ClientSession() as http:
+        for p in range(6):
+            async with http.post(f"{url}/v1/topics/t/partitions/{p}/records", json={"records": [{"value": "x"}] * 2}) as resp:
+                assert resp.status == 200
+            async with http.put(f"{url}/v1/groups/g/topics/t/partitions/{p}/offset", json={"offset": 1}) as resp:
+                assert resp.status == 200, await resp.text()
+        async with http.get(f"{url}/v1/groups") as resp:
+            assert (resp.status, (await resp.json())["unavailable_brokers"]) == (200, [])
+        victim = owners[0]
+        cluster.kill(victim)
+        alive = sorted(p for p, owner in enumerate(owners) if owner != victim)
+        async with http.get(f"{url}/v1/groups") as resp:
+            body = await resp.json()
+        assert resp.status == 200, body
+        assert body["unavailable_brokers"] == [victim]
+        (group,) = body["groups"]
+        assert [r["partition"] for r in group["partitions"]] == alive
+        assert group["lag"] == len(alive)
+        async with http.get(f"{url}/v1/groups/g") as resp:
+            body = await resp.json()
+        assert (resp.status, body["unavailable_brokers"]) == (200, [victim])
+        assert [r["partition"] for r in body["partitions"]] == alive

@@ -194,6 +194,7 @@ def test_topic_rows_list_and_describe():
         "REPLICATION-FACTOR       1\n"
         "MIN-INSYNC-REPLICAS      1\n"
         "UNCLEAN-LEADER-ELECTION  no\n"
+        "MAX-FUTURE-MS            3600000\n"
         "\n"
         "PARTITION  OWNER  LOG-START-OFFSET  HIGH-WATERMARK\n"
         "0          1      0                 7\n"

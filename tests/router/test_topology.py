@@ -175,12 +175,13 @@ def test_every_problem_is_reported_at_once_with_lines():
         "(not '.' or '..'), quoted if YAML would read it as a number",
         "cluster.yaml:24: topics.ok.partitons: unknown key (expected one of: partitions, flush, "
         "flush_interval_ms, segment_bytes, retention_ms, retention_bytes, "
-        "replication_factor, min_insync_replicas, unclean_leader_election)",
+        "replication_factor, min_insync_replicas, unclean_leader_election, max_future_ms)",
         "cluster.yaml:24: topics.ok.retention_bytes: must be null or an integer >= 1, got 0",
         "cluster.yaml:24: topics.ok.segment_bytes: must be an integer from 1 to 2147483647, got '1GB'",
         "cluster.yaml:26: settings.max_wait_ms: must be an integer >= 1, got True",
         "cluster.yaml:27: settings.max_bytes: unknown key (expected one of: "
-        "max_request_bytes, max_batch_bytes, max_wait_ms, max_fetch_bytes, max_connections, max_buffered_bytes, max_queue_bytes, producer_expiry_ms)",
+        "max_request_bytes, max_batch_bytes, max_wait_ms, max_fetch_bytes, max_connections, max_long_polls, "
+        "max_buffered_bytes, body_timeout_ms, max_queue_bytes, producer_expiry_ms)",
     ]
 
 
@@ -282,6 +283,7 @@ def test_to_dict_is_the_cluster_body():
         "replication_factor": 1,
         "min_insync_replicas": 1,
         "unclean_leader_election": False,
+        "max_future_ms": 3600000,
     }
     assert body["owners"]["orders"] == topo.owners("orders")
     assert json.loads(json.dumps(body)) == body
