@@ -94,18 +94,18 @@ async def test_group_views_answer_what_is_known_and_name_missing_brokers(gateway
             async with http.put(f"{url}/v1/groups/g/topics/t/partitions/{p}/offset", json={"offset": 1}) as resp:
                 assert resp.status == 200, await resp.text()
         async with http.get(f"{url}/v1/groups") as resp:
-            assert (resp.status, (await resp.json())["unavailable_brokers"]) == (200, [])
+            body = await resp.json()
+        assert (resp.status, body.get("unavailable_brokers")) == (200, []), body
         victim = owners[0]
         cluster.kill(victim)
         alive = sorted(p for p, owner in enumerate(owners) if owner != victim)
         async with http.get(f"{url}/v1/groups") as resp:
             body = await resp.json()
-        assert resp.status == 200, body
-        assert body["unavailable_brokers"] == [victim]
+        assert (resp.status, body.get("unavailable_brokers")) == (200, [victim]), body
         (group,) = body["groups"]
         assert [r["partition"] for r in group["partitions"]] == alive
         assert group["lag"] == len(alive)
         async with http.get(f"{url}/v1/groups/g") as resp:
             body = await resp.json()
-        assert (resp.status, body["unavailable_brokers"]) == (200, [victim])
+        assert (resp.status, body.get("unavailable_brokers")) == (200, [victim]), body
         assert [r["partition"] for r in body["partitions"]] == alive
