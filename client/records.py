@@ -21,8 +21,8 @@ A batch is one frame. All integers are big-endian.
 Record ``i`` of a batch has offset ``base_offset + i`` and timestamp
 ``first_timestamp + timestamp_delta``, at most ``max_timestamp``. On produce the broker
 checks the frame (length, magic, CRC) and that its records decode to exactly that shape
-(``validate_frames``, with msgpack's C unpacker), so an accepted batch is a decodable
-one; it then patches base_offset and stores the frame as it came; a fetch returns
+(``validate_frames``, decoding them once with msgspec's typed C decoder), so an
+accepted batch is a decodable one; it then patches base_offset and stores the frame as it came; a fetch returns
 stored frames byte for byte.
 """
 
@@ -34,11 +34,12 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from itertools import repeat
-from operator import add, itemgetter
+from operator import add, attrgetter, itemgetter
 from typing import NamedTuple, overload
 
 import msgpack
 import msgpack.fallback
+import msgspec
 from crc32c import crc32c
 
 from .errors import BatchTooLarge, CorruptBatch, CorruptRecordError
@@ -172,46 +173,33 @@ def base_offset_bytes(base_offset: int) -> bytes:
     return _BASE_OFFSET.pack(base_offset)
 
 
-_DELTA, _KEY, _VALUE, _HEADERS = map(itemgetter, range(4))  # fields of a stored record
-_NONE = type(None)
-_BYTES_OR_NONE = frozenset({bytes, _NONE})
-_HEADERS_OR_NONE = frozenset({dict, _NONE})
-_INT = frozenset({int})
-_UNPACK_ERRORS = (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError)
+class _Record(msgspec.Struct, array_like=True, forbid_unknown_fields=True, gc=False):
+    """One stored record as the format above spells it: decoding into it checks the shape
+    in C (msgspec), and the decoded records are not tracked by the cyclic GC."""
+
+    timestamp_delta: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes] | None
+
+
+_RECORDS = msgspec.msgpack.Decoder(list[_Record])
+_TIMESTAMP_DELTA = attrgetter("timestamp_delta")
 
 
 def _records_problem(records: memoryview, h: FrameHeader) -> str | None:
     """Why ``records`` is not an array of ``h.record_count`` well-formed records, or None.
 
-    One C unpack of the whole array, one C transpose into columns, then one C pass per
-    column (``set(map(type, column))``): Python code runs per record only for records
-    with headers. A count the bytes cannot hold (say 2**32-1) fails inside the unpacker,
-    which never allocates more entries than there are bytes.
+    A count the bytes cannot hold (say 2**32-1) fails inside the decoder, which never
+    allocates more entries than there are bytes.
     """
     try:
-        entries = msgpack.unpackb(records, use_list=False, raw=False, strict_map_key=True)
-    except _UNPACK_ERRORS as exc:
+        decoded = _RECORDS.decode(records)
+    except msgspec.DecodeError as exc:
         return f"records do not decode: {exc}"
-    if entries.__class__ is not tuple:
-        return f"records are a {type(entries).__name__}, not an array"
-    if len(entries) != h.record_count:
-        return f"records array holds {len(entries)} entries, record_count says {h.record_count}"
-    try:  # an entry that is not a 4-array fails here or in a column's type check below
-        deltas, keys, values, headers = zip(*entries, strict=True)
-    except (TypeError, ValueError):
-        return "a record is not an array of [timestamp_delta, key, value, headers]"
-    if set(map(type, deltas)) != _INT:
-        return "a record's timestamp_delta is not an integer"
-    if not set(map(type, keys)) <= _BYTES_OR_NONE:
-        return "a record's key is neither bin nor nil"
-    if not set(map(type, values)) <= _BYTES_OR_NONE:
-        return "a record's value is neither bin nor nil"
-    if not set(map(type, headers)) <= _HEADERS_OR_NONE:
-        return "a record's headers are neither a map nor nil"
-    for hdrs in filter(None, headers):
-        if not all(k.__class__ is str and v.__class__ is bytes for k, v in hdrs.items()):
-            return "a record's headers are not a map of str to bin"
-    if h.first_timestamp + max(deltas) > h.max_timestamp:
+    if len(decoded) != h.record_count:
+        return f"records array holds {len(decoded)} entries, record_count says {h.record_count}"
+    if h.first_timestamp + max(map(_TIMESTAMP_DELTA, decoded)) > h.max_timestamp:
         return f"a record's timestamp is past the batch's max_timestamp {h.max_timestamp}"
     return None
 
@@ -219,9 +207,8 @@ def _records_problem(records: memoryview, h: FrameHeader) -> str | None:
 def validate_frames(body: bytes | bytearray | memoryview, *, max_batch_bytes: int | None = None) -> list[FrameHeader]:
     """Check every frame of a produce body; return their headers in order.
 
-    Checks length, magic and CRC, then decodes each frame's records once with the C
-    unpacker and checks their shape (see ``_records_problem``): what this accepts,
-    ``decode_batch`` decodes. Raises ``CorruptBatch`` for anything that is not a
+    Checks length, magic and CRC, then decodes each frame's records once into
+    ``_Record``s, which checks their shape: what this accepts, ``decode_batch`` decodes. Raises ``CorruptBatch`` for anything that is not a
     sequence of whole, valid frames.
     """
     view = memoryview(body)
@@ -275,6 +262,7 @@ def iter_frames(buf: bytes | memoryview, *, check_crc: bool = True) -> Iterator[
 
 
 _new_tuple = tuple.__new__
+_DELTA, _KEY, _VALUE, _HEADERS = map(itemgetter, range(4))  # fields of a stored record
 _NO_HEADERS: dict = {}  # never handed out: records get copies
 _copy_dict = dict.copy
 # Only C code runs under gc_paused (msgpack's C extension, C iterators), so no other thread

@@ -191,6 +191,8 @@ class LoadLimits:
         """Read the whole body within ``body_timeout_ms``, counting its bytes (in
         ``self.buffered`` and ``held[0]``) as they arrive; ``request.read()`` then
         answers from what was read."""
+        if (request.content_length or 0) > current.max_request_bytes:
+            raise BatchTooLarge(f"request body exceeds {current.max_request_bytes} bytes", max_bytes=current.max_request_bytes)
         chunks = []
         try:
             async with asyncio.timeout(current.body_timeout_ms / 1000):

@@ -89,16 +89,28 @@ _TOPOLOGY_IN = {
         "partitions": {"type": "object"},
         "defaults": {"type": ["object", "null"]},
         "settings": {"type": ["object", "null"]},
+        "delete_topics": {
+            "type": "array",
+            "items": NAME,
+            "description": "topics of the installed topology this one leaves out, to delete with their data; "
+            "leaving a topic out without naming it here is 400 INVALID_REQUEST (field delete_topics)",
+        },
     },
     "additionalProperties": False,
 }
 
+_UNAVAILABLE = {
+    "type": "array",
+    "items": {"type": "integer"},
+    "description": "gateway only: ids of the brokers that did not answer; their partitions are missing",
+}
 _GROUP = {
     "type": "object",
     "required": ["group", "partitions"],
     "properties": {
         "group": {"type": "string"},
         "broker_id": {"type": "integer"},
+        "unavailable_brokers": _UNAVAILABLE,
         "partitions": {
             "type": "array",
             "items": {
@@ -162,7 +174,7 @@ def _gateway_paths() -> dict[str, Any]:
         "Append JSON records to a topic: by key (Kafka's murmur2 partitioner), else round-robin",
         {"description": "every record written; offsets[i] is where records[i] landed", "content": _json(ok)},
         "UNKNOWN_TOPIC", "UNSUPPORTED_MEDIA_TYPE", "BATCH_TOO_LARGE", "THROTTLED", "STORAGE_FULL",
-        "BROKER_UNAVAILABLE", "NOT_OWNER",
+        "BROKER_UNAVAILABLE", "NOT_OWNER", "INVALID_TIMESTAMP", "REQUEST_TIMEOUT",
         params=[_param("topic")],
         body=_json({"type": "object", "required": ["records"], "properties": {
             "records": {"type": "array", "minItems": 1, "maxItems": 10_000, "items": record}}}),
@@ -245,11 +257,13 @@ def _document(title: str) -> dict[str, Any]:
             "/v1/topics/{topic}/partitions/{partition}/records": {
                 "post": _op(
                     "Append records (JSON or framed batches)",
-                    {"description": "written under the topic's flush policy", "content": _json({
+                    {"description": "written under the topic's flush policy; the body's records hold offsets "
+                     "base_offset .. base_offset + count - 1 (an idempotent batch travels alone: a body with "
+                     "several batches, one with a producer id, is 400 INVALID_REQUEST)", "content": _json({
                         "type": "object", "required": ["base_offset", "count"],
                         "properties": {"base_offset": INT, "count": INT, "duplicate": {"type": "boolean"}}})},
                     *_PART_ERRORS, "CORRUPT_BATCH", "BATCH_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE", "THROTTLED",
-                    "DUPLICATE_SEQUENCE", "STORAGE_FULL",
+                    "DUPLICATE_SEQUENCE", "STORAGE_FULL", "INVALID_TIMESTAMP", "REQUEST_TIMEOUT",
                     params=_PART,
                     body={
                         "application/json": {"schema": {"type": "object", "required": ["records"], "properties": {
@@ -263,7 +277,7 @@ def _document(title: str) -> dict[str, Any]:
                         **_json({"type": "object", "required": ["records", "high_watermark", "log_start_offset"],
                                  "properties": {"records": {"type": "array", "items": _RECORD_OUT}, **watermarks}}),
                         BATCH: {"schema": {"type": "string", "format": "binary"}}}},
-                    *_PART_ERRORS, "OFFSET_OUT_OF_RANGE", "NOT_ACCEPTABLE",
+                    *_PART_ERRORS, "OFFSET_OUT_OF_RANGE", "NOT_ACCEPTABLE", "CORRUPT_RECORD", "THROTTLED",
                     params=_PART + [
                         _param("offset", "query", INT, False),
                         _param("max_bytes", "query", {**INT, "minimum": 1}, False),
@@ -289,7 +303,7 @@ def _document(title: str) -> dict[str, Any]:
                 "put": _op(
                     "Commit an offset for this group",
                     {"description": "committed", "content": _json({"type": "object"})},
-                    *_PART_ERRORS, "OFFSET_OUT_OF_RANGE", "UNSUPPORTED_MEDIA_TYPE",
+                    *_PART_ERRORS, "OFFSET_OUT_OF_RANGE", "UNSUPPORTED_MEDIA_TYPE", "REQUEST_TIMEOUT",
                     params=[_param("group")] + _PART,
                     body=_json({"type": "object", "required": ["offset"], "properties": {
                         "offset": {"type": "integer", "description": "log_start_offset..high_watermark, else 416"},
@@ -299,7 +313,8 @@ def _document(title: str) -> dict[str, Any]:
                 ),
             },
             "/v1/groups": {"get": _op("Groups with committed offsets here", {"description": "groups", "content": _json(
-                {"type": "object", "properties": {"groups": {"type": "array", "items": _GROUP}}})})},
+                {"type": "object", "properties": {"groups": {"type": "array", "items": _GROUP},
+                                                  "unavailable_brokers": _UNAVAILABLE}})})},
             "/v1/groups/{group}": {
                 "get": _op("Committed offsets and lag of one group", {"description": "group", "content": _json(_GROUP)},
                            params=[_param("group")]),
@@ -312,10 +327,13 @@ def _document(title: str) -> dict[str, Any]:
                     {"type": "object", "required": ["cluster", "epoch", "brokers", "topics", "owners"]})}),
                 "put": _op("Install a newer topology (admin)", {"description": "installed", "content": _json(
                     {"type": "object"})}, "STALE_EPOCH", "TOPOLOGY_CONFLICT", "UNSUPPORTED_MEDIA_TYPE",
-                    body=_json(_TOPOLOGY_IN)),
+                    "THROTTLED", "REQUEST_TIMEOUT", body=_json(_TOPOLOGY_IN)),
             },
             "/v1/health": {"get": _op("Liveness and epoch", {"description": "serving", "content": _json(
-                {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}})})},
+                {"type": "object", "required": ["status"], "properties": {
+                    "status": {"type": "string"}, "epoch": INT,
+                    "pending_epoch": {**INT, "description": "a stored epoch held back until the other brokers have it"},
+                }})})},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {
                 "description": "text exposition format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {
