@@ -174,9 +174,9 @@ class LoadLimits:
         try:
             try:
                 await self._read(request, self.settings(), held)
-            except ShoalApiError as exc:
-                # Answer now and close: reading (aiohttp "lingers" up to 10 s) a body that
-                # stalled or is unwanted would hold the connection for nothing.
+            except RequestTimeout as exc:
+                # Answer and close at once: aiohttp would otherwise "linger" up to 10 s
+                # reading the rest of a body that has stalled.
                 response = problem_response(exc)
                 response.force_close()
                 await response.prepare(request)
