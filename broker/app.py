@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from aiohttp import web
@@ -9,7 +10,7 @@ from aiohttp import web
 from shoal.broker.broker import Broker
 from shoal.broker.handlers import add_routes
 from shoal.broker.metrics import BrokerMetrics
-from shoal.broker.state import BROKER, METRICS
+from shoal.broker.state import BROKER, JSON_THREADS, METRICS
 from shoal.router.server.auth import authenticate
 from shoal.router.server.middlewares import MAX_BODY, LoadLimits, problem_errors, request_context
 from shoal.router.server.openapi import build_openapi
@@ -29,6 +30,7 @@ def create_app(topology: Topology, broker_id: int, data_dir: Path) -> web.Applic
     app[BROKER] = broker
     app[METRICS] = BrokerMetrics(broker)
     app[MAX_BODY] = limit
+    app[JSON_THREADS] = ThreadPoolExecutor(2, thread_name_prefix="shoal-json")  # threads start on first use
     openapi = build_openapi(f"shoal broker {broker_id}")
 
     async def serve_openapi(request: web.Request) -> web.Response:
@@ -38,6 +40,7 @@ def create_app(topology: Topology, broker_id: int, data_dir: Path) -> web.Applic
         await broker.start()
         yield
         await broker.stop()
+        app[JSON_THREADS].shutdown(cancel_futures=True)
 
     app.cleanup_ctx.append(storage)
     add_routes(app)

@@ -13,7 +13,7 @@ import logging
 from aiohttp import web
 
 from shoal.broker.group_handlers import add_group_routes
-from shoal.broker.state import BROKER, METRICS
+from shoal.broker.state import BROKER, JSON_THREADS, METRICS
 from shoal.broker.storage.producer_state import is_idempotent
 from shoal.client.errors import (
     CorruptRecordError,
@@ -127,7 +127,8 @@ async def fetch(request: web.Request) -> web.Response:
     if as_batch:
         return web.Response(body=data, content_type=BATCH, headers=headers)
     marks = {"high_watermark": plog.high_watermark, "log_start_offset": plog.log_start_offset}
-    body = await asyncio.to_thread(_json_fetch, topic, partition, data, offset, marks)
+    loop = asyncio.get_running_loop()
+    body = await loop.run_in_executor(request.app[JSON_THREADS], _json_fetch, topic, partition, data, offset, marks)
     return web.Response(body=body, content_type=JSON, headers=headers)
 
 
