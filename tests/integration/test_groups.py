@@ -11,6 +11,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 
 from shoal.client import AsyncConsumer, AsyncProducer
 from shoal.router.hashing import group_coordinator
@@ -86,6 +87,35 @@ class Workers:
                 p, o = line.split()
                 out.add((int(p), int(o)))
         return out
+
+
+    def holdings(self) -> dict[int, list[tuple[str, float, float]]]:
+        """partition -> [(worker, from, until)]: when each worker held it (until inf: still)."""
+        out: dict[int, list[tuple[str, float, float]]] = {}
+        for path in self.root.glob("*.out.events"):
+            worker = path.name.split(".")[0]
+            since: dict[int, float] = {}
+            for line in path.read_text().splitlines():
+                at, sign, parts = line.split(" ")
+                for p in map(int, filter(None, parts.split(","))):
+                    if sign == "+":
+                        since[p] = float(at)
+                    else:
+                        out.setdefault(p, []).append((worker, since.pop(p), float(at)))
+            for p, start in since.items():
+                out.setdefault(p, []).append((worker, start, float("inf")))
+        return out
+
+
+def overlaps(holdings: dict[int, list[tuple[str, float, float]]]) -> list[str]:
+    """Every moment two workers held one partition, as readable lines."""
+    found = []
+    for p, spans in sorted(holdings.items()):
+        spans = sorted(spans, key=lambda s: s[1])
+        for (w1, a1, b1), (w2, a2, b2) in zip(spans, spans[1:]):
+            if a2 < b1:
+                found.append(f"partition {p}: {w1} held it until {b1:.3f}, {w2} from {a2:.3f}")
+    return found
 
 
 def shares(view: dict) -> dict[str, set[int]]:
@@ -288,3 +318,38 @@ async def test_blocking_consumers_share_a_group_and_commit_on_revoke(cluster_fac
         for tp in sorted(revoked)
     ]
     assert all(c is not None for c in committed)
+
+
+async def test_no_two_members_hold_a_partition_across_a_coordinator_restart(workers):
+    """The coordinator is SIGKILLed and restarted under three consumers: the new one hands
+    nothing out until the members of before have let go, so no partition is ever held twice."""
+    session_ms = 6000  # longer than a broker restart: members still hold their shares when it is back
+    cluster = workers.cluster
+    for name in ("a", "b", "c"):
+        workers.start(name, "--session", str(session_ms))
+    before = workers.wait_stable(3)
+    coordinator = group_coordinator(workers.group, list(cluster.ports))
+    restarted = time.monotonic()
+    cluster.kill(coordinator)
+    cluster.start(coordinator)
+    after = workers.wait_stable(3, timeout=session_ms / 1000 + 30)
+    print(f"group stable again {time.monotonic() - restarted:.2f}s after the SIGKILL (session {session_ms} ms)")
+    assert not set(shares(after)) & set(shares(before))  # every member joined again
+    workers.stop_all()
+    held = workers.holdings()
+    assert sorted(held) == list(range(12)) and all(len(spans) >= 2 for spans in held.values())
+    assert overlaps(held) == []
+
+
+def test_a_member_beyond_group_max_size_is_refused(cluster_factory):
+    cluster = cluster_factory(1, {TOPIC: 3}, start=False)
+    cluster.config["settings"] = {"group_max_size": 2}
+    cluster.config_path.write_text(yaml.safe_dump(cluster.config, sort_keys=False))
+    cluster.start()
+    url = f"{cluster.url(1)}/v1/groups/g/members"
+    for _ in range(2):
+        assert http_json("POST", url, {"topics": [TOPIC]})[0] == 200
+    status, body = http_json("POST", url, {"topics": [TOPIC]})
+    assert (status, body["code"], body["max_size"]) == (409, "GROUP_MAX_SIZE_REACHED", 2)
+    assert "already has 2 members" in body["detail"]
+    assert len(http_json("GET", url)[1]["members"]) == 2
