@@ -341,15 +341,28 @@ async def test_no_two_members_hold_a_partition_across_a_coordinator_restart(work
     assert overlaps(held) == []
 
 
-def test_a_member_beyond_group_max_size_is_refused(cluster_factory):
+def test_group_max_size_and_empty_group_retention(cluster_factory):
+    """One member beyond settings.group_max_size is refused with 409; a group left empty is
+    forgotten by its coordinator after the retention, and its committed offset is kept."""
     cluster = cluster_factory(1, {TOPIC: 3}, start=False)
-    cluster.config["settings"] = {"group_max_size": 2}
+    cluster.config["settings"] = {"group_max_size": 2, "group_empty_retention_ms": 1000}
     cluster.config_path.write_text(yaml.safe_dump(cluster.config, sort_keys=False))
     cluster.start()
     url = f"{cluster.url(1)}/v1/groups/g/members"
-    for _ in range(2):
-        assert http_json("POST", url, {"topics": [TOPIC]})[0] == 200
+    joined = [http_json("POST", url, {"topics": [TOPIC]}) for _ in range(2)]
+    assert [status for status, _ in joined] == [200, 200]
     status, body = http_json("POST", url, {"topics": [TOPIC]})
     assert (status, body["code"], body["max_size"]) == (409, "GROUP_MAX_SIZE_REACHED", 2)
     assert "already has 2 members" in body["detail"]
     assert len(http_json("GET", url)[1]["members"]) == 2
+
+    for _, member in joined:
+        assert http_json("DELETE", f"{url}/{member['member_id']}")[0] == 200
+    offset_url = f"{cluster.url(1)}/v1/groups/g/topics/{TOPIC}/partitions/0/offset"
+    assert http_json("PUT", offset_url, {"offset": 0})[0] == 200
+    assert http_json("GET", url)[1]["generation"] == 4  # two joins, two leaves
+    deadline = time.monotonic() + 15
+    while http_json("GET", url)[1]["generation"] != 0:  # forgotten: a group never seen
+        assert time.monotonic() < deadline, "the empty group was never forgotten"
+        time.sleep(0.1)
+    assert http_json("GET", offset_url)[1]["offset"] == 0
