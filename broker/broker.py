@@ -73,7 +73,9 @@ class Broker:
         self.broker_id = broker_id
         self.data_dir = data_dir
         self.logs = LogManager(data_dir, self._config_for)
-        self.coordinator = GroupCoordinator(self._partition_counts, settings=lambda: self.topology.settings)
+        self.coordinator = GroupCoordinator(
+            self._partition_counts, settings=lambda: self.topology.settings, state_dir=data_dir
+        )
         self._peers: aiohttp.ClientSession | None = None
         self.membership = Membership(topology, broker_id) if topology.replicated else None
 

@@ -4,14 +4,26 @@ The coordinator of a group is the broker that wins the rendezvous hash of the gr
 name. It keeps the group in memory (a restarted coordinator makes members rejoin, as
 their next heartbeat gets UNKNOWN_MEMBER_ID) and runs the assignor itself.
 
-Take-over: a coordinator that has just started (or has just become coordinator through
-a topology change) does not know who held what before. Members of the previous
-coordinator drop their partitions when their next heartbeat gets UNKNOWN_MEMBER_ID, or
-when no heartbeat has been answered for a whole session. So a group joined during the
-first session timeout (plus ``TAKEOVER_GRACE_MS``) after the take-over accepts members
-at once but hands out no partition until that time has passed: by then every member
-of before has let go. This is Kafka's "loading" state, timed instead of read back,
-because membership is not stored.
+Take-over: a coordinator that has just started after a crash (or has just become
+coordinator through a topology change) does not know who held what before. Members of
+the previous coordinator drop their partitions when their next heartbeat gets
+UNKNOWN_MEMBER_ID, or when no heartbeat has been answered for a whole session. So a
+group joined during the first session timeout (plus ``TAKEOVER_GRACE_MS``) after the
+take-over accepts members at once but hands out no partition until that time has
+passed: by then every member of before has let go. This is Kafka's "loading" state,
+timed instead of read back, because membership is not stored while running.
+
+A clean stop does store it: ``<data_dir>/groups.json`` (written at stop, read and
+removed at start, so a crash later never finds a stale one) holds every group with
+members as JSON::
+
+    {"version": 1, "groups": [{"name", "assignor", "generation", "topic_sizes": {topic: n},
+      "members": [{"member_id", "instance_id", "topics": [...], "session_timeout_ms",
+                   "generation", "held": {topic: [p, ...]}, "target": {topic: [p, ...]}}]}]}
+
+The restarted coordinator loads it, gives each member a fresh session, and holds
+nothing back: members that heartbeat again keep their partitions without a rebalance,
+the others expire. An unreadable file counts as a crash.
 
 Membership changes (join, leave, a session that times out, a topic that grows) bump
 the group's ``generation`` and recompute the *target* assignment. A member is handed
@@ -36,14 +48,17 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import json
 import logging
+import os
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from shoal.broker.assignors import ASSIGNORS
 from shoal.client.errors import GroupMaxSizeReached, IllegalGeneration, InvalidRequest, UnknownMemberId
-from shoal.client.membership import partition_map
+from shoal.client.membership import from_partition_map, partition_map
 from shoal.client.structs import TopicPartition
 from shoal.router.topology import Settings
 
@@ -53,6 +68,7 @@ DEFAULT_SESSION_TIMEOUT_MS = 10_000
 MIN_SESSION_TIMEOUT_MS = 500
 MAX_SESSION_TIMEOUT_MS = 300_000
 SOON_MS = 100  # heartbeat interval while a hand-off is pending for a member
+SNAPSHOT = "groups.json"
 # A member that lost its coordinator notices a whole session without an answer at most
 # this much late: the client library's longest retry backoff between heartbeats.
 TAKEOVER_GRACE_MS = 2_000
@@ -103,9 +119,11 @@ class GroupCoordinator:
         partition_counts: Callable[[Iterable[str]], Mapping[str, int]],
         *,
         settings: Callable[[], Settings] = Settings,
+        state_dir: Path | None = None,
         clock=None,
     ):
         self._counts = partition_counts
+        self._snapshot = state_dir / SNAPSHOT if state_dir is not None else None
         self._settings = settings
         self._clock = clock or (lambda: asyncio.get_running_loop().time())
         self.groups: dict[str, Group] = {}
@@ -117,7 +135,8 @@ class GroupCoordinator:
 
     async def start(self) -> None:
         if self._sweeper is None:
-            self.took_over()
+            if not self._load_snapshot():
+                self.took_over()
             self._sweeper = asyncio.create_task(self._sweep_forever(), name="group-sweeper")
 
     def took_over(self) -> None:
@@ -126,10 +145,65 @@ class GroupCoordinator:
         self._took_over = self._clock()
 
     async def stop(self) -> None:
+        """Stop the sweep and, once requests are no longer served, store the groups."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
             self._sweeper = None
+            if self._snapshot is not None:
+                try:
+                    await asyncio.to_thread(_write_json, self._snapshot, self._snapshot_body())
+                except OSError as exc:
+                    log.warning("could not store the groups in %s (%s); the next start holds them back", self._snapshot, exc)
+
+    def _snapshot_body(self) -> dict:
+        return {"version": 1, "groups": [
+            {
+                "name": g.name, "assignor": g.assignor, "generation": g.generation, "topic_sizes": g.topic_sizes,
+                "members": [
+                    {
+                        "member_id": m.member_id, "instance_id": m.instance_id, "topics": sorted(m.topics),
+                        "session_timeout_ms": m.session_timeout_ms, "generation": m.generation,
+                        "held": partition_map(m.held), "target": partition_map(g.target.get(m.member_id, ())),
+                    }
+                    for m in g.members.values()
+                ],
+            }
+            for g in self.groups.values() if g.members
+        ]}
+
+    def _load_snapshot(self) -> bool:
+        """Load the groups of a clean stop; False when there is none (a crash, a first start)."""
+        if self._snapshot is None:
+            return False
+        try:
+            body = json.loads(self._snapshot.read_text())
+            self._snapshot.unlink()
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read %s (%s); treating the last stop as a crash", self._snapshot, exc)
+            return False
+        now = self._clock()
+        try:
+            for g in body["groups"]:
+                group = Group(g["name"], g["assignor"], g["generation"], topic_sizes=g["topic_sizes"])
+                for m in g["members"]:
+                    member = Member(
+                        m["member_id"], m["instance_id"], frozenset(m["topics"]), m["session_timeout_ms"],
+                        now + m["session_timeout_ms"] / 1000, from_partition_map(m["held"]), m["generation"], now,
+                    )
+                    group.members[member.member_id] = member
+                    group.target[member.member_id] = from_partition_map(m["target"])
+                    self._due_at(member.deadline, group.name, member.member_id)
+                self.groups[group.name] = group
+        except (KeyError, TypeError, AttributeError) as exc:
+            log.warning("%s is not a group snapshot (%r); treating the last stop as a crash", self._snapshot, exc)
+            self.groups.clear()
+            self._due.clear()
+            return False
+        log.info("loaded %d group(s) with members from the clean stop in %s", len(self.groups), self._snapshot)
+        return True
 
     # --- membership ---------------------------------------------------------------
 
@@ -378,3 +452,11 @@ class GroupCoordinator:
                 self.expire()
             except Exception:
                 log.exception("group session sweep failed")
+
+
+def _write_json(path: Path, body: dict) -> None:
+    """Write under a temporary name, then rename: a reader sees the whole file or none
+    (no fsync: a file lost to a power cut only means the next start holds back)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(body))
+    os.replace(tmp, path)

@@ -225,3 +225,59 @@ class LoggingDict(dict):
     def items(self):
         self.looked.extend(self)
         return super().items()
+
+
+def twelve(topics):
+    return {t: 12 for t in topics}
+
+
+async def test_a_clean_stop_keeps_members_and_their_partitions(tmp_path, clock):
+    """Stored at stop and loaded at start: members heartbeat on with their partitions, no
+    rebalance, and a group that had no members then is not held back."""
+    first = GroupCoordinator(twelve, state_dir=tmp_path, clock=clock)
+    await first.start()  # a first start: it holds back for a session
+    clock.now += 20
+    a = first.join("g", ["t"])
+    b = first.join("g", ["t"])
+    keep = tps(first.heartbeat("g", a["member_id"], tps(a)))
+    first.heartbeat("g", a["member_id"], keep)
+    theirs = tps(first.heartbeat("g", b["member_id"], set()))
+    generation = first.describe("g")["generation"]
+    await first.stop()
+
+    second = GroupCoordinator(twelve, state_dir=tmp_path, clock=clock)
+    await second.start()
+    assert not (tmp_path / "groups.json").exists()  # a crash from now on finds nothing stale
+    again = second.heartbeat("g", a["member_id"], keep)
+    assert tps(again) == keep and again["generation"] == generation and again["state"] == "stable"
+    assert tps(second.heartbeat("g", b["member_id"], theirs)) == theirs
+    second.fence("g", a["member_id"], generation, keep)
+    assert len(tps(second.join("h", ["t"]))) == 12
+    await second.stop()
+
+
+async def test_a_member_gone_during_a_clean_restart_expires_and_its_share_moves(tmp_path, clock):
+    first = GroupCoordinator(twelve, state_dir=tmp_path, clock=clock)
+    await first.start()  # a first start: it holds back for a session
+    clock.now += 20
+    a = first.join("g", ["t"], session_timeout_ms=1000)
+    await first.stop()
+    second = GroupCoordinator(twelve, state_dir=tmp_path, clock=clock)
+    await second.start()
+    b = second.join("g", ["t"], session_timeout_ms=5000)
+    assert tps(b) == set()  # a still holds everything until its fresh session runs out
+    clock.now += 1.1
+    second.expire()
+    assert a["member_id"] not in second.groups["g"].members
+    assert len(tps(second.heartbeat("g", b["member_id"], []))) == 12
+    await second.stop()
+
+
+@pytest.mark.parametrize("content", [None, "{not json", '{"version": 1, "groups": [{"name": "g"}]}'])
+async def test_without_a_readable_snapshot_a_start_holds_back(tmp_path, clock, content):
+    if content is not None:
+        (tmp_path / "groups.json").write_text(content)
+    coord = GroupCoordinator(twelve, state_dir=tmp_path, clock=clock)
+    await coord.start()
+    assert tps(coord.join("g", ["t"])) == set() and coord.groups.keys() == {"g"}
+    await coord.stop()

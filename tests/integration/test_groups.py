@@ -341,6 +341,33 @@ async def test_no_two_members_hold_a_partition_across_a_coordinator_restart(work
     assert overlaps(held) == []
 
 
+async def test_a_clean_coordinator_restart_keeps_members_and_shares(workers):
+    """SIGTERM and restart of the coordinator: it stores the groups at stop and loads them
+    at start, so the members carry on with their partitions: no rebalance, nothing lost."""
+    session_ms = 6000
+    cluster = workers.cluster
+    for name in ("a", "b", "c"):
+        workers.start(name, "--session", str(session_ms))
+    before = workers.wait_stable(3)
+    coordinator = group_coordinator(workers.group, list(cluster.ports))
+    assert cluster.terminate(coordinator) == 0
+    cluster.start(coordinator)
+    restarted = time.monotonic()
+    deadline = restarted + session_ms / 1000 + 10
+    while True:  # every member has heartbeated to the restarted coordinator
+        after = workers.describe()
+        since_ms = (time.monotonic() - restarted) * 1000 - 50
+        if after["members"] and all(m["last_heartbeat_ms_ago"] < since_ms for m in after["members"]):
+            break
+        assert time.monotonic() < deadline, after
+        time.sleep(0.1)
+    assert shares(after) == shares(before) and after["generation"] == before["generation"]
+    assert "loaded 1 group(s) with members" in cluster.tail(coordinator)
+    workers.stop_all()
+    held = workers.holdings()
+    assert all(len(spans) == 1 for spans in held.values()), held  # never lost, never moved
+
+
 def test_group_max_size_and_empty_group_retention(cluster_factory):
     """One member beyond settings.group_max_size is refused with 409; a group left empty is
     forgotten by its coordinator after the retention, and its committed offset is kept."""
