@@ -210,12 +210,13 @@ async def test_sticky_rebalance_moves_only_what_the_newcomer_takes(workers):
 
 
 async def test_static_member_restart_keeps_its_partitions(workers):
-    workers.start("a", "--instance", "worker-a")
-    workers.start("b", "--instance", "worker-b")
+    session = ("--session", "8000")  # a process start fits in it even on a loaded machine
+    workers.start("a", "--instance", "worker-a", *session)
+    workers.start("b", "--instance", "worker-b", *session)
     before = workers.wait_stable(2)
     share_a = next(m for m in before["members"] if m["group_instance_id"] == "worker-a")
     workers.kill("a")
-    workers.start("a2", "--instance", "worker-a")
+    workers.start("a2", "--instance", "worker-a", *session)
     deadline = time.monotonic() + 15
     while True:
         view = workers.describe()
