@@ -80,15 +80,20 @@ class Up:
         """Send ``sig`` (None: just wait) and return the exit code and the rest of stderr."""
         if sig is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
-        self.proc.communicate(timeout=30)
-        self._reader.join(10)
+        self._end(30)
         return self.proc.returncode, "".join(self.err_lines)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-        self.proc.communicate(timeout=10)
-        self._reader.join(10)
+        self._end(10)
+
+    def _end(self, timeout: float) -> None:
+        """Wait for the exit; stderr is the reader thread's to drain (communicate() would race it)."""
+        self.proc.wait(timeout)
+        self._reader.join(timeout)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
 
 
 def gone(pid: int, timeout: float = 15) -> bool:
