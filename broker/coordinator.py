@@ -13,9 +13,9 @@ take-over accepts members at once but hands out no partition until that time has
 passed: by then every member of before has let go. This is Kafka's "loading" state,
 timed instead of read back, because membership is not stored while running.
 
-A clean stop does store it: ``<data_dir>/groups.json`` (written at stop, read and
-removed at start, so a crash later never finds a stale one) holds every group with
-members as JSON::
+A clean stop does store it: ``<data_dir>/groups.snapshot`` (written at stop, read and
+removed at start, so a crash later never finds a stale one) is one framed record
+(``storage/durable.py``) of every group with members, a msgpack map::
 
     {"version": 1, "groups": [{"name", "assignor", "generation", "topic_sizes": {topic: n},
       "members": [{"member_id", "instance_id", "topics": [...], "session_timeout_ms",
@@ -23,7 +23,7 @@ members as JSON::
 
 The restarted coordinator loads it, gives each member a fresh session, and holds
 nothing back: members that heartbeat again keep their partitions without a rebalance,
-the others expire. An unreadable file counts as a crash.
+the others expire. A missing, torn or unreadable file counts as a crash.
 
 Membership changes (join, leave, a session that times out, a topic that grows) bump
 the group's ``generation`` and recompute the *target* assignment. A member is handed
@@ -48,15 +48,14 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import json
 import logging
-import os
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from shoal.broker.assignors import ASSIGNORS
+from shoal.broker.storage.durable import read_record, write_record
 from shoal.client.errors import GroupMaxSizeReached, IllegalGeneration, InvalidRequest, UnknownMemberId
 from shoal.client.membership import from_partition_map, partition_map
 from shoal.client.structs import TopicPartition
@@ -68,7 +67,7 @@ DEFAULT_SESSION_TIMEOUT_MS = 10_000
 MIN_SESSION_TIMEOUT_MS = 500
 MAX_SESSION_TIMEOUT_MS = 300_000
 SOON_MS = 100  # heartbeat interval while a hand-off is pending for a member
-SNAPSHOT = "groups.json"
+SNAPSHOT = "groups.snapshot"
 # A member that lost its coordinator notices a whole session without an answer at most
 # this much late: the client library's longest retry backoff between heartbeats.
 TAKEOVER_GRACE_MS = 2_000
@@ -152,7 +151,7 @@ class GroupCoordinator:
             self._sweeper = None
             if self._snapshot is not None:
                 try:
-                    await asyncio.to_thread(_write_json, self._snapshot, self._snapshot_body())
+                    await asyncio.to_thread(write_record, self._snapshot, self._snapshot_body())
                 except OSError as exc:
                     log.warning("could not store the groups in %s (%s); the next start holds them back", self._snapshot, exc)
 
@@ -177,7 +176,7 @@ class GroupCoordinator:
         if self._snapshot is None:
             return False
         try:
-            body = json.loads(self._snapshot.read_text())
+            body = read_record(self._snapshot)
             self._snapshot.unlink()
         except FileNotFoundError:
             return False
@@ -453,10 +452,3 @@ class GroupCoordinator:
             except Exception:
                 log.exception("group session sweep failed")
 
-
-def _write_json(path: Path, body: dict) -> None:
-    """Write under a temporary name, then rename: a reader sees the whole file or none
-    (no fsync: a file lost to a power cut only means the next start holds back)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(body))
-    os.replace(tmp, path)

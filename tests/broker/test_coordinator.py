@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shoal.broker.coordinator import TAKEOVER_GRACE_MS, GroupCoordinator
+from shoal.broker.storage.durable import write_record
 from shoal.client.errors import GroupMaxSizeReached, IllegalGeneration, InvalidRequest, UnknownMemberId
 from shoal.router.topology import Settings
 from shoal.client.structs import TopicPartition as TP
@@ -247,7 +248,7 @@ async def test_a_clean_stop_keeps_members_and_their_partitions(tmp_path, clock):
 
     second = GroupCoordinator(twelve, state_dir=tmp_path, clock=clock)
     await second.start()
-    assert not (tmp_path / "groups.json").exists()  # a crash from now on finds nothing stale
+    assert not (tmp_path / "groups.snapshot").exists()  # a crash from now on finds nothing stale
     again = second.heartbeat("g", a["member_id"], keep)
     assert tps(again) == keep and again["generation"] == generation and again["state"] == "stable"
     assert tps(second.heartbeat("g", b["member_id"], theirs)) == theirs
@@ -273,10 +274,14 @@ async def test_a_member_gone_during_a_clean_restart_expires_and_its_share_moves(
     await second.stop()
 
 
-@pytest.mark.parametrize("content", [None, "{not json", '{"version": 1, "groups": [{"name": "g"}]}'])
-async def test_without_a_readable_snapshot_a_start_holds_back(tmp_path, clock, content):
-    if content is not None:
-        (tmp_path / "groups.json").write_text(content)
+@pytest.mark.parametrize("write", [
+    None,  # a crash, or a first start
+    lambda path: path.write_bytes(b"torn"),
+    lambda path: write_record(path, {"version": 1, "groups": [{"name": "g"}]}),
+])
+async def test_without_a_readable_snapshot_a_start_holds_back(tmp_path, clock, write):
+    if write is not None:
+        write(tmp_path / "groups.snapshot")
     coord = GroupCoordinator(twelve, state_dir=tmp_path, clock=clock)
     await coord.start()
     assert tps(coord.join("g", ["t"])) == set() and coord.groups.keys() == {"g"}
