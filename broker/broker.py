@@ -92,7 +92,9 @@ class Broker:
         self.broker_id = broker_id
         self.data_dir = data_dir
         self.logs = LogManager(data_dir, self._config_for)
-        self.coordinator = GroupCoordinator(self._partition_counts)
+        self.coordinator = GroupCoordinator(
+            self._partition_counts, settings=lambda: self.topology.settings, state_dir=data_dir
+        )
         self._peers: aiohttp.ClientSession | None = None
         self.membership = Membership(topology, broker_id) if topology.replicated else None
         self._installing: Topology | None = None  # the epoch being installed, while its moves are frozen
@@ -330,6 +332,8 @@ class Broker:
         new = dataclasses.replace(new, auth=local.auth, tls=local.tls, metadata=local.metadata)
         dropped = sorted({tp.topic for tp in self.logs.partitions()} - set(new.topics))
         await asyncio.to_thread(_save_installed, self.data_dir, new)
+        if new.broker_ids != self.topology.broker_ids:
+            self.coordinator.took_over()  # groups may have moved here from another broker
         self.topology = new
         if self.membership is not None:
             self.membership.update(new)

@@ -41,6 +41,7 @@ __all__ = [
     "OutOfOrderSequence",
     "IllegalGeneration",
     "UnknownMemberId",
+    "GroupMaxSizeReached",
     "Unauthorized",
     "Forbidden",
     "NotFound",
@@ -290,6 +291,15 @@ class UnknownMemberId(ShoalApiError):
     title = "Unknown member id"
     http_status = 409
     fields = ("member_id",)
+
+
+class GroupMaxSizeReached(ShoalApiError):
+    """The group already has ``settings.group_max_size`` members: this one may not join."""
+
+    code = "GROUP_MAX_SIZE_REACHED"
+    title = "Group max size reached"
+    http_status = 409
+    fields = ("max_size",)
 
 
 class Unauthorized(ShoalApiError):

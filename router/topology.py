@@ -139,6 +139,10 @@ class Settings:
             more gets 429 THROTTLED with Retry-After.
         producer_expiry_ms: an idempotent producer id that wrote nothing to a partition
             for this long is forgotten there (Kafka's ``producer.id.expiration.ms``).
+        group_max_size: most members of one consumer group; one more gets 409
+            GROUP_MAX_SIZE_REACHED (Kafka's group.max.size).
+        group_empty_retention_ms: how long a coordinator remembers a group with no
+            members (its generation and assignor); committed offsets are not affected.
     """
 
     max_request_bytes: int = 8 * _MIB
@@ -151,6 +155,8 @@ class Settings:
     body_timeout_ms: int = 30_000
     max_queue_bytes: int = 64 * _MIB
     producer_expiry_ms: int = 24 * 3600 * 1000
+    group_max_size: int = 1000
+    group_empty_retention_ms: int = 600_000
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -45,7 +45,14 @@ def up(opts: Options, ready_timeout: float, grace: float, log_level: str) -> Non
     started first, healthy before the brokers are waited for, stopped last. The
     command prints where the brokers listen once every one of them answers, then
     waits. Ctrl-C (or SIGTERM) stops them: SIGTERM, then SIGKILL after --grace
-    seconds. If a broker dies, the others are stopped and the command exits 1.
+    seconds.
+
+    A broker that dies (a crash, kill -9) is restarted after 1s, then 2s, 4s, ...
+    up to 30s if it keeps dying; the others keep serving, and one line on stderr
+    says which broker died, how, and when it is back. A broker that exits cleanly
+    (kill <pid>: SIGTERM) stays down; the line gives the command to start it. If a
+    broker dies before every broker answered, or the local etcd dies, everything
+    stops and the command exits 1.
 
     EXAMPLES
 
@@ -77,7 +84,7 @@ async def _run_up(opts: Options, local: LocalCluster) -> None:
         topo = local.topology
         with_etcd = f" and etcd at {local.etcd.url} (log {local.etcd.log_path})" if local.etcd is not None else ""
         note(f"cluster {topo.cluster} (epoch {topo.epoch}) is up with {len(local.brokers)} brokers{with_etcd}; Ctrl-C stops it")
-        died = await local.watch(stop)
+        died = await local.supervise(stop, note)
         if died is not None:
             raise LocalClusterError(died.describe_exit())
     except LocalClusterError as exc:

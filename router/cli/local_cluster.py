@@ -14,6 +14,14 @@ one ``metadata.etcd`` endpoint (its peer port is the client port + 1, as etcd's 
 starts first, must answer its health check before the brokers are waited for, and
 stops last.
 
+A broker that dies while the cluster runs is restarted, as a supervisor would (systemd's
+``Restart=on-failure``): the others keep serving, one line says which broker died, how
+(exit code or signal) and when it is back. The delay doubles from ``RESTART_DELAY_S``
+up to ``RESTART_DELAY_MAX_S``, so a broker that cannot start does not spin, and starts
+again from ``RESTART_DELAY_S`` once a run lasted ``STABLE_AFTER_S``. A broker that
+exits with code 0 was stopped on purpose (SIGTERM): it stays down, and the line says
+how to start it again. etcd is not restarted: if it dies, everything stops.
+
 Used from one event loop; not safe across threads.
 """
 
@@ -51,9 +59,14 @@ NO_ETCD = (
     "(or point metadata.etcd at a running etcd and set start_local: false)"
 )
 
+RESTART_DELAY_S = 1.0
+RESTART_DELAY_MAX_S = 30.0
+STABLE_AFTER_S = 60.0
+
 
 class LocalClusterError(Exception):
-    """The local cluster could not start or a broker of it stopped."""
+    """The local cluster could not start (a port taken, a broker that died or hung before
+    it was ready), or its etcd died."""
 
 
 def log_path(spec: BrokerSpec) -> Path:
@@ -143,9 +156,15 @@ async def _reap(children: list[ChildProcess], grace_s: float) -> list[ChildProce
 
 @dataclass
 class BrokerProcess(ChildProcess):
-    """One broker child: also its spec."""
+    """One broker child: also its spec, and what its supervision needs to remember."""
 
     spec: BrokerSpec = field(kw_only=True)
+    started_at: float = 0.0  # time.monotonic() of the last start
+    restarts: int = 0
+    next_delay: float = RESTART_DELAY_S
+    restart_at: float | None = None  # when the pending restart is due
+    answered: bool = True  # answered its health check since the last restart
+    left_down: bool = False  # exited with code 0: reported, not restarted
 
 
 class LocalEtcd(ChildProcess):
@@ -234,7 +253,7 @@ class LocalCluster:
                     # Anything else (a host not on this machine) is the process's own to report.
 
     def start(self) -> None:
-        """Spawn etcd (if local) and every broker (before any thread exists: the preexec hook needs that).
+        """Spawn etcd (if local) and every broker.
 
         Raises:
             LocalClusterError: a port is taken, or etcd is needed and not installed.
@@ -245,11 +264,17 @@ class LocalCluster:
         if self.etcd is not None:
             self.etcd.spawn(etcd_cmd, preexec)
         for b in self.brokers:
-            cmd = [
-                sys.executable, "-m", "shoal.broker",
-                "--config", self.config_path, "--id", str(b.spec.id), "--log-level", self.log_level,
-            ]
-            b.spawn(cmd, preexec)
+            self._spawn(b, preexec)
+
+    def _spawn(self, b: BrokerProcess, preexec: Callable[[], None] | None) -> None:
+        # The preexec hook runs between fork and exec, where a lock held by another thread
+        # would never be released; it only calls prctl, so idle threads (an executor) are fine.
+        cmd = [
+            sys.executable, "-m", "shoal.broker",
+            "--config", self.config_path, "--id", str(b.spec.id), "--log-level", self.log_level,
+        ]
+        b.spawn(cmd, preexec)
+        b.started_at = time.monotonic()
 
     async def wait_ready(self) -> None:
         """Return once every broker answers its health check as itself.
@@ -287,18 +312,54 @@ class LocalCluster:
         finally:
             await api.close()
 
-    async def watch(self, stop: asyncio.Event) -> ChildProcess | None:
-        """Wait until ``stop`` is set (None) or a child exits (that child)."""
-        children = self.brokers + ([self.etcd] if self.etcd is not None else [])
-        while True:
-            for b in children:
-                if not b.running:
-                    return b
-            try:
-                await asyncio.wait_for(stop.wait(), 0.2)
-                return None
-            except TimeoutError:
-                pass
+    async def supervise(self, stop: asyncio.Event, report: Callable[[str], None]) -> ChildProcess | None:
+        """Restart brokers that die until ``stop`` is set (None) or etcd exits (etcd),
+        calling ``report`` with one line per event (a broker died, a broker is back)."""
+        api = AdminClient(request_timeout_ms=1000)
+        try:
+            while not stop.is_set():
+                if self.etcd is not None and not self.etcd.running:
+                    return self.etcd
+                for b in self.brokers:
+                    await self._tend(b, api, report)
+                try:
+                    await asyncio.wait_for(stop.wait(), 0.2)
+                except TimeoutError:
+                    pass
+            return None
+        finally:
+            await api.close()
+
+    async def _tend(self, b: BrokerProcess, api: AdminClient, report: Callable[[str], None]) -> None:
+        now = time.monotonic()
+        if b.running:
+            if not b.answered:
+                try:
+                    b.answered = (await api.health(b.spec.url)).get("broker_id") == b.spec.id
+                except ShoalError:
+                    return
+                if b.answered:
+                    report(f"broker {b.spec.id} is back at {b.spec.url} (pid {b.proc.pid}, restart {b.restarts})")
+        elif b.restart_at is None:
+            if b.proc.returncode == 0:
+                if not b.left_down:
+                    b.left_down = True
+                    report(
+                        f"{b.describe_exit()}; it was stopped on purpose and stays down "
+                        f"(its partitions are unavailable): start it with "
+                        f"`shoal broker start --id {b.spec.id} --config {self.config_path}`"
+                    )
+                return
+            if now - b.started_at >= STABLE_AFTER_S:
+                b.next_delay = RESTART_DELAY_S
+            b.restart_at = now + b.next_delay
+            report(f"{b.describe_exit()}; its partitions are unavailable until it is back; restarting it in {b.next_delay:g}s")
+            b.next_delay = min(b.next_delay * 2, RESTART_DELAY_MAX_S)
+        elif now >= b.restart_at:
+            b.restart_at = None
+            b.restarts += 1
+            b.answered = False
+            self._spawn(b, _die_with_parent())
 
     async def stop(self) -> list[int]:
         """SIGTERM every running broker, SIGKILL those still running after the grace

@@ -209,7 +209,7 @@ def _membership_paths() -> dict[str, Any]:
     return {
         "/v1/groups/{group}/members": {
             "post": _op("Join the group", {"description": "joined", "content": _json(_MEMBER_ANSWER)},
-                        "NOT_OWNER", "UNKNOWN_TOPIC", "UNSUPPORTED_MEDIA_TYPE", params=group,
+                        "NOT_OWNER", "UNKNOWN_TOPIC", "GROUP_MAX_SIZE_REACHED", "UNSUPPORTED_MEDIA_TYPE", params=group,
                         body=_json({"type": "object", "required": ["topics"], "properties": {
                             "topics": {"type": "array", "minItems": 1, "items": NAME},
                             "assignor": {"enum": ["sticky", "range", "roundrobin", None]},

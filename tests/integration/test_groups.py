@@ -11,6 +11,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 
 from shoal.client import AsyncConsumer, AsyncProducer
 from shoal.router.hashing import group_coordinator
@@ -86,6 +87,35 @@ class Workers:
                 p, o = line.split()
                 out.add((int(p), int(o)))
         return out
+
+
+    def holdings(self) -> dict[int, list[tuple[str, float, float]]]:
+        """partition -> [(worker, from, until)]: when each worker held it (until inf: still)."""
+        out: dict[int, list[tuple[str, float, float]]] = {}
+        for path in self.root.glob("*.out.events"):
+            worker = path.name.split(".")[0]
+            since: dict[int, float] = {}
+            for line in path.read_text().splitlines():
+                at, sign, parts = line.split(" ")
+                for p in map(int, filter(None, parts.split(","))):
+                    if sign == "+":
+                        since[p] = float(at)
+                    else:
+                        out.setdefault(p, []).append((worker, since.pop(p), float(at)))
+            for p, start in since.items():
+                out.setdefault(p, []).append((worker, start, float("inf")))
+        return out
+
+
+def overlaps(holdings: dict[int, list[tuple[str, float, float]]]) -> list[str]:
+    """Every moment two workers held one partition, as readable lines."""
+    found = []
+    for p, spans in sorted(holdings.items()):
+        spans = sorted(spans, key=lambda s: s[1])
+        for (w1, a1, b1), (w2, a2, b2) in zip(spans, spans[1:]):
+            if a2 < b1:
+                found.append(f"partition {p}: {w1} held it until {b1:.3f}, {w2} from {a2:.3f}")
+    return found
 
 
 def shares(view: dict) -> dict[str, set[int]]:
@@ -180,12 +210,13 @@ async def test_sticky_rebalance_moves_only_what_the_newcomer_takes(workers):
 
 
 async def test_static_member_restart_keeps_its_partitions(workers):
-    workers.start("a", "--instance", "worker-a")
-    workers.start("b", "--instance", "worker-b")
+    session = ("--session", "8000")  # a process start fits in it even on a loaded machine
+    workers.start("a", "--instance", "worker-a", *session)
+    workers.start("b", "--instance", "worker-b", *session)
     before = workers.wait_stable(2)
     share_a = next(m for m in before["members"] if m["group_instance_id"] == "worker-a")
     workers.kill("a")
-    workers.start("a2", "--instance", "worker-a")
+    workers.start("a2", "--instance", "worker-a", *session)
     deadline = time.monotonic() + 15
     while True:
         view = workers.describe()
@@ -288,3 +319,78 @@ async def test_blocking_consumers_share_a_group_and_commit_on_revoke(cluster_fac
         for tp in sorted(revoked)
     ]
     assert all(c is not None for c in committed)
+
+
+async def test_no_two_members_hold_a_partition_across_a_coordinator_restart(workers):
+    """The coordinator is SIGKILLed and restarted under three consumers: the new one hands
+    nothing out until the members of before have let go, so no partition is ever held twice."""
+    session_ms = 6000  # longer than a broker restart: members still hold their shares when it is back
+    cluster = workers.cluster
+    for name in ("a", "b", "c"):
+        workers.start(name, "--session", str(session_ms))
+    before = workers.wait_stable(3)
+    coordinator = group_coordinator(workers.group, list(cluster.ports))
+    restarted = time.monotonic()
+    cluster.kill(coordinator)
+    cluster.start(coordinator)
+    after = workers.wait_stable(3, timeout=session_ms / 1000 + 30)
+    print(f"group stable again {time.monotonic() - restarted:.2f}s after the SIGKILL (session {session_ms} ms)")
+    assert not set(shares(after)) & set(shares(before))  # every member joined again
+    workers.stop_all()
+    held = workers.holdings()
+    assert sorted(held) == list(range(12)) and all(len(spans) >= 2 for spans in held.values())
+    assert overlaps(held) == []
+
+
+async def test_a_clean_coordinator_restart_keeps_members_and_shares(workers):
+    """SIGTERM and restart of the coordinator: it stores the groups at stop and loads them
+    at start, so the members carry on with their partitions: no rebalance, nothing lost."""
+    session_ms = 6000
+    cluster = workers.cluster
+    for name in ("a", "b", "c"):
+        workers.start(name, "--session", str(session_ms))
+    before = workers.wait_stable(3)
+    coordinator = group_coordinator(workers.group, list(cluster.ports))
+    assert cluster.terminate(coordinator) == 0
+    cluster.start(coordinator)
+    restarted = time.monotonic()
+    deadline = restarted + session_ms / 1000 + 10
+    while True:  # every member has heartbeated to the restarted coordinator
+        after = workers.describe()
+        since_ms = (time.monotonic() - restarted) * 1000 - 50
+        if after["members"] and all(m["last_heartbeat_ms_ago"] < since_ms for m in after["members"]):
+            break
+        assert time.monotonic() < deadline, after
+        time.sleep(0.1)
+    assert shares(after) == shares(before) and after["generation"] == before["generation"]
+    assert "loaded 1 group(s) with members" in cluster.tail(coordinator)
+    workers.stop_all()
+    held = workers.holdings()
+    assert all(len(spans) == 1 for spans in held.values()), held  # never lost, never moved
+
+
+def test_group_max_size_and_empty_group_retention(cluster_factory):
+    """One member beyond settings.group_max_size is refused with 409; a group left empty is
+    forgotten by its coordinator after the retention, and its committed offset is kept."""
+    cluster = cluster_factory(1, {TOPIC: 3}, start=False)
+    cluster.config["settings"] = {"group_max_size": 2, "group_empty_retention_ms": 1000}
+    cluster.config_path.write_text(yaml.safe_dump(cluster.config, sort_keys=False))
+    cluster.start()
+    url = f"{cluster.url(1)}/v1/groups/g/members"
+    joined = [http_json("POST", url, {"topics": [TOPIC]}) for _ in range(2)]
+    assert [status for status, _ in joined] == [200, 200]
+    status, body = http_json("POST", url, {"topics": [TOPIC]})
+    assert (status, body["code"], body["max_size"]) == (409, "GROUP_MAX_SIZE_REACHED", 2)
+    assert "already has 2 members" in body["detail"]
+    assert len(http_json("GET", url)[1]["members"]) == 2
+
+    for _, member in joined:
+        assert http_json("DELETE", f"{url}/{member['member_id']}")[0] == 200
+    offset_url = f"{cluster.url(1)}/v1/groups/g/topics/{TOPIC}/partitions/0/offset"
+    assert http_json("PUT", offset_url, {"offset": 0})[0] == 200
+    assert http_json("GET", url)[1]["generation"] == 4  # two joins, two leaves
+    deadline = time.monotonic() + 15
+    while http_json("GET", url)[1]["generation"] != 0:  # forgotten: a group never seen
+        assert time.monotonic() < deadline, "the empty group was never forgotten"
+        time.sleep(0.1)
+    assert http_json("GET", offset_url)[1]["offset"] == 0

@@ -8,13 +8,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.harness import free_port, http_json
+from tests.harness import free_port
 
 SHOAL = [sys.executable, "-m", "shoal.router.cli.main"]
 
@@ -37,13 +38,28 @@ def write_config(root: Path, n: int = 3, **extra) -> Path:
 
 
 class Up:
-    """A running ``shoal cluster up`` (its stdout read until the broker table is complete)."""
+    """A running ``shoal cluster up`` (its stdout read until the broker table is complete,
+    its stderr collected line by line as it comes)."""
 
     def __init__(self, root: Path, *args: str):
         self.proc = subprocess.Popen(
             [*SHOAL, "cluster", "up", "--grace", "5", *args],
             cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
+        self.err_lines: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.err_lines.extend(self.proc.stderr), daemon=True)
+        self._reader.start()
+
+    def wait_for_line(self, *parts: str, timeout: float = 30) -> str:
+        """The first stderr line containing every one of ``parts``, waiting for it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [line for line in list(self.err_lines) if all(p in line for p in parts)]
+            if found:
+                return found[0]
+            assert time.monotonic() < deadline, f"no line with {parts} in {self.err_lines}"
+            assert self.proc.poll() is None, f"cluster up ended: {self.err_lines}"
+            time.sleep(0.05)
 
     def wait_ready(self, n: int) -> list[dict]:
         """The broker rows of the ready table (read with ``-o json``)."""
@@ -64,27 +80,35 @@ class Up:
         """Send ``sig`` (None: just wait) and return the exit code and the rest of stderr."""
         if sig is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
-        _, err = self.proc.communicate(timeout=30)
-        return self.proc.returncode, err
+        self._end(30)
+        return self.proc.returncode, "".join(self.err_lines)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-        self.proc.communicate(timeout=10)
+        self._end(10)
+
+    def _end(self, timeout: float) -> None:
+        """Wait for the exit; stderr is the reader thread's to drain (communicate() would race it)."""
+        self.proc.wait(timeout)
+        self._reader.join(timeout)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
 
 
 def gone(pid: int, timeout: float = 15) -> bool:
     """Whether process ``pid`` is gone (reaped, or a zombie nobody waits for) before the deadline."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 if f.read().split(") ", 1)[1].startswith("Z"):
                     return True
         except FileNotFoundError:
             return True
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.05)
-    return False
 
 
 @pytest.fixture
@@ -126,16 +150,68 @@ def test_up_info_and_ctrl_c_leaves_nothing_running(tmp_path, up):
     assert "broker 1 stopped" in (tmp_path / "data/broker-1.log").read_text()
 
 
-def test_a_dead_broker_stops_the_cluster_with_exit_1(tmp_path, up):
-    write_config(tmp_path)
+def alive(pid: int) -> bool:
+    return not gone(pid, timeout=0)
+
+
+def broker_states(root: Path) -> dict[int, str]:
+    info = shoal("cluster", "info", "-o", "json", cwd=root)
+    assert info.returncode == 0, info.stderr
+    return {b["id"]: b["status"] for b in json.loads(info.stdout)["brokers"]}
+
+
+def test_a_killed_broker_is_restarted_while_the_others_keep_serving(tmp_path, up):
+    """kill -9 of one broker: the supervisor says so, restarts it, and leaves the others alone."""
+    config = yaml.safe_load(write_config(tmp_path).read_text())
     cluster = up("-o", "json")
     rows = cluster.wait_ready(3)
     os.kill(rows[1]["pid"], signal.SIGKILL)
-    rc, err = cluster.finish(None)
-    assert rc == 1
-    assert "unable to run cluster: broker 2 was killed by signal 9; see data/broker-2.log" in err
-    assert "Traceback" not in err
-    assert gone(rows[0]["pid"]) and gone(rows[2]["pid"])
+    died = cluster.wait_for_line("broker 2 was killed by signal 9")
+    assert died.startswith("broker 2 was killed by signal 9; see data/broker-2.log: ")
+    assert died.endswith("; its partitions are unavailable until it is back; restarting it in 1s\n")
+    back = cluster.wait_for_line("broker 2 is back")
+    assert back.startswith(f"broker 2 is back at {config['brokers'][1]['url']} (pid ") and back.endswith(", restart 1)\n")
+    assert alive(rows[0]["pid"]) and alive(rows[2]["pid"]) and gone(rows[1]["pid"], timeout=0)
+    assert broker_states(tmp_path) == {1: "ok", 2: "ok", 3: "ok"}
+    rc, err = cluster.finish(signal.SIGINT)
+    assert rc == 0, err
+    assert "stopped 3 brokers" in err and "Traceback" not in err
+
+
+def test_a_broker_that_cannot_start_is_retried_with_growing_delays(tmp_path, up):
+    """A crash loop does not spin: while its port is taken, broker 2 is tried again after
+    1s, 2s, 4s; brokers 1 and 3 serve meanwhile, and broker 2 comes back once it can."""
+    config = yaml.safe_load(write_config(tmp_path).read_text())
+    url = config["brokers"][1]["url"]
+    cluster = up("-o", "json")
+    rows = cluster.wait_ready(3)
+    with socket.socket() as thief:
+        os.kill(rows[1]["pid"], signal.SIGKILL)
+        assert gone(rows[1]["pid"])
+        thief.bind(("127.0.0.1", int(url.rsplit(":", 1)[1])))  # bound, not listening: connections are refused
+        for delay in ("2s", "4s"):
+            line = cluster.wait_for_line("restarting it in " + delay)
+            assert line.startswith("broker 2 exited with code 1; see data/broker-2.log: unable to start broker 2: ")
+            assert "address already in use" in line
+        assert broker_states(tmp_path) == {1: "ok", 2: "down", 3: "ok"}
+    cluster.wait_for_line("broker 2 is back")
+    assert broker_states(tmp_path) == {1: "ok", 2: "ok", 3: "ok"}
+    assert alive(rows[0]["pid"]) and alive(rows[2]["pid"])
+    assert cluster.finish(signal.SIGINT)[0] == 0
+
+
+def test_a_broker_stopped_cleanly_stays_down_and_says_how_to_start_it(tmp_path, up):
+    write_config(tmp_path, n=2)
+    cluster = up("-o", "json")
+    rows = cluster.wait_ready(2)
+    os.kill(rows[0]["pid"], signal.SIGTERM)
+    line = cluster.wait_for_line("broker 1 exited with code 0")
+    assert line.endswith("stays down (its partitions are unavailable): "
+                         "start it with `shoal broker start --id 1 --config cluster.yaml`\n")
+    assert broker_states(tmp_path) == {1: "down", 2: "ok"}
+    rc, err = cluster.finish(signal.SIGINT)
+    assert rc == 0 and "stopped 1 broker\n" in err
+    assert err.count("broker 1 exited") == 1  # said once, not at every look
 
 
 def test_brokers_die_with_a_killed_supervisor(tmp_path, up):

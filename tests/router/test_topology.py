@@ -181,7 +181,7 @@ def test_every_problem_is_reported_at_once_with_lines():
         "cluster.yaml:26: settings.max_wait_ms: must be an integer >= 1, got True",
         "cluster.yaml:27: settings.max_bytes: unknown key (expected one of: "
         "max_request_bytes, max_batch_bytes, max_wait_ms, max_fetch_bytes, max_connections, max_long_polls, "
-        "max_buffered_bytes, body_timeout_ms, max_queue_bytes, producer_expiry_ms)",
+        "max_buffered_bytes, body_timeout_ms, max_queue_bytes, producer_expiry_ms, group_max_size, group_empty_retention_ms)",
     ]
 
 
