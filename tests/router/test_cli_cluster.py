@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.harness import free_port
+from tests.harness import free_port, http_json
 
 SHOAL = [sys.executable, "-m", "shoal.router.cli.main"]
 
