@@ -14,12 +14,18 @@ from shoal.broker.state import BROKER, JSON_THREADS, METRICS
 from shoal.router.server.auth import authenticate
 from shoal.router.server.middlewares import MAX_BODY, LoadLimits, problem_errors, request_context
 from shoal.router.server.openapi import build_openapi
-from shoal.router.topology import Topology
+from shoal.router.topology import Topology, TopologyError
 
 
 def create_app(topology: Topology, broker_id: int, data_dir: Path) -> web.Application:
     """The broker's application; its logs open and recover when the app starts up."""
     limit = topology.settings.max_request_bytes
+    kafka = topology.broker(broker_id).kafka_address
+    if kafka is not None and topology.auth is not None:
+        raise TopologyError([
+            f"{topology.source}: brokers[id={broker_id}].kafka: the Kafka listener cannot enforce auth "
+            "(SASL is not implemented); remove kafka: or auth: to start this broker"
+        ])
     broker = Broker(topology, broker_id, data_dir)
     limits = LoadLimits(lambda: broker.topology.settings)
     middlewares = [request_context, problem_errors, limits.admit]
@@ -38,7 +44,15 @@ def create_app(topology: Topology, broker_id: int, data_dir: Path) -> web.Applic
 
     async def storage(app: web.Application):
         await broker.start()
+        listener = None
+        if kafka is not None:
+            from shoal.broker.kafka import KafkaListener
+
+            listener = KafkaListener(broker, *kafka)
+            await listener.start()
         yield
+        if listener is not None:
+            await listener.stop()
         await broker.stop()
         app[JSON_THREADS].shutdown(cancel_futures=True)
 

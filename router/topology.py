@@ -6,7 +6,7 @@ The YAML file is the source of truth; see ``cluster.yaml`` at the repository roo
     epoch: 1                  # bumped on every change (missing: 0)
     defaults: {partitions: 3, flush: interval, ...}   # topic defaults, see TopicConfig
     brokers:
-      - {id: 1, url: "http://127.0.0.1:9091", data_dir: data/broker-1}
+      - {id: 1, url: "http://127.0.0.1:9091", data_dir: data/broker-1, kafka: "127.0.0.1:9191"}
     topics:
       orders: {partitions: 6}
       audit: {partitions: 1, flush: always, retention_ms: null}
@@ -167,11 +167,21 @@ class BrokerSpec:
     """One broker: its id, advertised URL and data directory.
 
     ``data_dir`` is relative to the broker's working directory unless absolute.
+    ``kafka`` is the advertised ``host:port`` of its Kafka protocol listener (None: no listener).
     """
 
     id: int
     url: str
     data_dir: str
+    kafka: str | None = None
+
+    @property
+    def kafka_address(self) -> tuple[str, int] | None:
+        """``kafka`` split into (host, port), or None."""
+        if self.kafka is None:
+            return None
+        host, _, port = self.kafka.rpartition(":")
+        return host.strip("[]"), int(port)
 
     @property
     def host(self) -> str:
@@ -305,7 +315,7 @@ class Topology:
         return {
             "cluster": self.cluster,
             "epoch": self.epoch,
-            "brokers": [{"id": b.id, "url": b.url} for b in self.brokers],
+            "brokers": [_broker_dict(b) for b in self.brokers],
             "topics": {name: self.topics[name].to_dict() for name in names},
             "owners": {name: list(self._owners[name]) for name in names},
             "defaults": self.defaults.to_dict(),
@@ -330,7 +340,7 @@ class Topology:
         dump = _dump_block
         brokers = []
         for b in self.brokers:
-            entry: dict[str, Any] = {"id": b.id, "url": b.url}
+            entry = _broker_dict(b)
             if b.data_dir != default_data_dir(b.id):
                 entry["data_dir"] = b.data_dir
             brokers.append(entry)
@@ -351,6 +361,13 @@ class Topology:
             if section is not None:
                 out.append(dump({name: section.to_dict()}))
         return "".join(out)
+
+
+def _broker_dict(b: BrokerSpec) -> dict[str, Any]:
+    entry: dict[str, Any] = {"id": b.id, "url": b.url}
+    if b.kafka is not None:
+        entry["kafka"] = b.kafka
+    return entry
 
 
 def _dump_block(data: dict[str, Any]) -> str:
@@ -483,7 +500,7 @@ assert set(_TOPIC_RULES) == {f.name for f in dataclasses.fields(TopicConfig)}
 
 _TOP_KEYS = ("cluster", "epoch", "defaults", "brokers", "topics", "settings", "auth", "tls", "metadata")
 _LOCAL_KEYS = ("auth", "tls", "metadata")
-_BROKER_KEYS = ("id", "url", "data_dir")
+_BROKER_KEYS = ("id", "url", "data_dir", "kafka")
 _PRINCIPAL_KEYS = ("token_hash", "admin") + ACTIONS
 _TLS_KEYS = ("cert_file", "key_file", "ca_file")
 
@@ -505,6 +522,16 @@ def _url_problem(url: Any) -> str | None:
         return f"{want}, got {_show(url)} (no port)"
     if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username is not None:
         return f"{want} and nothing else, got {_show(url)}"
+    return None
+
+
+def _kafka_address_problem(value: Any) -> str | None:
+    want = "must be host:port, the advertised address of the broker's Kafka listener"
+    if not isinstance(value, str):
+        return f"{want}, got {_show(value)}"
+    host, sep, port = value.rpartition(":")
+    if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+        return f"{want}, got {_show(value)}"
     return None
 
 
@@ -656,8 +683,12 @@ class _Builder:
             if data_dir is not None and not (isinstance(data_dir, str) and data_dir.strip() and "\0" not in data_dir):
                 self.problem(here + ("data_dir",), f"must be a non-empty path, got {_show(data_dir)}")
                 ok = False
+            kafka = entry.get("kafka")
+            if kafka is not None and (message := _kafka_address_problem(kafka)):
+                self.problem(here + ("kafka",), message)
+                ok = False
             if ok:
-                out.append(BrokerSpec(broker_id, url, data_dir or default_data_dir(broker_id)))
+                out.append(BrokerSpec(broker_id, url, data_dir or default_data_dir(broker_id), kafka))
         return out
 
     def topics(self, value: Any, defaults: TopicConfig) -> dict[str, TopicConfig]:

@@ -45,16 +45,19 @@ class LocalCluster:
 
     def __init__(
         self, root: Path, n_brokers: int = 3, topics: dict | None = None, *, name: str = "test", metadata: dict | None = None,
+        kafka: bool = False,
         **defaults,
     ):
         self.root = root
         self.ports = {i: free_port() for i in range(1, n_brokers + 1)}
+        self.kafka_ports = {i: free_port() for i in self.ports} if kafka else {}
         self.config = {
             "cluster": name,
             "epoch": 1,
             "defaults": {"partitions": 3, "flush": "interval", "flush_interval_ms": 50, **defaults},
             "brokers": [
                 {"id": i, "url": f"http://127.0.0.1:{port}", "data_dir": str(root / f"broker-{i}")}
+                | ({"kafka": f"127.0.0.1:{self.kafka_ports[i]}"} if kafka else {})
                 for i, port in self.ports.items()
             ],
             "topics": {name: {"partitions": n} if isinstance(n, int) else n for name, n in (topics or {}).items()},
@@ -68,6 +71,11 @@ class LocalCluster:
     @property
     def urls(self) -> list[str]:
         return [self.url(i) for i in self.ports]
+
+    @property
+    def bootstrap(self) -> str:
+        """The Kafka bootstrap servers (``kafka=True``): every broker's listener."""
+        return ",".join(f"127.0.0.1:{port}" for port in self.kafka_ports.values())
 
     def url(self, broker_id: int) -> str:
         return f"http://127.0.0.1:{self.ports[broker_id]}"

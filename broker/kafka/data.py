@@ -1,0 +1,195 @@
+"""Produce, Fetch, ListOffsets and InitProducerId over the broker's partition logs.
+
+Produce converts each Kafka v2 batch into a shoal frame (``records.kafka_to_shoal``)
+and appends it like an HTTP produce, so one log serves both protocols; Fetch converts
+stored frames back into v2 batches. Errors are per partition, with Kafka's codes:
+NOT_LEADER_OR_FOLLOWER for a partition another broker owns, OFFSET_OUT_OF_RANGE,
+FENCED_LEADER_EPOCH / UNKNOWN_LEADER_EPOCH for a leader epoch older / newer than
+``metadata.partition_state`` gives.
+
+acks: 1 and -1 answer once the batch is written under the topic's flush policy (with
+one replica per partition the leader is the whole ISR); 0 sends no response.
+Transactions are not supported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import TYPE_CHECKING, Any
+
+from kio.schema.errors import ErrorCode
+
+from shoal.broker.kafka.codec import millis
+from shoal.broker.kafka.errors import kafka_code
+from shoal.broker.kafka.metadata import partition_state
+from shoal.broker.kafka.records import kafka_to_shoal, shoal_to_kafka
+from shoal.client.errors import ShoalError
+
+if TYPE_CHECKING:
+    from shoal.broker.kafka.listener import Connection
+
+PRODUCE, FETCH, LIST_OFFSETS, INIT_PRODUCER_ID = 0, 1, 2, 22
+EARLIEST, LATEST = -2, -1
+
+
+class _EpochError(Exception):
+    def __init__(self, code: ErrorCode):
+        self.code = code
+
+
+def _check_epoch(topology, topic: str, partition: int, epoch: int) -> None:
+    if epoch < 0:
+        return
+    current = partition_state(topology, topic, partition).leader_epoch
+    if epoch < current:
+        raise _EpochError(ErrorCode.fenced_leader_epoch)
+    if epoch > current:
+        raise _EpochError(ErrorCode.unknown_leader_epoch)
+
+
+# -- Produce ---------------------------------------------------------------------------
+
+
+async def handle_produce(conn: Connection, request: Any, version: int) -> dict | None:
+    acks = request.acks
+    if request.transactional_id is not None:
+        fail = ErrorCode.transactional_id_authorization_failed
+    elif acks not in (0, 1, -1):
+        fail = ErrorCode.invalid_required_acks
+    else:
+        fail = None
+    responses = []
+    for topic in request.topic_data:
+        parts = topic.partition_data
+        if fail is not None:
+            results = [{"index": p.index, "error_code": fail, "base_offset": -1} for p in parts]
+        else:
+            results = await asyncio.gather(*(_produce_one(conn, topic.name, p.index, p.records) for p in parts))
+        responses.append({"name": topic.name, "partition_responses": results})
+    if acks == 0:
+        return None
+    return {"responses": responses, "throttle_time": 0}
+
+
+async def _produce_one(conn: Connection, topic: str, partition: int, records: bytes | None) -> dict:
+    broker = conn.broker
+    try:
+        broker.check_owner(topic, partition)
+        body, headers = kafka_to_shoal(records or b"", max_batch_bytes=broker.topology.settings.max_batch_bytes)
+        plog = await broker.partition_log(topic, partition)
+        result = await plog.append(body, headers)
+    except ShoalError as exc:
+        return {"index": partition, "error_code": kafka_code(exc), "base_offset": -1, "error_message": str(exc)[:200]}
+    return {"index": partition, "error_code": 0, "base_offset": result.base_offset, "log_start_offset": plog.log_start_offset}
+
+
+async def handle_init_producer_id(conn: Connection, request: Any, version: int) -> dict:
+    if request.transactional_id is not None:
+        return {"throttle_time": 0, "error_code": ErrorCode.transactional_id_authorization_failed, "producer_id": -1, "producer_epoch": -1}
+    # Ids are drawn at random from 2**62 like shoal's own producers'; each partition's
+    # sequence checks then apply to it (Kafka's producer epochs are not kept).
+    return {"throttle_time": 0, "error_code": 0, "producer_id": random.getrandbits(62), "producer_epoch": 0}
+
+
+# -- Fetch -----------------------------------------------------------------------------
+
+
+async def handle_fetch(conn: Connection, request: Any, version: int) -> dict:
+    broker = conn.broker
+    settings = broker.topology.settings
+    max_wait = min(millis(request.max_wait), settings.max_wait_ms) / 1000
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(0.0, max_wait)
+    while True:
+        responses, size, waiting, failed = await _fetch_once(conn, request)
+        remaining = deadline - loop.time()
+        if size >= request.min_bytes or failed or not waiting or remaining <= 0:
+            return {"throttle_time": 0, "error_code": 0, "session_id": 0, "responses": responses}
+        waits = [asyncio.ensure_future(plog.wait_for(offset, remaining)) for plog, offset in waiting]
+        try:
+            await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+
+async def _fetch_once(conn: Connection, request: Any) -> tuple[list[dict], int, list, bool]:
+    """One pass over the asked partitions: responses, bytes found, (log, offset) pairs
+    to wait on, and whether some partition failed."""
+    broker = conn.broker
+    topology = broker.topology
+    budget = min(request.max_bytes, topology.settings.max_fetch_bytes)
+    total = 0
+    waiting = []
+    failed = False
+    responses = []
+    for topic in request.topics:
+        parts = []
+        for p in topic.partitions:
+            out = {"partition_index": p.partition, "high_watermark": -1, "aborted_transactions": [], "records": b""}
+            try:
+                broker.check_owner(topic.topic, p.partition)
+                _check_epoch(topology, topic.topic, p.partition, getattr(p, "current_leader_epoch", -1))
+                plog = await broker.partition_log(topic.topic, p.partition)
+                out.update(high_watermark=plog.high_watermark, last_stable_offset=plog.high_watermark,
+                           log_start_offset=plog.log_start_offset)
+                if p.fetch_offset == plog.high_watermark:
+                    waiting.append((plog, p.fetch_offset))
+                elif budget - total > 0 or total == 0:
+                    stored = plog.read(p.fetch_offset, max(1, min(p.partition_max_bytes, budget - total)))
+                    out["records"] = shoal_to_kafka(stored, leader_epoch=partition_state(topology, topic.topic, p.partition).leader_epoch)
+                    total += len(out["records"])
+                out["error_code"] = 0
+            except _EpochError as exc:
+                out["error_code"] = exc.code
+                failed = True
+            except ShoalError as exc:
+                out["error_code"] = kafka_code(exc)
+                failed = True
+            parts.append(out)
+        responses.append({"topic": topic.topic, "partitions": parts})
+    return responses, total, waiting, failed
+
+
+# -- ListOffsets -------------------------------------------------------------------------
+
+
+async def handle_list_offsets(conn: Connection, request: Any, version: int) -> dict:
+    broker = conn.broker
+    topology = broker.topology
+    topics = []
+    for topic in request.topics:
+        parts = []
+        for p in topic.partitions:
+            out = {"partition_index": p.partition_index, "timestamp": -1, "offset": -1}
+            try:
+                _check_epoch(topology, topic.name, p.partition_index, getattr(p, "current_leader_epoch", -1))
+                plog = await broker.partition_log(topic.name, p.partition_index)
+                if p.timestamp == EARLIEST:
+                    out["offset"] = plog.log_start_offset
+                elif p.timestamp == LATEST:
+                    out["offset"] = plog.high_watermark
+                elif p.timestamp >= 0:
+                    found = plog.offset_for_timestamp(p.timestamp)
+                    if found is not None:
+                        out.update(offset=found, timestamp=p.timestamp)
+                else:
+                    raise _EpochError(ErrorCode.unsupported_version)
+                out["error_code"] = 0
+                out["leader_epoch"] = partition_state(topology, topic.name, p.partition_index).leader_epoch
+            except _EpochError as exc:
+                out["error_code"] = exc.code
+            except ShoalError as exc:
+                out["error_code"] = kafka_code(exc)
+            parts.append(out)
+        topics.append({"name": topic.name, "partitions": parts})
+    return {"throttle_time": 0, "topics": topics}
+
+
+APIS = {
+    PRODUCE: (3, 9, handle_produce),
+    FETCH: (4, 11, handle_fetch),
+    LIST_OFFSETS: (1, 7, handle_list_offsets),
+    INIT_PRODUCER_ID: (0, 4, handle_init_producer_id),
+}

@@ -1,0 +1,51 @@
+"""Kafka error codes for shoal's wire errors (Kafka's ``Errors.java`` numbers)."""
+
+from __future__ import annotations
+
+from kio.schema.errors import ErrorCode
+
+from shoal.client.errors import (
+    BatchTooLarge,
+    BrokerUnavailable,
+    CorruptBatch,
+    DuplicateSequence,
+    Forbidden,
+    IllegalGeneration,
+    InvalidRequest,
+    NotOwner,
+    OffsetOutOfRange,
+    OutOfOrderSequence,
+    ShoalError,
+    StorageFull,
+    Throttled,
+    UnknownMemberId,
+    UnknownPartition,
+    UnknownTopic,
+)
+
+_CODES: dict[type, ErrorCode] = {
+    NotOwner: ErrorCode.not_leader_or_follower,
+    UnknownTopic: ErrorCode.unknown_topic_or_partition,
+    UnknownPartition: ErrorCode.unknown_topic_or_partition,
+    OffsetOutOfRange: ErrorCode.offset_out_of_range,
+    CorruptBatch: ErrorCode.corrupt_message,
+    BatchTooLarge: ErrorCode.message_too_large,
+    DuplicateSequence: ErrorCode.duplicate_sequence_number,
+    OutOfOrderSequence: ErrorCode.out_of_order_sequence_number,
+    Throttled: ErrorCode.request_timed_out,
+    StorageFull: ErrorCode.kafka_storage_error,
+    BrokerUnavailable: ErrorCode.coordinator_not_available,
+    InvalidRequest: ErrorCode.invalid_request,
+    Forbidden: ErrorCode.topic_authorization_failed,
+    IllegalGeneration: ErrorCode.illegal_generation,
+    UnknownMemberId: ErrorCode.unknown_member_id,
+}
+
+
+def kafka_code(exc: ShoalError) -> int:
+    """The Kafka error code a client should see for ``exc``."""
+    for cls in type(exc).__mro__:
+        code = _CODES.get(cls)
+        if code is not None:
+            return int(code)
+    return int(ErrorCode.unknown_server_error)

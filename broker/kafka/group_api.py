@@ -1,0 +1,302 @@
+"""Group and offset APIs: FindCoordinator, Join/Sync/Heartbeat/LeaveGroup, OffsetCommit,
+OffsetFetch, DescribeGroups, ListGroups; and CreateTopics/DeleteTopics, refused.
+
+A group's coordinator is the broker shoal's own hashing picks for it
+(``Broker.coordinator_of``); other brokers answer NOT_COORDINATOR. Committed offsets
+are the ones the HTTP API reads and writes: the coordinator stores those of partitions
+it owns and hands the others to their owners over HTTP (after checking the member and
+generation itself), so both protocols see one namespace of ``(group, topic, partition)``.
+
+Topics are declared in cluster.yaml and changed with ``shoal topology apply``; the
+Kafka admin APIs that would change them answer POLICY_VIOLATION.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import aiohttp
+from kio.schema.errors import ErrorCode
+
+from shoal.broker.kafka.codec import millis
+from shoal.broker.kafka.errors import kafka_code
+from shoal.broker.kafka.groups import GroupError
+from shoal.broker.kafka.metadata import node
+from shoal.client.errors import NotOwner, ShoalError
+from shoal.client.names import is_valid_name
+
+if TYPE_CHECKING:
+    from shoal.broker.kafka.listener import Connection
+
+log = logging.getLogger(__name__)
+
+(OFFSET_COMMIT, OFFSET_FETCH, FIND_COORDINATOR, JOIN_GROUP, HEARTBEAT, LEAVE_GROUP, SYNC_GROUP,
+ DESCRIBE_GROUPS, LIST_GROUPS, CREATE_TOPICS, DELETE_TOPICS) = 8, 9, 10, 11, 12, 13, 14, 15, 16, 19, 20
+_NO_TOPIC_CHANGES = "topics are declared in cluster.yaml and changed with `shoal topology apply`"
+
+
+def _coordinator_error(conn: Connection, group_id: str) -> ErrorCode | None:
+    """NOT_COORDINATOR unless this broker coordinates ``group_id``."""
+    if not is_valid_name(group_id):
+        return ErrorCode.invalid_group_id
+    try:
+        conn.broker.check_coordinator(group_id)
+    except NotOwner:
+        return ErrorCode.not_coordinator
+    return None
+
+
+async def handle_find_coordinator(conn: Connection, request: Any, version: int) -> dict:
+    keys = list(getattr(request, "coordinator_keys", ()) or ()) or [request.key]
+    topology = conn.broker.topology
+    results = []
+    for key in keys:
+        out = {"key": key, "error_code": 0, "error_message": None, "node_id": -1, "host": "", "port": -1}
+        if getattr(request, "key_type", 0) != 0:
+            out["error_code"] = ErrorCode.invalid_request  # transaction coordinators: no transactions
+        elif not is_valid_name(key):
+            out["error_code"] = ErrorCode.invalid_group_id
+        else:
+            found = node(topology, conn.broker.coordinator_of(key).id)
+            if found is None:
+                out["error_code"] = ErrorCode.coordinator_not_available
+            else:
+                out.update(node_id=found["node_id"], host=found["host"], port=found["port"])
+        results.append(out)
+    return {"throttle_time": 0, **results[0], "coordinators": results}
+
+
+async def handle_join_group(conn: Connection, request: Any, version: int) -> dict:
+    failed = {"throttle_time": 0, "generation_id": -1, "protocol_name": None, "leader": "", "member_id": request.member_id, "members": []}
+    if (code := _coordinator_error(conn, request.group_id)) is not None:
+        return {**failed, "error_code": code}
+    session_ms = millis(request.session_timeout)
+    rebalance_ms = millis(getattr(request, "rebalance_timeout", request.session_timeout))
+    if rebalance_ms < 0:
+        rebalance_ms = session_ms
+    try:
+        result = await conn.listener.groups.join(
+            request.group_id, request.member_id, protocol_type=request.protocol_type,
+            protocols=[(p.name, p.metadata) for p in request.protocols],
+            session_timeout_ms=session_ms, rebalance_timeout_ms=rebalance_ms,
+            client_id=conn.client_id or "", client_host=conn.peer,
+            instance_id=getattr(request, "group_instance_id", None),
+        )
+    except GroupError as exc:
+        return {**failed, "error_code": exc.code}
+    return {"throttle_time": 0, "error_code": 0, **result}
+
+
+async def handle_sync_group(conn: Connection, request: Any, version: int) -> dict:
+    if (code := _coordinator_error(conn, request.group_id)) is not None:
+        return {"throttle_time": 0, "error_code": code, "assignment": b""}
+    try:
+        assignment = await conn.listener.groups.sync(
+            request.group_id, request.member_id, request.generation_id,
+            {a.member_id: a.assignment for a in request.assignments},
+        )
+    except GroupError as exc:
+        return {"throttle_time": 0, "error_code": exc.code, "assignment": b""}
+    group = conn.listener.groups.groups[request.group_id]
+    return {"throttle_time": 0, "error_code": 0, "assignment": assignment,
+            "protocol_type": group.protocol_type, "protocol_name": group.protocol}
+
+
+async def handle_heartbeat(conn: Connection, request: Any, version: int) -> dict:
+    if (code := _coordinator_error(conn, request.group_id)) is not None:
+        return {"throttle_time": 0, "error_code": code}
+    try:
+        conn.listener.groups.heartbeat(request.group_id, request.member_id, request.generation_id)
+    except GroupError as exc:
+        return {"throttle_time": 0, "error_code": exc.code}
+    return {"throttle_time": 0, "error_code": 0}
+
+
+async def handle_leave_group(conn: Connection, request: Any, version: int) -> dict:
+    if version >= 3:
+        ids = [(m.member_id, m.group_instance_id) for m in request.members]
+    else:
+        ids = [(request.member_id, None)]
+    if (code := _coordinator_error(conn, request.group_id)) is not None:
+        return {"throttle_time": 0, "error_code": code, "members": []}
+    members = []
+    for member_id, instance_id in ids:
+        try:
+            conn.listener.groups.leave(request.group_id, member_id)
+            members.append({"member_id": member_id, "group_instance_id": instance_id, "error_code": 0})
+        except GroupError as exc:
+            members.append({"member_id": member_id, "group_instance_id": instance_id, "error_code": exc.code})
+    top = members[0]["error_code"] if version < 3 else 0
+    return {"throttle_time": 0, "error_code": top, "members": members}
+
+
+# -- committed offsets -------------------------------------------------------------------
+
+
+def _offset_path(group: str, topic: str, partition: int) -> str:
+    return f"/v1/groups/{quote(group, safe='')}/topics/{quote(topic, safe='')}/partitions/{partition}/offset"
+
+
+async def handle_offset_commit(conn: Connection, request: Any, version: int) -> dict:
+    group_id = request.group_id
+    code = _coordinator_error(conn, group_id)
+    if code is None:
+        try:
+            conn.listener.groups.check_commit(
+                group_id, request.member_id, getattr(request, "generation_id_or_member_epoch", -1)
+            )
+        except GroupError as exc:
+            code = exc.code
+    topics = []
+    for topic in request.topics:
+        parts = await asyncio.gather(*(
+            _commit_one(conn, group_id, topic.name, p.partition_index, p.committed_offset, p.committed_metadata or "")
+            if code is None else _failed(p.partition_index, code)
+            for p in topic.partitions
+        ))
+        topics.append({"name": topic.name, "partitions": parts})
+    return {"throttle_time": 0, "topics": topics}
+
+
+async def _failed(partition: int, code: ErrorCode) -> dict:
+    return {"partition_index": partition, "error_code": code}
+
+
+async def _commit_one(conn: Connection, group: str, topic: str, partition: int, offset: int, metadata: str) -> dict:
+    broker = conn.broker
+    try:
+        owner = broker.topology.owner(topic, partition)
+        if owner.id == broker.broker_id:
+            await broker.partition_log(topic, partition)
+            await broker.logs.offsets.commit(group, [(topic, partition, offset, metadata)])
+        else:
+            url = owner.url + _offset_path(group, topic, partition)
+            async with conn.listener.peers.put(url, json={"offset": offset, "metadata": metadata}) as resp:
+                if resp.status != 200:
+                    raise ShoalError.from_problem(await resp.json(content_type=None), status=resp.status)
+    except ShoalError as exc:
+        return {"partition_index": partition, "error_code": kafka_code(exc)}
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+        log.warning("kafka group %s: committing %s/%d on its owner failed: %s", group, topic, partition, exc)
+        return {"partition_index": partition, "error_code": ErrorCode.coordinator_not_available}
+    return {"partition_index": partition, "error_code": 0}
+
+
+async def _committed(conn: Connection, group: str, topic: str, partition: int) -> dict:
+    out = {"partition_index": partition, "committed_offset": -1, "metadata": "", "error_code": 0}
+    broker = conn.broker
+    try:
+        owner = broker.topology.owner(topic, partition)
+        if owner.id == broker.broker_id:
+            found = broker.logs.offsets.get(group, topic, partition)
+            if found is not None:
+                out.update(committed_offset=found.offset, metadata=found.metadata)
+            return out
+        async with conn.listener.peers.get(owner.url + _offset_path(group, topic, partition)) as resp:
+            body = await resp.json(content_type=None)
+            if resp.status != 200:
+                raise ShoalError.from_problem(body, status=resp.status)
+        if body.get("offset") is not None:
+            out.update(committed_offset=body["offset"], metadata=body.get("metadata") or "")
+    except ShoalError as exc:
+        out["error_code"] = kafka_code(exc)
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
+        out["error_code"] = ErrorCode.coordinator_not_available
+    return out
+
+
+async def _all_committed(conn: Connection, group: str) -> dict[str, list[tuple[int, int, str]]]:
+    """Every committed offset of ``group``, asked of every broker."""
+    broker = conn.broker
+    rows: dict[str, list] = {}
+
+    async def ask(b) -> list[dict]:
+        if b.id == broker.broker_id:
+            return [{"topic": tp.topic, "partition": tp.partition, "offset": c.offset, "metadata": c.metadata}
+                    for tp, c in broker.logs.offsets.group_offsets(group).items()]
+        async with conn.listener.peers.get(f"{b.url}/v1/groups/{quote(group, safe='')}") as resp:
+            return (await resp.json(content_type=None)).get("partitions", []) if resp.status == 200 else []
+
+    answers = await asyncio.gather(*(ask(b) for b in broker.topology.brokers), return_exceptions=True)
+    for answer in answers:
+        if isinstance(answer, BaseException):
+            continue
+        for row in answer:
+            rows.setdefault(row["topic"], []).append((row["partition"], row["offset"], row.get("metadata") or ""))
+    return rows
+
+
+async def handle_offset_fetch(conn: Connection, request: Any, version: int) -> dict:
+    group_id = request.group_id
+    if (code := _coordinator_error(conn, group_id)) is not None:
+        return {"throttle_time": 0, "topics": [], "error_code": code}
+    topics = []
+    if request.topics is None:
+        for name, rows in sorted((await _all_committed(conn, group_id)).items()):
+            topics.append({"name": name, "partitions": [
+                {"partition_index": p, "committed_offset": o, "metadata": m, "error_code": 0} for p, o, m in sorted(rows)
+            ]})
+    else:
+        for topic in request.topics:
+            parts = await asyncio.gather(*(_committed(conn, group_id, topic.name, p) for p in topic.partition_indexes))
+            topics.append({"name": topic.name, "partitions": parts})
+    return {"throttle_time": 0, "topics": topics, "error_code": 0}
+
+
+# -- describing groups -----------------------------------------------------------------
+
+
+async def handle_describe_groups(conn: Connection, request: Any, version: int) -> dict:
+    groups = []
+    for group_id in request.groups:
+        code = _coordinator_error(conn, group_id)
+        if code is not None:
+            groups.append({"error_code": code, "group_id": group_id, "group_state": "", "protocol_type": "", "protocol_data": "", "members": []})
+        else:
+            groups.append(conn.listener.groups.describe(group_id))
+    return {"throttle_time": 0, "groups": groups}
+
+
+async def handle_list_groups(conn: Connection, request: Any, version: int) -> dict:
+    wanted = {s.lower() for s in getattr(request, "states_filter", ())}
+    groups = [
+        {"group_id": g.group_id, "protocol_type": g.protocol_type, "group_state": g.state}
+        for g in conn.listener.groups.groups.values()
+        if not wanted or g.state.lower() in wanted
+    ]
+    return {"throttle_time": 0, "error_code": 0, "groups": groups}
+
+
+# -- topic administration: refused -------------------------------------------------------
+
+
+async def handle_create_topics(conn: Connection, request: Any, version: int) -> dict:
+    return {"throttle_time": 0, "topics": [
+        {"name": t.name, "error_code": ErrorCode.policy_violation, "error_message": _NO_TOPIC_CHANGES}
+        for t in request.topics
+    ]}
+
+
+async def handle_delete_topics(conn: Connection, request: Any, version: int) -> dict:
+    names = list(request.topic_names) if version < 6 else [t.name for t in request.topics]
+    return {"throttle_time": 0, "responses": [
+        {"name": name, "error_code": ErrorCode.policy_violation, "error_message": _NO_TOPIC_CHANGES} for name in names
+    ]}
+
+
+APIS = {
+    OFFSET_COMMIT: (2, 8, handle_offset_commit),
+    OFFSET_FETCH: (1, 7, handle_offset_fetch),
+    FIND_COORDINATOR: (0, 3, handle_find_coordinator),
+    JOIN_GROUP: (0, 7, handle_join_group),
+    HEARTBEAT: (0, 4, handle_heartbeat),
+    LEAVE_GROUP: (0, 4, handle_leave_group),
+    SYNC_GROUP: (0, 5, handle_sync_group),
+    DESCRIBE_GROUPS: (0, 5, handle_describe_groups),
+    LIST_GROUPS: (0, 4, handle_list_groups),
+    CREATE_TOPICS: (2, 5, handle_create_topics),
+    DELETE_TOPICS: (1, 4, handle_delete_topics),
+}

@@ -1,0 +1,97 @@
+"""Metadata: brokers, topics and partition leaders as Kafka clients see them.
+
+Kafka node ids are shoal broker ids. Brokers without a ``kafka:`` address are left out
+of the broker list, and a partition whose leader has none reports
+LEADER_NOT_AVAILABLE. Topics are never created by a Metadata request.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from kio.schema.errors import ErrorCode
+
+from shoal.client.names import is_valid_name
+from shoal.router.topology import Topology
+
+if TYPE_CHECKING:
+    from shoal.broker.kafka.listener import Connection
+
+METADATA = 3
+_TOPIC_IDS = uuid.UUID("5e0a1b7c-3f1d-4c2a-9b8e-0c6d1f2a3b4c")
+
+
+class PartitionState(NamedTuple):
+    leader: int
+    leader_epoch: int
+    replicas: list[int]
+    isr: list[int]
+
+
+def partition_state(topology: Topology, topic: str, partition: int) -> PartitionState:
+    """Leader, leader epoch, replicas and ISR of one partition.
+
+    Each partition has one owner today: it is the leader and the only replica, and
+    the leader epoch is the topology epoch (which grows whenever ownership can
+    change, so a client holding an older one is told FENCED_LEADER_EPOCH and
+    refreshes). The one place to read real leaders and epochs once partitions
+    are replicated.
+    """
+    owner = topology.owner(topic, partition).id
+    return PartitionState(owner, topology.epoch, [owner], [owner])
+
+
+def topic_id(topology: Topology, topic: str) -> uuid.UUID:
+    """A stable id per (cluster, topic name), for Metadata versions that carry one."""
+    return uuid.uuid5(_TOPIC_IDS, f"{topology.cluster}/{topic}")
+
+
+def node(topology: Topology, broker_id: int) -> dict | None:
+    address = topology.broker(broker_id).kafka_address
+    if address is None:
+        return None
+    return {"node_id": broker_id, "host": address[0], "port": address[1], "rack": None}
+
+
+def _topic(topology: Topology, name: str) -> dict:
+    config = topology.topics.get(name)
+    if config is None:
+        code = ErrorCode.unknown_topic_or_partition if is_valid_name(name) else ErrorCode.invalid_topic_exception
+        return {"error_code": code, "name": name, "topic_id": uuid.UUID(int=0), "partitions": []}
+    partitions = []
+    for p in range(config.partitions):
+        state = partition_state(topology, name, p)
+        has_listener = topology.broker(state.leader).kafka is not None
+        partitions.append(
+            {
+                "error_code": ErrorCode.none if has_listener else ErrorCode.leader_not_available,
+                "partition_index": p,
+                "leader_id": state.leader if has_listener else -1,
+                "leader_epoch": state.leader_epoch,
+                "replica_nodes": state.replicas,
+                "isr_nodes": state.isr,
+                "offline_replicas": [],
+            }
+        )
+    return {"error_code": 0, "name": name, "topic_id": topic_id(topology, name), "partitions": partitions}
+
+
+async def handle_metadata(conn: Connection, request: Any, version: int) -> dict:
+    topology = conn.broker.topology
+    asked = request.topics
+    if asked is None or (version == 0 and not asked):
+        names = sorted(topology.topics)
+    else:
+        names = [t.name for t in asked]
+    brokers = [n for b in topology.brokers if (n := node(topology, b.id)) is not None]
+    return {
+        "throttle_time": 0,
+        "brokers": brokers,
+        "cluster_id": topology.cluster,
+        "controller_id": min(n["node_id"] for n in brokers),
+        "topics": [_topic(topology, name) for name in names],
+    }
+
+
+APIS = {METADATA: (1, 12, handle_metadata)}
