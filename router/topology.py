@@ -530,7 +530,8 @@ def _kafka_address_problem(value: Any) -> str | None:
     if not isinstance(value, str):
         return f"{want}, got {_show(value)}"
     host, sep, port = value.rpartition(":")
-    if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+    bare = host.strip("[]")
+    if not sep or not bare or "/" in bare or bare.isspace() or not port.isdigit() or not 0 < int(port) < 65536:
         return f"{want}, got {_show(value)}"
     return None
 

@@ -161,7 +161,7 @@ def test_every_problem_is_reported_at_once_with_lines():
         "cluster.yaml:14: brokers[3]: missing id",
         "cluster.yaml:14: brokers[3].url: must be an http:// or https:// URL with a host and a port, "
         "got 'http://localhost' (no port)",
-        "cluster.yaml:15: brokers[3].port: unknown key (expected one of: id, url, data_dir)",
+        "cluster.yaml:15: brokers[3].port: unknown key (expected one of: id, url, data_dir, kafka)",
         "cluster.yaml:17: brokers[4].url: must be an http:// or https:// URL with a host and a port, "
         "got 'http://[::1]:99999' (Port out of range 0-65535)",
         "cluster.yaml:18: brokers[5]: must be a mapping with id and url, got 7",
