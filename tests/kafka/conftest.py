@@ -12,6 +12,8 @@ def cluster(request, tmp_path_factory):
     """Three brokers with ``kafka:`` listeners and the module's ``TOPICS`` (name -> partitions)."""
     root = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
     cluster = LocalCluster(root, 3, request.module.TOPICS, kafka=True)
-    cluster.start()
-    yield cluster
-    cluster.stop()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()  # also when a broker never became healthy: leave no process behind
