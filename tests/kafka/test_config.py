@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from shoal.router.auth import hash_token
+from shoal.router.server.auth import hash_token
 from shoal.router.topology import TopologyError, parse_topology
 
 BASE = "cluster: c\nbrokers:\n  - {id: 1, url: 'http://127.0.0.1:9091', kafka: %s}\n"
