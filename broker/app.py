@@ -46,7 +46,7 @@ def create_app(topology: Topology, broker_id: int, data_dir: Path) -> web.Applic
         await broker.start()
         listener = None
         if kafka is not None:
-            from shoal.broker.kafka import KafkaListener
+            from shoal.broker.kafka.listener import KafkaListener
 
             listener = KafkaListener(broker, *kafka)
             await listener.start()

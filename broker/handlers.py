@@ -13,6 +13,7 @@ import logging
 from aiohttp import web
 
 from shoal.broker.group_handlers import add_group_routes
+from shoal.broker.kafka.records import as_shoal_frames
 from shoal.broker.state import BROKER, JSON_THREADS, METRICS
 from shoal.broker.storage.producer_state import is_idempotent
 from shoal.client.errors import (
@@ -121,7 +122,7 @@ async def fetch(request: web.Request) -> web.Response:
         await plog.wait_for(offset, max_wait_ms / 1000)
     if not as_batch:
         max_bytes = min(max_bytes, MAX_JSON_FETCH_BYTES)
-    data = plog.read(offset, max_bytes)
+    data = as_shoal_frames(plog.read(offset, max_bytes))  # Kafka batches among them converted
     request.app[METRICS].fetched(topic, len(data))
     headers = _watermarks(plog)
     if as_batch:

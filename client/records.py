@@ -24,6 +24,13 @@ checks the frame (length, magic, CRC) and that its records decode to exactly tha
 (``validate_frames``, decoding them once with msgspec's typed C decoder), so an
 accepted batch is a decodable one; it then patches base_offset and stores the frame as it came; a fetch returns
 stored frames byte for byte.
+
+A broker also stores Kafka v2 record batches, as its Kafka listener received them,
+beside these frames. They share the first 12 bytes (base offset, length) and keep their
+magic byte at 16 (``KAFKA_MAGIC``, 2; shoal frames never use it), so ``read_header``
+reads either kind into a ``FrameHeader`` (record_count = lastOffsetDelta + 1; the CRC
+starts at byte ``crc_start(magic)``). Clients never receive them: the broker converts
+them into shoal frames when it answers a fetch.
 """
 
 from __future__ import annotations
@@ -57,6 +64,14 @@ _HEAD_AFTER_CRC = struct.Struct(">BBIqqqi")  # magic .. base_sequence: the cover
 assert _PREFIX_CRC.size + _HEAD_AFTER_CRC.size == HEADER_SIZE
 NO_PRODUCER = -1
 NO_SEQUENCE = -1
+KAFKA_MAGIC = 2
+# baseOffset, batchLength, partitionLeaderEpoch, magic, crc, attributes, lastOffsetDelta,
+# baseTimestamp, maxTimestamp, producerId, producerEpoch, baseSequence, recordCount
+KAFKA_HEADER = struct.Struct(">qiiBIhiqqqhii")
+KAFKA_HEADER_SIZE = KAFKA_HEADER.size  # 61
+MAX_HEADER_SIZE = max(HEADER_SIZE, KAFKA_HEADER_SIZE)
+STORED_MAGICS = (MAGIC, KAFKA_MAGIC)
+_MAGIC_AT = 16
 
 
 class FrameHeader(NamedTuple):
@@ -160,8 +175,27 @@ def array_header(count: int) -> bytes:
 
 
 def read_header(buf, pos: int = 0) -> FrameHeader:
-    """Parse the header of the frame at ``pos``; the caller checks the size first."""
+    """Parse the header of the frame at ``pos``; the caller checks the size first
+    (``HEADER_SIZE`` bytes, or ``KAFKA_HEADER_SIZE`` for a Kafka batch)."""
+    if buf[pos + _MAGIC_AT] == KAFKA_MAGIC:
+        (base, length, _, magic, crc, attributes, last_delta, first_ts, max_ts, producer_id, _, base_sequence, _) = (
+            KAFKA_HEADER.unpack_from(buf, pos)
+        )
+        return FrameHeader(base, length, crc, magic, attributes, last_delta + 1, first_ts, max_ts, producer_id, base_sequence)
     return FrameHeader._make(HEADER.unpack_from(buf, pos))
+
+
+def try_read_header(buf, pos: int = 0) -> FrameHeader | None:
+    """``read_header``, or None when ``buf`` ends before the header does."""
+    left = len(buf) - pos
+    if left < HEADER_SIZE or (buf[pos + _MAGIC_AT] == KAFKA_MAGIC and left < KAFKA_HEADER_SIZE):
+        return None
+    return read_header(buf, pos)
+
+
+def crc_start(magic: int) -> int:
+    """Where the CRC-covered bytes of a stored frame with ``magic`` begin."""
+    return 21 if magic == KAFKA_MAGIC else CRC_START
 
 
 def patch_base_offset(buf: bytearray | memoryview, pos: int, base_offset: int) -> None:
@@ -220,7 +254,7 @@ def validate_frames(body: bytes | bytearray | memoryview, *, max_batch_bytes: in
     while pos < end:
         if end - pos < HEADER_SIZE:
             raise CorruptBatch(f"truncated batch header at byte {pos}: {end - pos} bytes left, need {HEADER_SIZE}")
-        h = read_header(view, pos)
+        h = FrameHeader._make(HEADER.unpack_from(view, pos))  # shoal frames only: a Kafka batch fails on magic
         size = h.size
         if size < HEADER_SIZE + 1 or pos + size > end:
             raise CorruptBatch(f"batch at byte {pos} declares length {h.length}, {end - pos - LENGTH_END} bytes follow")
@@ -250,7 +284,9 @@ def iter_frames(buf: bytes | memoryview, *, check_crc: bool = True) -> Iterator[
     end = len(view)
     pos = 0
     while end - pos >= HEADER_SIZE:
-        h = read_header(view, pos)
+        h = try_read_header(view, pos)
+        if h is None:
+            return
         size = h.size
         if size < HEADER_SIZE or pos + size > end:
             return

@@ -1,5 +1,5 @@
-"""The Kafka wire-protocol listener of a broker (``brokers[].kafka`` in cluster.yaml)."""
+"""The Kafka wire-protocol listener of a broker (``brokers[].kafka`` in cluster.yaml).
 
-from shoal.broker.kafka.listener import KafkaListener
-
-__all__ = ["KafkaListener"]
+``listener.KafkaListener`` serves it; ``records`` keeps Kafka batches and shoal frames
+readable from both protocols.
+"""

@@ -1,8 +1,8 @@
 """Produce, Fetch, ListOffsets and InitProducerId over the broker's partition logs.
 
-Produce converts each Kafka v2 batch into a shoal frame (``records.kafka_to_shoal``)
-and appends it like an HTTP produce, so one log serves both protocols; Fetch converts
-stored frames back into v2 batches. Errors are per partition, with Kafka's codes:
+Produce checks each Kafka v2 batch (``records.check_batches``) and appends it as it
+came, beside shoal's frames, so one log serves both protocols; Fetch hands stored
+Kafka batches out unchanged and converts shoal frames into v2 batches. Errors are per partition, with Kafka's codes:
 NOT_LEADER_OR_FOLLOWER for a partition another broker owns, OFFSET_OUT_OF_RANGE,
 FENCED_LEADER_EPOCH / UNKNOWN_LEADER_EPOCH for a leader epoch older / newer than
 ``metadata.partition_state`` gives.
@@ -23,7 +23,7 @@ from kio.schema.errors import ErrorCode
 from shoal.broker.kafka.codec import millis
 from shoal.broker.kafka.errors import kafka_code
 from shoal.broker.kafka.metadata import partition_state
-from shoal.broker.kafka.records import kafka_to_shoal, shoal_to_kafka
+from shoal.broker.kafka.records import as_kafka_batches, check_batches
 from shoal.client.errors import ShoalError
 
 if TYPE_CHECKING:
@@ -76,7 +76,8 @@ async def _produce_one(conn: Connection, topic: str, partition: int, records: by
     broker = conn.broker
     try:
         broker.check_owner(topic, partition)
-        body, headers = kafka_to_shoal(records or b"", max_batch_bytes=broker.topology.settings.max_batch_bytes)
+        body = bytes(records or b"")
+        headers = check_batches(body, max_batch_bytes=broker.topology.settings.max_batch_bytes)
         plog = await broker.partition_log(topic, partition)
         result = await plog.append(body, headers)
     except ShoalError as exc:
@@ -138,7 +139,7 @@ async def _fetch_once(conn: Connection, request: Any) -> tuple[list[dict], int, 
                     waiting.append((plog, p.fetch_offset))
                 elif budget - total > 0 or total == 0:
                     stored = plog.read(p.fetch_offset, max(1, min(p.partition_max_bytes, budget - total)))
-                    out["records"] = shoal_to_kafka(stored, leader_epoch=partition_state(topology, topic.topic, p.partition).leader_epoch)
+                    out["records"] = as_kafka_batches(stored, leader_epoch=partition_state(topology, topic.topic, p.partition).leader_epoch)
                     total += len(out["records"])
                 out["error_code"] = 0
             except _EpochError as exc:

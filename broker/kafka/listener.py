@@ -77,12 +77,12 @@ class KafkaListener:
     async def start(self) -> None:
         if self._server is not None:
             return
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
         tls = self.broker.topology.tls
         self.peers = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=10, sock_connect=3),
             connector=aiohttp.TCPConnector(ssl=client_context(tls.ca_file if tls else None) or True),
         )
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
         await self.groups.start()
         log.info("broker %d: Kafka listener on %s:%d", self.broker.broker_id, self.host, self.port)
 

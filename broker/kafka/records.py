@@ -1,4 +1,4 @@
-"""Kafka v2 record batches <-> shoal frames, for the Kafka listener.
+"""Kafka v2 record batches beside shoal frames: checking them, and converting for readers.
 
 A Kafka v2 record batch (all integers big-endian)::
 
@@ -24,15 +24,19 @@ A Kafka v2 record batch (all integers big-endian)::
                   varint headerCount, then per header varint keyLength + key (UTF-8),
                   varint valueLength + value (-1 for null)
 
+A produced batch is checked (``check_batches``) and stored as it came, beside shoal's
+own frames: base offset and length sit where a shoal frame has them, so the storage
+engine patches the base offset the same way, and ``client.records.read_header`` reads
+its header. Readers get what their protocol speaks: ``as_kafka_batches`` hands Kafka
+batches out as stored and converts shoal frames; ``as_shoal_frames`` converts Kafka
+batches for shoal clients and the JSON API. A conversion keeps the base offset, keys,
+values, timestamps, producer id and base sequence. Shoal headers are a map: a repeated
+Kafka header key keeps its last value and a null header value becomes empty bytes.
+Converted batches are uncompressed.
+
 The varint and nullable-bytes primitives are kio's. Decompression uses cramjam (one
 maintained binding for gzip, snappy, lz4 frames and zstd); snappy comes raw from
 librdkafka and in xerial framing from the Java client, and both are read.
-
-Mapping onto shoal's records ``[ts_delta, key, value, headers]``: keys, values and
-timestamps carry over exactly; headers become a map (a repeated key keeps its last
-value, a null header value becomes empty bytes); producer id and base sequence go into
-the shoal frame header so shoal's idempotence checks apply. The producer epoch is not
-kept. Converted batches are written uncompressed.
 """
 
 from __future__ import annotations
@@ -45,22 +49,21 @@ import cramjam
 import msgpack
 from crc32c import crc32c
 from kio.records.readers import read_signed_compact_string_as_bytes_nullable as _read_bytes
-from kio.serial.readers import read_int8, read_signed_varint, read_signed_varlong
 from kio.records.writers import write_signed_compact_bytes as _write_bytes
+from kio.serial.readers import read_int8, read_signed_varint, read_signed_varlong
 from kio.serial.writers import write_int8, write_signed_varint, write_signed_varlong
 
 from shoal.client.errors import CorruptBatch
 from shoal.client.records import HEADER_SIZE as SHOAL_HEADER_SIZE
-from shoal.client.records import NO_PRODUCER, FrameHeader, encode_batch, iter_frames, read_header
+from shoal.client.records import KAFKA_HEADER as HEADER
+from shoal.client.records import KAFKA_MAGIC as MAGIC
+from shoal.client.records import FrameHeader, encode_batch, iter_frames, read_header
 
-MAGIC = 2
-HEADER = struct.Struct(">qiiBIhiqqqhii")
 HEADER_SIZE = HEADER.size  # 61
-assert HEADER_SIZE == 61
 CRC_START = 21
 COMPRESSION_MASK = 0x07
+TRANSACTIONAL_FLAG = 0x10
 CONTROL_FLAG = 0x20
-CODECS = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
 _XERIAL = b"\x82SNAPPY\x00"
 
 Record = tuple[bytes | None, bytes | None, dict[str, bytes] | None, int]
@@ -128,45 +131,42 @@ def _records(data: bytes, count: int, base_ts: int) -> list[Record]:
     return out
 
 
-def kafka_to_shoal(data: bytes | memoryview, *, max_batch_bytes: int | None = None) -> tuple[bytes, list[FrameHeader]]:
-    """Shoal frames for the Kafka v2 batches of a produce request, and their headers.
+def check_batches(data: bytes | memoryview, *, max_batch_bytes: int | None = None) -> list[FrameHeader]:
+    """The storage headers of the Kafka v2 batches of a produce request, after checking them.
 
-    Checks each batch's length, magic and CRC32C before anything is decoded.
-    Raises CorruptBatch for anything else than whole, valid v2 batches (including
-    transactional and control batches, which shoal does not support).
+    Checks each batch's length, magic, CRC32C, record count and that its records
+    decode (decompressing them), as Kafka's broker validates a batch before appending
+    it. Raises CorruptBatch for anything else than whole, valid v2 batches, including
+    transactional and control batches, which shoal does not support.
     """
     view = memoryview(data)
-    frames = []
+    headers = []
     for pos, h in _batches(view, max_batch_bytes):
-        attributes = h[5]
-        if attributes & (CONTROL_FLAG | 0x10):
-            raise CorruptBatch(f"batch at byte {pos} is transactional: transactions are not supported")
-        count = h[12]
-        if count < 1 or h[6] != count - 1:
-            raise CorruptBatch(f"batch at byte {pos} holds {count} records but lastOffsetDelta {h[6]}")
-        body = bytes(view[pos + HEADER_SIZE : pos + 12 + h[1]])
-        codec = attributes & COMPRESSION_MASK
-        try:
-            if codec:
-                body = _decompress(codec, body)
-            records = _records(body, count, h[7])
-        except CorruptBatch:
-            raise
-        except Exception as exc:  # a codec or a varint read failing on bad bytes
-            raise CorruptBatch(f"batch at byte {pos} does not decode: {exc}") from None
-        producer_id = h[10] if h[10] >= 0 else NO_PRODUCER
-        frames.append(encode_batch(records, producer_id=producer_id, base_sequence=h[11] if producer_id >= 0 else -1))
-    if not frames:
+        _decode(view, pos, h)
+        headers.append(read_header(view, pos))
+    if not headers:
         raise CorruptBatch("no record batch in the produce request")
-    body = b"".join(frames)
-    return body, [read_header(body, p) for p in _frame_positions(frames)]
+    return headers
 
 
-def _frame_positions(frames: list[bytes]) -> Iterator[int]:
-    pos = 0
-    for f in frames:
-        yield pos
-        pos += len(f)
+def _decode(view, pos: int, h: tuple) -> list[Record]:
+    """The records of the batch at ``pos`` whose header fields are ``h``."""
+    attributes = h[5]
+    if attributes & (CONTROL_FLAG | TRANSACTIONAL_FLAG):
+        raise CorruptBatch(f"batch at byte {pos} is transactional: transactions are not supported")
+    count = h[12]
+    if count < 1 or h[6] != count - 1:
+        raise CorruptBatch(f"batch at byte {pos} holds {count} records but lastOffsetDelta {h[6]}")
+    body = bytes(view[pos + HEADER_SIZE : pos + 12 + h[1]])
+    codec = attributes & COMPRESSION_MASK
+    try:
+        if codec:
+            body = _decompress(codec, body)
+        return _records(body, count, h[7])
+    except CorruptBatch:
+        raise
+    except Exception as exc:  # a codec or a varint read failing on bad bytes
+        raise CorruptBatch(f"batch at byte {pos} does not decode: {exc}") from None
 
 
 def _batches(view: memoryview, max_batch_bytes: int | None) -> Iterator[tuple[int, tuple]]:
@@ -188,18 +188,35 @@ def _batches(view: memoryview, max_batch_bytes: int | None) -> Iterator[tuple[in
         pos += size
 
 
-def shoal_to_kafka(frames: bytes | memoryview, *, leader_epoch: int = 0) -> bytes:
-    """Kafka v2 batches, uncompressed, for the stored shoal frames of a fetch.
+def as_shoal_frames(stored: bytes) -> bytes:
+    """Stored frames with every Kafka batch among them converted into a shoal frame.
 
-    One Kafka batch per shoal frame, with the same base offset and producer fields,
-    so a Kafka consumer sees the same offsets as a shoal one. A trailing partial frame
-    is dropped.
+    Returns ``stored`` itself when it holds no Kafka batch.
     """
-    out = io.BytesIO()
-    for h, frame in iter_frames(frames, check_crc=False):
-        entries = msgpack.unpackb(frame[SHOAL_HEADER_SIZE:], raw=False, use_list=False)
-        out.write(_encode_v2(h, entries, leader_epoch))
-    return out.getvalue()
+    frames = list(iter_frames(stored, check_crc=False))
+    if all(h.magic != MAGIC for h, _ in frames):
+        return stored
+    out = []
+    for h, frame in frames:
+        if h.magic != MAGIC:
+            out.append(frame)
+            continue
+        records = _decode(frame, 0, HEADER.unpack_from(frame, 0))
+        out.append(encode_batch(records, producer_id=h.producer_id, base_sequence=h.base_sequence, base_offset=h.base_offset))
+    return b"".join(out)
+
+
+def as_kafka_batches(stored: bytes | memoryview, *, leader_epoch: int = 0) -> bytes:
+    """Kafka v2 batches for stored frames: Kafka batches as stored, shoal frames converted
+    (one uncompressed batch each, stamped with ``leader_epoch``)."""
+    out = []
+    for h, frame in iter_frames(stored, check_crc=False):
+        if h.magic == MAGIC:
+            out.append(frame)
+        else:
+            entries = msgpack.unpackb(frame[SHOAL_HEADER_SIZE:], raw=False, use_list=False)
+            out.append(_encode_v2(h, entries, leader_epoch))
+    return b"".join(out)
 
 
 def _encode_v2(h: FrameHeader, entries, leader_epoch: int) -> bytes:

@@ -52,7 +52,15 @@ from typing import NamedTuple
 
 from crc32c import crc32c
 
-from shoal.client.records import CRC_START, HEADER_SIZE, LENGTH_END, MAGIC, FrameHeader, read_header
+from shoal.client.records import (
+    HEADER_SIZE,
+    LENGTH_END,
+    MAX_HEADER_SIZE,
+    STORED_MAGICS,
+    FrameHeader,
+    crc_start,
+    try_read_header,
+)
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +213,7 @@ class Segment:
                 entries = entries[:i]
                 break
         for rel, pos in reversed(entries):
-            if self._entry_fits(rel, pos) and self._crc_ok(pos, read_header(self.read(pos, HEADER_SIZE))):
+            if self._entry_fits(rel, pos) and self._crc_ok(pos, try_read_header(self.read(pos, MAX_HEADER_SIZE))):
                 return self.base_offset + rel
         return self.base_offset
 
@@ -213,8 +221,8 @@ class Segment:
         """Does an index entry point at a whole frame with the base offset it claims?"""
         if pos + HEADER_SIZE > self.size:
             return False
-        h = read_header(self.read(pos, HEADER_SIZE))
-        return h.base_offset == self.base_offset + rel and pos + h.size <= self.size
+        h = try_read_header(self.read(pos, MAX_HEADER_SIZE))
+        return h is not None and h.base_offset == self.base_offset + rel and pos + h.size <= self.size
 
     def _rebuild_indexes(self) -> None:
         log.warning("rebuilding the indexes of %s (missing or not matching the log)", self.log_path)
@@ -339,13 +347,13 @@ class Segment:
         block = b""
         block_at = start
         while pos + HEADER_SIZE <= end:
-            if pos + HEADER_SIZE > block_at + len(block):
+            if pos + MAX_HEADER_SIZE > block_at + len(block) and block_at + len(block) < end:
                 block_at = pos
                 block = self.read(pos, min(_SCAN_BLOCK, end - pos))
                 if len(block) < HEADER_SIZE:
                     return
-            h = read_header(block, pos - block_at)
-            if h.length < HEADER_SIZE - LENGTH_END or pos + h.size > end:
+            h = try_read_header(block, pos - block_at)
+            if h is None or h.length < HEADER_SIZE - LENGTH_END or pos + h.size > end:
                 return
             yield Located(pos, h)
             pos += h.size
@@ -462,7 +470,7 @@ class Segment:
         for found in self.scan(0, file_size):
             pos, h = found
             if (
-                h.magic != MAGIC
+                h.magic not in STORED_MAGICS
                 or h.record_count < 1
                 or h.length < HEADER_SIZE + 1 - LENGTH_END
                 or h.base_offset != expected
@@ -504,8 +512,9 @@ class Segment:
         return self.next_offset
 
     def _crc_ok(self, pos: int, h: FrameHeader) -> bool:
-        body = self.read(pos + CRC_START, h.size - CRC_START)
-        return len(body) == h.size - CRC_START and crc32c(body) == h.crc
+        start = crc_start(h.magic)
+        body = self.read(pos + start, h.size - start)
+        return len(body) == h.size - start and crc32c(body) == h.crc
 
     def resume(self, *, size: int, next_offset: int, max_timestamp: int, max_ts_offset: int) -> bool:
         """Open the active segment after a clean shutdown, trusting its indexes.

@@ -13,7 +13,7 @@ def cluster(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
     cluster = LocalCluster(root, 3, request.module.TOPICS, kafka=True)
     try:
-        cluster.start()
+        cluster.start(timeout=60)  # kio's first import is slow on a loaded machine
         yield cluster
     finally:
         cluster.stop()  # also when a broker never became healthy: leave no process behind

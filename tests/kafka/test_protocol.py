@@ -17,7 +17,7 @@ from kio.serial import entity_reader
 
 from shoal.broker.kafka.codec import build
 from shoal.broker.kafka.listener import supported_ranges
-from shoal.broker.kafka.records import shoal_to_kafka
+from shoal.broker.kafka.records import as_kafka_batches
 from shoal.client.records import encode_batch
 from tests.harness import http_json
 from tests.kafka.wire import call, decode_response, read_frame, request_bytes
@@ -116,7 +116,7 @@ def produce(cluster, broker_id: int, records: bytes, *, acks: int = -1):
 
 def test_a_batch_with_a_bad_crc_is_refused_and_nothing_is_stored(cluster):
     owner = cluster.owner("w", 0)
-    batch = bytearray(shoal_to_kafka(encode_batch([(b"k", b"v", None, 1000)])))
+    batch = bytearray(as_kafka_batches(encode_batch([(b"k", b"v", None, 1000)])))
     answer = produce(cluster, owner, bytes(batch))
     assert int(answer.error_code) == 0 and answer.base_offset == 0
     batch[-1] ^= 0xFF
