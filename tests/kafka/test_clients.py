@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from confluent_kafka import Consumer as CKConsumer
 from confluent_kafka import Producer as CKProducer
 from confluent_kafka import TopicPartition as CKTopicPartition
+from confluent_kafka.admin import AdminClient
 from kafka import KafkaConsumer, KafkaProducer
 
 from tests.harness import http_json
@@ -63,6 +64,14 @@ def test_confluent_kafka_produces_consumes_as_a_group_and_commits(cluster):
             got.append(msg)
     consumer.commit(asynchronous=False)
     committed = consumer.committed([CKTopicPartition("confluent", p) for p in range(3)], timeout=10)
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    listed = admin.list_consumer_groups().result(timeout=20)
+    assert "ck-group" in {g.group_id for g in listed.valid}
+    described = admin.describe_consumer_groups(["ck-group"])["ck-group"].result(timeout=20)
+    assert described.state.name == "STABLE" and len(described.members) == 1
+    assert {tp.partition for tp in described.members[0].assignment.topic_partitions} == {0, 1, 2}
+    by_time = consumer.offsets_for_times([CKTopicPartition("confluent", p, 0) for p in range(3)], timeout=10)
+    assert [tp.offset for tp in by_time] == [0, 0, 0]
     consumer.close()
     assert sorted(m.value() for m in got) == sorted(f"v{i}".encode() for i in range(N))
     assert all(m.headers() == [("h", b"x")] for m in got)

@@ -125,6 +125,20 @@ def test_a_batch_with_a_bad_crc_is_refused_and_nothing_is_stored(cluster):
     assert body["high_watermark"] == 1
 
 
+def test_acks_0_gets_no_response_and_the_next_request_gets_its_own(cluster):
+    owner = cluster.owner("w", 1)
+    produce_request = build(ProduceRequest, {
+        "acks": 0, "timeout": 10_000,
+        "topic_data": [{"name": "w", "partition_data": [{"index": 1, "records": as_kafka_batches(encode_batch([(None, b"fire", None, 5)]))}]}],
+    })
+    metadata = build(MetadataRequest, {"topics": None})
+    with socket.create_connection(address(cluster, owner), timeout=10) as sock:
+        sock.sendall(request_bytes(produce_request, correlation_id=1) + request_bytes(metadata, correlation_id=2))
+        assert decode_response(read_frame(sock), 3, 12)[0] == 2
+    status, body = http_json("GET", f"{cluster.url(owner)}/v1/topics/w/partitions/1/records?offset=0")
+    assert [r["value"] for r in body["records"]] == ["fire"]
+
+
 def test_topics_are_not_created_over_kafka(cluster):
     body = call(address(cluster, 1), CreateTopicsRequest, {
         "topics": [{"name": "made", "num_partitions": 1, "replication_factor": 1}], "timeout": 1000,
