@@ -96,33 +96,29 @@ def _unxerial(data: bytes) -> bytes:
 
 
 def _records(data: bytes, count: int, base_ts: int) -> list[Record]:
-    out: list[Record] = []
     pos = 0
+
+    def take(reader):
+        nonlocal pos
+        value, size = reader(data, pos)
+        pos += size
+        return value
+
+    out: list[Record] = []
     for i in range(count):
-        length, n = read_signed_varint(data, pos)
-        pos += n
+        length = take(read_signed_varint)
         end = pos + length
-        _, n = read_int8(data, pos)
-        pos += n
-        ts_delta, n = read_signed_varlong(data, pos)
-        pos += n
-        offset_delta, n = read_signed_varint(data, pos)
-        pos += n
+        take(read_int8)  # record attributes: unused
+        ts_delta = take(read_signed_varlong)
+        offset_delta = take(read_signed_varint)
         if offset_delta != i:
             raise CorruptBatch(f"record {i} has offset delta {offset_delta}")
-        key, n = _read_bytes(data, pos)
-        pos += n
-        value, n = _read_bytes(data, pos)
-        pos += n
-        n_headers, n = read_signed_varint(data, pos)
-        pos += n
+        key = take(_read_bytes)
+        value = take(_read_bytes)
         headers = {}
-        for _ in range(n_headers):
-            hkey, n = _read_bytes(data, pos)
-            pos += n
-            hval, n = _read_bytes(data, pos)
-            pos += n
-            headers[(hkey or b"").decode()] = hval or b""
+        for _ in range(take(read_signed_varint)):
+            hkey = take(_read_bytes)
+            headers[(hkey or b"").decode()] = take(_read_bytes) or b""
         if pos != end:
             raise CorruptBatch(f"record {i} declares {length} bytes but holds {pos - end + length}")
         out.append((key, value, headers or None, base_ts + ts_delta))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
-import time
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -19,6 +18,7 @@ from confluent_kafka.admin import AdminClient
 from kafka import KafkaConsumer, KafkaProducer
 
 from tests.harness import http_json
+from tests.kafka.helpers import poll_messages
 
 TOPICS = {"confluent": 3, "kpython": 3, "aio": 3, "kcat": 3}
 N = 60
@@ -55,13 +55,7 @@ def test_confluent_kafka_produces_consumes_as_a_group_and_commits(cluster):
         "auto.offset.reset": "earliest", "enable.auto.commit": False,
     })
     consumer.subscribe(["confluent"])
-    got = []
-    deadline = time.monotonic() + 60
-    while len(got) < N and time.monotonic() < deadline:
-        msg = consumer.poll(0.5)
-        if msg is not None:
-            assert msg.error() is None, msg.error()
-            got.append(msg)
+    got = poll_messages(consumer, N)
     consumer.commit(asynchronous=False)
     committed = consumer.committed([CKTopicPartition("confluent", p) for p in range(3)], timeout=10)
     admin = AdminClient({"bootstrap.servers": cluster.bootstrap})

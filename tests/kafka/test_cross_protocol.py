@@ -8,23 +8,19 @@ import time
 import pytest
 from confluent_kafka import Consumer as CKConsumer
 from confluent_kafka import Producer as CKProducer
+from confluent_kafka import TopicPartition as CKTopicPartition
 
 from shoal.client import AsyncConsumer, AsyncProducer, TopicPartition
 from shoal.client.partitioner import partition_for_key
+from tests.kafka.helpers import poll_messages
 
 TOPICS = {"from-shoal": 1, "from-kafka": 1, "gzip": 1, "snappy": 1, "lz4": 1, "zstd": 1, "keys": 7}
 
 
 def kafka_read(cluster, topic: str, n: int, partition: int = 0) -> list:
     consumer = CKConsumer({"bootstrap.servers": cluster.bootstrap, "group.id": f"read-{topic}", "enable.auto.commit": False})
-    consumer.assign([__import__("confluent_kafka").TopicPartition(topic, partition, 0)])
-    got = []
-    deadline = time.monotonic() + 30
-    while len(got) < n and time.monotonic() < deadline:
-        msg = consumer.poll(0.5)
-        if msg is not None:
-            assert msg.error() is None, msg.error()
-            got.append(msg)
+    consumer.assign([CKTopicPartition(topic, partition, 0)])
+    got = poll_messages(consumer, n, 30)
     consumer.close()
     return got
 
