@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import time
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -20,7 +21,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from tests.harness import http_json
 from tests.kafka.helpers import poll_messages
 
-TOPICS = {"confluent": 3, "kpython": 3, "aio": 3, "kcat": 3}
+TOPICS = {"confluent": 3, "kpython": 3, "aio": 3, "kcat": 3, "shared": 4}
 N = 60
 
 
@@ -72,6 +73,38 @@ def test_confluent_kafka_produces_consumes_as_a_group_and_commits(cluster):
     ends = {p: sum(1 for m in got if m.partition() == p) for p in range(3)}
     assert {tp.partition: tp.offset for tp in committed} == ends
     assert committed_over_http(cluster, "ck-group", "confluent", 3) == {p: n or None for p, n in ends.items()}
+
+
+def test_two_confluent_consumers_split_a_group_s_partitions(cluster):
+    config = {"bootstrap.servers": cluster.bootstrap, "group.id": "pair", "auto.offset.reset": "earliest",
+              "heartbeat.interval.ms": 200, "enable.auto.commit": False}
+    consumers = [CKConsumer(config), CKConsumer(config)]
+    for c in consumers:
+        c.subscribe(["shared"])
+    got: dict[int, list] = {0: [], 1: []}
+
+    def poll_both() -> list[set[int]]:
+        for i, c in enumerate(consumers):
+            msg = c.poll(0.1)
+            if msg is not None:
+                assert msg.error() is None, msg.error()
+                got[i].append(msg)
+        return [{tp.partition for tp in c.assignment()} for c in consumers]
+
+    deadline = time.monotonic() + 60
+    while not all(owned := poll_both()) and time.monotonic() < deadline:
+        pass  # until the rebalance gave each member its share
+    assert owned[0] | owned[1] == {0, 1, 2, 3} and not owned[0] & owned[1]
+    producer = CKProducer({"bootstrap.servers": cluster.bootstrap})
+    for i in range(N):
+        producer.produce("shared", value=f"v{i}".encode(), partition=i % 4)
+    assert producer.flush(20) == 0
+    while len(got[0]) + len(got[1]) < N and time.monotonic() < deadline:
+        assert poll_both() == owned  # no further rebalance
+    for c in consumers:
+        c.close()
+    assert sorted(m.value() for m in got[0] + got[1]) == sorted(f"v{i}".encode() for i in range(N))
+    assert {m.partition() for m in got[0]} == owned[0] and {m.partition() for m in got[1]} == owned[1]
 
 
 def test_kafka_python_produces_consumes_as_a_group_and_commits(cluster):
