@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from kio.schema.errors import ErrorCode
 
 from shoal.broker.kafka.codec import millis
-from shoal.broker.kafka.errors import kafka_code
+from shoal.broker.kafka.errors import KafkaError, kafka_code
 from shoal.broker.kafka.metadata import partition_state
 from shoal.broker.kafka.records import as_kafka_batches, check_batches
 from shoal.client.errors import ShoalError
@@ -33,19 +33,14 @@ PRODUCE, FETCH, LIST_OFFSETS, INIT_PRODUCER_ID = 0, 1, 2, 22
 EARLIEST, LATEST = -2, -1
 
 
-class _EpochError(Exception):
-    def __init__(self, code: ErrorCode):
-        self.code = code
-
-
 def _check_epoch(topology, topic: str, partition: int, epoch: int) -> None:
     if epoch < 0:
         return
     current = partition_state(topology, topic, partition).leader_epoch
     if epoch < current:
-        raise _EpochError(ErrorCode.fenced_leader_epoch)
+        raise KafkaError(ErrorCode.fenced_leader_epoch)
     if epoch > current:
-        raise _EpochError(ErrorCode.unknown_leader_epoch)
+        raise KafkaError(ErrorCode.unknown_leader_epoch)
 
 
 # -- Produce ---------------------------------------------------------------------------
@@ -142,7 +137,7 @@ async def _fetch_once(conn: Connection, request: Any) -> tuple[list[dict], int, 
                     out["records"] = as_kafka_batches(stored, leader_epoch=partition_state(topology, topic.topic, p.partition).leader_epoch)
                     total += len(out["records"])
                 out["error_code"] = 0
-            except _EpochError as exc:
+            except KafkaError as exc:
                 out["error_code"] = exc.code
                 failed = True
             except ShoalError as exc:
@@ -176,10 +171,10 @@ async def handle_list_offsets(conn: Connection, request: Any, version: int) -> d
                     if found is not None:
                         out.update(offset=found, timestamp=p.timestamp)
                 else:
-                    raise _EpochError(ErrorCode.unsupported_version)
+                    raise KafkaError(ErrorCode.unsupported_version)
                 out["error_code"] = 0
                 out["leader_epoch"] = partition_state(topology, topic.name, p.partition_index).leader_epoch
-            except _EpochError as exc:
+            except KafkaError as exc:
                 out["error_code"] = exc.code
             except ShoalError as exc:
                 out["error_code"] = kafka_code(exc)

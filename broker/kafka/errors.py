@@ -42,6 +42,14 @@ _CODES: dict[type, ErrorCode] = {
 }
 
 
+class KafkaError(Exception):
+    """A request refused with a Kafka error code that no shoal wire error stands for."""
+
+    def __init__(self, code: ErrorCode):
+        super().__init__(code.name)
+        self.code = code
+
+
 def kafka_code(exc: ShoalError) -> int:
     """The Kafka error code a client should see for ``exc``."""
     for cls in type(exc).__mro__:

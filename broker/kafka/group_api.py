@@ -22,8 +22,7 @@ import aiohttp
 from kio.schema.errors import ErrorCode
 
 from shoal.broker.kafka.codec import millis
-from shoal.broker.kafka.errors import kafka_code
-from shoal.broker.kafka.groups import GroupError
+from shoal.broker.kafka.errors import KafkaError, kafka_code
 from shoal.broker.kafka.metadata import node
 from shoal.client.errors import NotOwner, ShoalError
 from shoal.client.names import is_valid_name
@@ -85,7 +84,7 @@ async def handle_join_group(conn: Connection, request: Any, version: int) -> dic
             client_id=conn.client_id or "", client_host=conn.peer,
             instance_id=getattr(request, "group_instance_id", None),
         )
-    except GroupError as exc:
+    except KafkaError as exc:
         return {**failed, "error_code": exc.code}
     return {"throttle_time": 0, "error_code": 0, **result}
 
@@ -98,7 +97,7 @@ async def handle_sync_group(conn: Connection, request: Any, version: int) -> dic
             request.group_id, request.member_id, request.generation_id,
             {a.member_id: a.assignment for a in request.assignments},
         )
-    except GroupError as exc:
+    except KafkaError as exc:
         return {"throttle_time": 0, "error_code": exc.code, "assignment": b""}
     group = conn.listener.groups.groups[request.group_id]
     return {"throttle_time": 0, "error_code": 0, "assignment": assignment,
@@ -110,7 +109,7 @@ async def handle_heartbeat(conn: Connection, request: Any, version: int) -> dict
         return {"throttle_time": 0, "error_code": code}
     try:
         conn.listener.groups.heartbeat(request.group_id, request.member_id, request.generation_id)
-    except GroupError as exc:
+    except KafkaError as exc:
         return {"throttle_time": 0, "error_code": exc.code}
     return {"throttle_time": 0, "error_code": 0}
 
@@ -127,7 +126,7 @@ async def handle_leave_group(conn: Connection, request: Any, version: int) -> di
         try:
             conn.listener.groups.leave(request.group_id, member_id)
             members.append({"member_id": member_id, "group_instance_id": instance_id, "error_code": 0})
-        except GroupError as exc:
+        except KafkaError as exc:
             members.append({"member_id": member_id, "group_instance_id": instance_id, "error_code": exc.code})
     top = members[0]["error_code"] if version < 3 else 0
     return {"throttle_time": 0, "error_code": top, "members": members}
@@ -148,7 +147,7 @@ async def handle_offset_commit(conn: Connection, request: Any, version: int) -> 
             conn.listener.groups.check_commit(
                 group_id, request.member_id, getattr(request, "generation_id_or_member_epoch", -1)
             )
-        except GroupError as exc:
+        except KafkaError as exc:
             code = exc.code
     topics = []
     for topic in request.topics:

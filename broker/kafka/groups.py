@@ -26,18 +26,12 @@ from dataclasses import dataclass, field
 
 from kio.schema.errors import ErrorCode
 
+from shoal.broker.kafka.errors import KafkaError
+
 log = logging.getLogger(__name__)
 
 EMPTY, PREPARING, COMPLETING, STABLE = "Empty", "PreparingRebalance", "CompletingRebalance", "Stable"
 _SWEEP_S = 0.25
-
-
-class GroupError(Exception):
-    """A request the group refuses, with the Kafka error code to answer."""
-
-    def __init__(self, code: ErrorCode):
-        super().__init__(code.name)
-        self.code = code
 
 
 @dataclass(eq=False)
@@ -90,7 +84,7 @@ class ClassicGroups:
             for m in group.members.values():
                 for fut in (m.join, m.sync):
                     if fut is not None and not fut.done():
-                        fut.set_exception(GroupError(ErrorCode.coordinator_not_available))
+                        fut.set_exception(KafkaError(ErrorCode.coordinator_not_available))
 
     # -- requests -------------------------------------------------------------------
 
@@ -101,16 +95,16 @@ class ClassicGroups:
     ) -> dict:
         group = self.groups.setdefault(group_id, Group(group_id))
         if not protocols:
-            raise GroupError(ErrorCode.inconsistent_group_protocol)
+            raise KafkaError(ErrorCode.inconsistent_group_protocol)
         if group.members and protocol_type != group.protocol_type:
-            raise GroupError(ErrorCode.inconsistent_group_protocol)
+            raise KafkaError(ErrorCode.inconsistent_group_protocol)
         names = {name for name, _ in protocols}
         if group.members and not any(names & {n for n, _ in m.protocols} for m in group.members.values()):
-            raise GroupError(ErrorCode.inconsistent_group_protocol)
+            raise KafkaError(ErrorCode.inconsistent_group_protocol)
         if member_id:
             member = group.members.get(member_id)
             if member is None:
-                raise GroupError(ErrorCode.unknown_member_id)
+                raise KafkaError(ErrorCode.unknown_member_id)
             member.protocols = protocols
             member.session_timeout_s = session_timeout_ms / 1000
             member.rebalance_timeout_s = rebalance_timeout_ms / 1000
@@ -133,10 +127,10 @@ class ClassicGroups:
     async def sync(self, group_id: str, member_id: str, generation: int, assignments: dict[str, bytes]) -> bytes:
         group, member = self._member(group_id, member_id)
         if generation != group.generation:
-            raise GroupError(ErrorCode.illegal_generation)
+            raise KafkaError(ErrorCode.illegal_generation)
         member.last_seen = time.monotonic()
         if group.state == PREPARING:
-            raise GroupError(ErrorCode.rebalance_in_progress)
+            raise KafkaError(ErrorCode.rebalance_in_progress)
         if group.state == STABLE:
             return member.assignment
         if member_id == group.leader:
@@ -155,9 +149,9 @@ class ClassicGroups:
         group, member = self._member(group_id, member_id)
         member.last_seen = time.monotonic()
         if generation != group.generation:
-            raise GroupError(ErrorCode.illegal_generation)
+            raise KafkaError(ErrorCode.illegal_generation)
         if group.state == PREPARING:
-            raise GroupError(ErrorCode.rebalance_in_progress)
+            raise KafkaError(ErrorCode.rebalance_in_progress)
 
     def leave(self, group_id: str, member_id: str) -> None:
         group, member = self._member(group_id, member_id)
@@ -173,16 +167,16 @@ class ClassicGroups:
         if group is None or not group.members:
             if generation < 0 or not member_id:
                 return
-            raise GroupError(ErrorCode.unknown_member_id if member_id else ErrorCode.illegal_generation)
+            raise KafkaError(ErrorCode.unknown_member_id if member_id else ErrorCode.illegal_generation)
         if generation < 0 and not member_id:
-            raise GroupError(ErrorCode.rebalance_in_progress if group.state == PREPARING else ErrorCode.illegal_generation)
+            raise KafkaError(ErrorCode.rebalance_in_progress if group.state == PREPARING else ErrorCode.illegal_generation)
         member = group.members.get(member_id)
         if member is None:
-            raise GroupError(ErrorCode.unknown_member_id)
+            raise KafkaError(ErrorCode.unknown_member_id)
         if generation != group.generation:
-            raise GroupError(ErrorCode.illegal_generation)
+            raise KafkaError(ErrorCode.illegal_generation)
         if group.state == PREPARING:
-            raise GroupError(ErrorCode.rebalance_in_progress)
+            raise KafkaError(ErrorCode.rebalance_in_progress)
         member.last_seen = time.monotonic()
 
     def describe(self, group_id: str) -> dict:
@@ -211,7 +205,7 @@ class ClassicGroups:
         group = self.groups.get(group_id)
         member = group.members.get(member_id) if group else None
         if member is None:
-            raise GroupError(ErrorCode.unknown_member_id)
+            raise KafkaError(ErrorCode.unknown_member_id)
         return group, member
 
     def _prepare(self, group: Group, why: str) -> None:
@@ -220,7 +214,7 @@ class ClassicGroups:
         group.rebalance_deadline = time.monotonic() + timeout
         for m in group.members.values():
             if m.sync is not None and not m.sync.done():
-                m.sync.set_exception(GroupError(ErrorCode.rebalance_in_progress))
+                m.sync.set_exception(KafkaError(ErrorCode.rebalance_in_progress))
         log.info("kafka group %s: rebalancing (%s)", group.group_id, why)
 
     def _maybe_complete_join(self, group: Group, *, force: bool = False) -> None:
@@ -263,7 +257,7 @@ class ClassicGroups:
         group.members.pop(member.member_id, None)
         for fut in (member.join, member.sync):
             if fut is not None and not fut.done():
-                fut.set_exception(GroupError(ErrorCode.unknown_member_id))
+                fut.set_exception(KafkaError(ErrorCode.unknown_member_id))
         if group.state == PREPARING:
             self._maybe_complete_join(group)
         elif group.members:

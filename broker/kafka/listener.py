@@ -1,6 +1,7 @@
 """The Kafka protocol listener of one broker: an asyncio server on the broker's loop.
 
-Each connection is served in order, as Kafka does: requests are read as they come
+At most ``settings.max_connections`` client connections are open at once; one more is
+closed as it arrives. Each connection is served in order, as Kafka does: requests are read as they come
 (clients may pipeline any number), handled one at a time, and answered in the order
 they arrived with their correlation ids. A request larger than ``max_request_bytes``,
 a header or body that does not parse, or an API key or version the listener does not
@@ -100,10 +101,15 @@ class KafkaListener:
             await self.peers.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        self._tasks.add(task)
         peer = writer.get_extra_info("peername")
         conn = Connection(self, f"{peer[0]}:{peer[1]}" if peer else "?")
+        limit = self.broker.topology.settings.max_connections
+        if len(self._tasks) >= limit:
+            log.warning("kafka %s: %d connections open (max_connections): closing", conn.peer, limit)
+            writer.close()
+            return
+        task = asyncio.current_task()
+        self._tasks.add(task)
         try:
             while True:
                 try:

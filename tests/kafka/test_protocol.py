@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kio.schema.api_versions.v0.response import ApiVersionsResponse as ApiVersionsV0
@@ -163,3 +165,26 @@ def test_fuzzed_frames_never_take_the_listener_down(cluster, api_key, version, b
             pass
     body = call(address(cluster, 3), ApiVersionsRequest, API_VERSIONS)
     assert body.error_code == 0
+
+
+def test_connections_past_max_connections_are_closed(cluster_factory):
+    small = cluster_factory(1, {"t": 1}, kafka=True, start=False)
+    small.config["settings"] = {"max_connections": 2}
+    small.config_path.write_text(yaml.safe_dump(small.config, sort_keys=False))
+    small.start(timeout=60)
+    hello = request_bytes(build(ApiVersionsRequest, API_VERSIONS))
+    first, second = (socket.create_connection(address(small, 1), timeout=10) for _ in range(2))
+    with first, second:
+        for sock in (first, second):
+            sock.sendall(hello)
+            assert read_frame(sock) is not None
+        with socket.create_connection(address(small, 1), timeout=10) as third:
+            third.sendall(hello)
+            assert read_frame(third) is None
+    deadline = time.monotonic() + 10
+    while True:  # the two are closed: room again once the listener has seen them go
+        with socket.create_connection(address(small, 1), timeout=10) as again:
+            again.sendall(hello)
+            if read_frame(again) is not None:
+                break
+        assert time.monotonic() < deadline
