@@ -13,7 +13,7 @@ import logging
 from aiohttp import web
 
 from shoal.broker.group_handlers import add_group_routes
-from shoal.broker.kafka.records import as_shoal_frames
+from shoal.broker.kafka import as_shoal_frames
 from shoal.broker.state import BROKER, JSON_THREADS, METRICS
 from shoal.broker.storage.producer_state import is_idempotent
 from shoal.client.errors import (

@@ -28,7 +28,7 @@ A produced batch is checked (``check_batches``) and stored as it came, beside sh
 own frames: base offset and length sit where a shoal frame has them, so the storage
 engine patches the base offset the same way, and ``client.records.read_header`` reads
 its header. Readers get what their protocol speaks: ``as_kafka_batches`` hands Kafka
-batches out as stored and converts shoal frames; ``as_shoal_frames`` converts Kafka
+batches out as stored and converts shoal frames; ``to_shoal_frames`` converts Kafka
 batches for shoal clients and the JSON API. A conversion keeps the base offset, keys,
 values, timestamps, producer id and base sequence. Shoal headers are a map: a repeated
 Kafka header key keeps its last value and a null header value becomes empty bytes.
@@ -184,16 +184,10 @@ def _batches(view: memoryview, max_batch_bytes: int | None) -> Iterator[tuple[in
         pos += size
 
 
-def as_shoal_frames(stored: bytes) -> bytes:
-    """Stored frames with every Kafka batch among them converted into a shoal frame.
-
-    Returns ``stored`` itself when it holds no Kafka batch.
-    """
-    frames = list(iter_frames(stored, check_crc=False))
-    if all(h.magic != MAGIC for h, _ in frames):
-        return stored
+def to_shoal_frames(stored: bytes) -> bytes:
+    """Stored frames with every Kafka batch among them converted into a shoal frame."""
     out = []
-    for h, frame in frames:
+    for h, frame in iter_frames(stored, check_crc=False):
         if h.magic != MAGIC:
             out.append(frame)
             continue

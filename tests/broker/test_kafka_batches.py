@@ -9,7 +9,8 @@ import cramjam
 import pytest
 from crc32c import crc32c
 
-from shoal.broker.kafka.records import as_kafka_batches, as_shoal_frames, check_batches
+from shoal.broker.kafka import as_shoal_frames
+from shoal.broker.kafka.records import as_kafka_batches, check_batches
 from shoal.broker.storage import LogConfig, PartitionLog
 from shoal.broker.storage.partition_log import CLEAN_SHUTDOWN
 from shoal.client.errors import CorruptBatch
