@@ -73,8 +73,8 @@ async def _produce_one(conn: Connection, topic: str, partition: int, records: by
         broker.check_owner(topic, partition)
         body = bytes(records or b"")
         headers = check_batches(body, max_batch_bytes=broker.topology.settings.max_batch_bytes)
-        plog = await broker.partition_log(topic, partition)
-        result = await plog.append(body, headers)
+        async with broker.writing(topic, partition) as plog:  # a topology install waits for it
+            result = await plog.append(body, headers)
     except ShoalError as exc:
         return {"index": partition, "error_code": kafka_code(exc), "base_offset": -1, "error_message": str(exc)[:200]}
     return {"index": partition, "error_code": 0, "base_offset": result.base_offset, "log_start_offset": plog.log_start_offset}

@@ -169,8 +169,8 @@ async def _commit_one(conn: Connection, group: str, topic: str, partition: int, 
     try:
         owner = broker.topology.owner(topic, partition)
         if owner.id == broker.broker_id:
-            await broker.partition_log(topic, partition)
-            await broker.logs.offsets.commit(group, [(topic, partition, offset, metadata)])
+            async with broker.writing(topic, partition):
+                await broker.logs.offsets.commit(group, [(topic, partition, offset, metadata)])
         else:
             url = owner.url + _offset_path(group, topic, partition)
             async with conn.listener.peers.put(url, json={"offset": offset, "metadata": metadata}) as resp:

@@ -12,7 +12,7 @@ from crc32c import crc32c
 from shoal.broker.kafka import as_shoal_frames
 from shoal.broker.kafka.records import as_kafka_batches, check_batches
 from shoal.broker.storage import LogConfig, PartitionLog
-from shoal.broker.storage.partition_log import CLEAN_SHUTDOWN
+from shoal.broker.storage.checkpoint import CLEAN_SHUTDOWN
 from shoal.client.errors import CorruptBatch
 from shoal.client.records import decode_fetch, encode_batch, iter_frames
 
