@@ -32,6 +32,7 @@ from shoal.client.errors import (
 from shoal.client.names import check_name
 from shoal.client.partitioner import partition_for_key
 from shoal.router.hashing import group_coordinator
+from shoal.router.console import add_console_routes
 from shoal.router.server.auth import authenticate
 from shoal.router.server.middlewares import MAX_BODY, LoadLimits, problem_errors, request_context
 from shoal.router.server.openapi import build_openapi
@@ -115,10 +116,13 @@ class Gateway:
         check_name(topic, "topic")
         return self.topology.owner(topic, partition).id
 
-    async def json_call(self, method: str, broker_id: int, path: str, body=None, *, topology=None) -> dict:
+    async def json_call(
+        self, method: str, broker_id: int, path: str, body=None, *, topology=None, headers=None
+    ) -> dict:
+        """Call one broker with the gateway's token, or with ``headers`` given (a caller's)."""
         broker = (topology or self.topology).broker(broker_id)
         try:
-            async with self.session.request(method, broker.url + path, json=body) as resp:
+            async with self.session.request(method, broker.url + path, json=body, headers=headers) as resp:
                 data = await resp.json(content_type=None)
                 if resp.status >= 400:
                     raise ShoalError.from_problem(data, status=resp.status)
@@ -279,8 +283,10 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "role": "gateway", "epoch": gw.topology.epoch})
 
 
-def create_gateway_app(topology: Topology, *, token: str | None = None) -> web.Application:
+def create_gateway_app(topology: Topology, *, token: str | None = None, console: bool = True) -> web.Application:
     """The gateway application; topology refreshes run while it is up.
+
+    ``console`` serves the read-only web console at ``/console/`` (router.console).
 
     ``token`` authenticates the gateway's own calls to brokers (topology refreshes,
     cluster-wide group views, keyed produce) when the cluster has ``auth:``. Callers
@@ -332,6 +338,8 @@ def create_gateway_app(topology: Topology, *, token: str | None = None) -> web.A
     app.router.add_put("/v1/cluster", put_cluster)
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/openapi.json", serve_openapi)
+    if console:
+        add_console_routes(app, gw)
     return app
 
 
@@ -343,8 +351,9 @@ def run_gateway(
     tls_cert: str | None = None,
     tls_key: str | None = None,
     token: str | None = None,
+    console: bool = True,
 ) -> None:
-    """Serve the gateway until SIGTERM/SIGINT.
+    """Serve the gateway (and its console, unless ``console`` is False) until SIGTERM/SIGINT.
 
     HTTPS with ``tls_cert``/``tls_key``, else with the ``tls:`` section if any.
     ``token`` (default ``$SHOAL_TOKEN``) is the gateway's own, for its calls to brokers.
@@ -357,7 +366,7 @@ def run_gateway(
     log.info("gateway listening on %s://%s:%d for cluster %s (%d brokers)",
              "https" if ssl_context else "http", host, port, topology.cluster, len(topology.brokers))
     web.run_app(
-        create_gateway_app(topology, token=token), host=host, port=port, ssl_context=ssl_context,
+        create_gateway_app(topology, token=token, console=console), host=host, port=port, ssl_context=ssl_context,
         print=None, access_log=None, shutdown_timeout=5,
         handler_cancellation=True,  # a client that went away cancels its forwarded call
     )

@@ -20,7 +20,9 @@ an unauthenticated caller could use to burn the broker's CPU).
 What each route needs is a table here keyed by the route's path template; a route
 missing from it needs ``admin``, so a new endpoint is closed until someone opens it.
 ``/v1/health``, ``/metrics`` and ``/v1/openapi.json`` stay open (probes and scrapers
-carry no token); ``GET /v1/cluster`` needs any valid token. ``admin`` may do anything.
+carry no token), and so do the console's static files (a browser loads them before it
+is given a token); ``GET /v1/cluster`` needs any valid token. ``admin`` may do anything.
+The principal of an authenticated request is ``request[PRINCIPAL]``.
 
 Pure data and checks, plus one aiohttp middleware; no IO.
 """
@@ -107,6 +109,9 @@ class Principal:
         return out
 
 
+PRINCIPAL = web.RequestKey("principal", Principal)
+
+
 @dataclass(frozen=True)
 class AuthConfig:
     """The ``auth:`` section: the principals, by name. Immutable."""
@@ -131,6 +136,11 @@ Need = tuple[tuple[tuple[str, ...], str], ...]
 _PART = "/v1/topics/{topic}/partitions/{partition}"
 _COMMITTED = "/v1/groups/{group}/topics/{topic}/partitions/{partition}/offset"
 _GROUP = (("groups",), "group")
+_CONSOLE = "/console/api"
+# The console's page and files: no data in them, so no token.
+_OPEN = frozenset({
+    ("GET", "/console"), ("GET", "/console/"), ("GET", "/console/static"), ("GET", _CONSOLE + "/session"),
+})
 _RULES: dict[tuple[str, str], Need] = {
     ("GET", "/v1/cluster"): (),
     ("POST", _PART + "/records"): ((("produce",), "topic"),),
@@ -145,6 +155,14 @@ _RULES: dict[tuple[str, str], Need] = {
     ("POST", "/v1/groups/{group}/members/{member}/heartbeat"): (_GROUP,),
     ("DELETE", "/v1/groups/{group}/members/{member}"): (_GROUP,),
     ("POST", "/v1/groups/{group}/fence"): (_GROUP,),
+    # The console lists only what the principal may see (shoal.router.console).
+    ("GET", _CONSOLE + "/overview"): (),
+    ("GET", _CONSOLE + "/brokers"): (),
+    ("GET", _CONSOLE + "/topics"): (),
+    ("GET", _CONSOLE + "/groups"): (),
+    ("GET", _CONSOLE + "/topics/{topic}"): ((("consume", "produce"), "topic"),),
+    ("GET", _CONSOLE + "/topics/{topic}/partitions/{partition}/records"): ((("consume",), "topic"),),
+    ("GET", _CONSOLE + "/groups/{group}"): (_GROUP,),
 }
 
 
@@ -166,7 +184,7 @@ def check(config: AuthConfig, request: web.Request) -> Principal | None:
     Forbidden (a known principal without the permission).
     """
     method, template = route_key(request)
-    if (method, template) in PROBES:
+    if (method, template) in PROBES or (method, template) in _OPEN:
         return None
     principal = config.authenticate(_bearer(request))
     if principal is None:
@@ -199,6 +217,7 @@ def authenticate(config: AuthConfig):
     async def auth(request: web.Request, handler):
         principal = check(config, request)
         if principal is not None:
+            request[PRINCIPAL] = principal
             log.debug("%s %s by principal %s", request.method, request.path, principal.name)
         return await handler(request)
 
