@@ -182,13 +182,21 @@ def group_row(snap: Snapshot, name: str, rows: list[dict], members: dict) -> dic
 
 
 def group(snap: Snapshot, name: str, rows: list[dict], members: dict) -> dict:
-    """One group: its members with their assignments, and lag per partition with its holder."""
+    """One group: its members with their assignments, and lag per partition with its holder.
+
+    A partition a member holds but the group never committed is listed with no offset and no lag.
+    """
     holder = {}
     for member in members.get("members", []):
         for topic, parts in (member.get("assignment") or {}).items():
             for p in parts:
                 holder[(topic, p)] = member["member_id"]
-    lags = [{**r, "member": holder.get((r["topic"], r["partition"]))} for r in lag_rows(snap, rows)]
+    committed = {(r["topic"], r["partition"]) for r in rows}
+    uncommitted = [
+        {"topic": t, "partition": p, "offset": None, "high_watermark": snap.stats.get((t, p), (0,))[0]}
+        for t, p in holder if (t, p) not in committed
+    ]
+    lags = [{**r, "member": holder.get((r["topic"], r["partition"]))} for r in lag_rows(snap, rows + uncommitted)]
     return {
         **group_row(snap, name, rows, members),
         "generation": members.get("generation"),

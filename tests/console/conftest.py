@@ -99,12 +99,14 @@ class Console:
     def resources(self) -> list[str]:
         return self.driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
 
-    def shot(self, name: str) -> None:
-        """Save docs/img/console-NAME.png (palette PNG, to keep it small) when SHOAL_CONSOLE_SHOTS is set."""
+    def shot(self, name: str, scroll_to: str | None = None) -> None:
+        """Save console-NAME.png (palette PNG, to keep it small) when SHOAL_CONSOLE_SHOTS is set."""
         if not self.shots:
             return
         from PIL import Image
 
+        if scroll_to:
+            self.driver.execute_script("document.querySelector(arguments[0]).scrollIntoView()", scroll_to)
         path = Path(self.shots) / f"console-{name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         self.driver.save_screenshot(str(path))

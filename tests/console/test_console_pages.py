@@ -85,8 +85,8 @@ def test_topic_page_shows_each_partition_as_the_brokers_do(console, traffic):
     cluster, url = traffic
     _, described = http_json("GET", url + "/v1/cluster")
     console.open("/topics/orders")
-    console.wait(lambda: len(console.rows("main > div table")) == 6, "orders' partitions never showed")
-    rows = console.rows("main > div table")
+    console.wait(lambda: len(console.rows("[data-table=partitions]")) == 6, "orders' partitions never showed")
+    rows = console.rows("[data-table=partitions]")
     for p in range(6):
         _, marks = http_json("GET", f"{url}/v1/topics/orders/partitions/{p}/offsets")
         owner = described["owners"]["orders"][p]
@@ -107,7 +107,7 @@ def browse(console, partition: int, mode: str = "newest", count: int = 20, start
     Select(form.find_element("name", "format")).select_by_value(fmt)
     form.find_element("css selector", "button[type=submit]").click()  # says "reading…" before it returns
     console.wait(lambda: "records from" in console.text("[data-browse-status]"), "browse gave no answer")
-    return console.rows("main > div:last-child table")
+    return console.rows("[data-table=records]")
 
 
 def test_record_browser_shows_a_record_just_produced(console, traffic):
@@ -119,7 +119,7 @@ def test_record_browser_shows_a_record_just_produced(console, traffic):
     status, ack = http_json("POST", f"{url}/v1/topics/payments/partitions/1/records", body)
     assert status == 200
     console.open("/topics/payments")
-    console.wait(lambda: console.rows("main > div table"), "payments' partitions never showed")
+    console.wait(lambda: console.rows("[data-table=partitions]"), "payments' partitions never showed")
     rows = browse(console, 1, count=5)
     first, second = str(ack["base_offset"]), str(ack["base_offset"] + 1)
     assert list(rows) == [first, second]
@@ -128,14 +128,14 @@ def test_record_browser_shows_a_record_just_produced(console, traffic):
     assert rows[first]["value"].startswith("{\n  ")  # pretty-printed
     assert rows[first]["headers"].split() == ["trace", "t-1"]
     assert rows[second]["value"] == "00 01 02 ff"  # binary shows as hex
-    console.shot("records")
+    console.shot("records", scroll_to="form.toolbar")
     rows = browse(console, 1, count=5, fmt="hex")
     assert rows[first]["key"] == "75 73 65 72 2d 37"  # "user-7"
 
 
 def test_record_browser_is_bounded_and_reads_from_an_offset(console, traffic):
     console.open("/topics/orders")
-    console.wait(lambda: console.rows("main > div table"), "orders' partitions never showed")
+    console.wait(lambda: console.rows("[data-table=partitions]"), "orders' partitions never showed")
     rows = browse(console, 5, mode="offset", count=3, start="4")
     assert list(rows) == ["4", "5", "6"]
     assert [r["value"] for r in rows.values()] == ["order 5-4", "order 5-5", "order 5-6"]
@@ -154,7 +154,7 @@ def test_groups_show_lag_equal_to_the_api(console, traffic):
     assert (row["partitions"], row["topics"], row["state"], row["members"]) == ("6", "orders", "empty", "0")
     console.open("/groups/billing")
     console.wait_text("[data-stat=lag]", f"{api['lag']:,}")
-    rows = console.rows("main table:last-of-type")
+    rows = console.rows("[data-table=lag]")
     assert {k: int(r["lag"]) for k, r in rows.items()} == {f"orders/{r['partition']}": r["lag"] for r in api["partitions"]}
     assert {k: int(r["offset"]) for k, r in rows.items()} == {f"orders/{r['partition']}": r["offset"] for r in api["partitions"]}
 
@@ -170,12 +170,16 @@ def test_a_live_group_shows_its_members_and_assignments(console, traffic, tmp_pa
         member = console.wait(lambda: (tmp_path / "out.member").exists() and (tmp_path / "out.member").read_text(),
                               "the worker never joined")
         console.open("/groups/readers")
-        console.wait(lambda: console.text("[data-stat=state]") == "stable" and console.rows("main table"),
+        console.wait(lambda: console.text("[data-stat=state]") == "stable" and console.rows("[data-table=members]"),
                      "group readers never showed stable with a member")
-        members = console.rows("main table")
+        members = console.rows("[data-table=members]")
         assert list(members) == [member]
         assert members[member]["assignment"] == "orders: 0,1,2,3,4,5"
-        console.wait(lambda: console.text("[data-stat=lag]") == "0", "the live group's lag never reached 0")
+        lag_table = "[data-table=lag]"
+        console.wait(lambda: len(rows := console.rows(lag_table)) == 6 and all(r["lag"] == "0" for r in rows.values()),
+                     "the live group's commits never showed lag 0 on each partition")
+        assert {r["member"] for r in console.rows(lag_table).values()} == {member}
+        assert console.text("[data-stat=lag]") == "0"
         console.shot("group")
     finally:
         worker.terminate()

@@ -144,8 +144,8 @@ function route() {
 
 // --- shared pieces -------------------------------------------------------------------
 
-function table(columns, rows, key) {
-  return h("table", {},
+function table(name, columns, rows, key) {
+  return h("table", { "data-table": name },
     h("thead", {}, h("tr", {}, columns.map((c) => h("th", { class: c.num ? "num" : null }, c.title)))),
     h("tbody", {}, rows.map((row) => h("tr", { "data-key": key(row), class: row._class || null },
       columns.map((c) => h("td", { class: c.num ? "num" : null, "data-col": c.id }, c.cell(row)))))));
@@ -217,7 +217,7 @@ function overviewPage(main) {
           chart("records/s", o.history, [{ key: "records_in_per_s", label: "in" }]),
           chart("bytes/s", o.history, [{ key: "bytes_in_per_s", label: "in" }, { key: "bytes_out_per_s", label: "out" }])),
         h("h2", {}, "Brokers"),
-        table([
+        table("brokers", [
           { id: "id", title: "Broker", cell: (b) => String(b.id) },
           { id: "url", title: "URL", cell: (b) => b.url },
           { id: "health", title: "Health", cell: health },
@@ -264,7 +264,7 @@ function listPage(main, kind, params, render) {
 }
 
 function topicsTable(items) {
-  return table([
+  return table("topics", [
     { id: "name", title: "Topic", cell: (t) => link(topicHref(t.name), t.name) },
     { id: "partitions", title: "Partitions", num: true, cell: (t) => fmtInt(t.partitions) },
     { id: "replication", title: "Replication", num: true, cell: (t) => fmtInt(t.replication) },
@@ -278,7 +278,7 @@ function topicsTable(items) {
 }
 
 function groupsTable(items) {
-  return table([
+  return table("groups", [
     { id: "group", title: "Group", cell: (g) => link(groupHref(g.group), g.group) },
     { id: "state", title: "State", cell: (g) => g.state || "—" },
     { id: "members", title: "Members", num: true, cell: (g) => fmtInt(g.members) },
@@ -315,7 +315,7 @@ function topicPage(main, name, params) {
       h("h2", {}, "Config"),
       h("dl", { class: "kv" }, Object.entries(t.config).map(([k, v]) => [h("dt", {}, k), h("dd", {}, v === null ? "none" : String(v))])));
       fill(tools, pager(t.page, (o) => { offset = o; restart(page); }));
-      fill(parts, table([
+      fill(parts, table("partitions", [
         { id: "partition", title: "Partition", num: true, cell: (p) => String(p.partition) },
         { id: "leader", title: "Leader", num: true, cell: (p) => p.leader === null ? "none" : String(p.leader) },
         { id: "leader_epoch", title: "Leader epoch", num: true, cell: (p) => String(p.leader_epoch) },
@@ -343,7 +343,7 @@ function recordBrowser(topic) {
   const out = h("div");
   let last = null;
   const form = h("form", { class: "toolbar", onsubmit: (e) => { e.preventDefault(); load(); } },
-    "partition", partition, mode, count, from, "show as", format, h("button", { type: "submit" }, "Browse"), status);
+    "partition", partition, mode, "count", count, from, "show as", format, h("button", { type: "submit" }, "Browse"), status);
   format.addEventListener("change", () => last && render(last));
 
   async function load() {
@@ -368,7 +368,7 @@ function recordBrowser(topic) {
     const stop = result.limited_by ? `, stopped by the ${result.limited_by} limit` : "";
     status.textContent = `${result.records.length} records from offset ${result.first_offset} ` +
       `(log ${result.log_start_offset}–${result.high_watermark})${stop}`;
-    fill(out, table([
+    fill(out, table("records", [
       { id: "offset", title: "Offset", num: true, cell: (r) => String(r.offset) },
       { id: "timestamp", title: "Timestamp", cell: (r) => fmtTime(r.timestamp) },
       { id: "key", title: "Key", cell: (r) => showBytes(r, "key", format.value) },
@@ -438,7 +438,7 @@ function groupPage(main, name) {
           card("Coordinator", String(g.coordinator), "coordinator"),
           card("Total lag", fmtInt(g.lag), "lag")),
         h("h2", {}, "Members"),
-        table([
+        table("members", [
           { id: "member", title: "Member", cell: (m) => m.member_id },
           { id: "instance", title: "Instance", cell: (m) => m.group_instance_id || "—" },
           { id: "topics", title: "Subscribed", cell: (m) => m.topics.join(", ") },
@@ -446,7 +446,7 @@ function groupPage(main, name) {
           { id: "heartbeat", title: "Last heartbeat", num: true, cell: (m) => fmtInt(m.last_heartbeat_ms_ago) + " ms ago" },
         ], g.member_list, (m) => m.member_id),
         h("h2", {}, "Lag per partition"),
-        table([
+        table("lag", [
           { id: "topic", title: "Topic", cell: (r) => link(topicHref(r.topic), r.topic) },
           { id: "partition", title: "Partition", num: true, cell: (r) => String(r.partition) },
           { id: "offset", title: "Committed", num: true, cell: (r) => fmtInt(r.offset) },
@@ -467,7 +467,7 @@ function brokersPage(main) {
   return {
     async refresh() {
       const b = await api("brokers");
-      fill(body, table([
+      fill(body, table("brokers", [
         { id: "id", title: "Broker", num: true, cell: (r) => String(r.id) },
         { id: "url", title: "URL", cell: (r) => r.url },
         { id: "health", title: "Health", cell: health },
