@@ -197,8 +197,7 @@ function overviewPage(main) {
   return {
     async refresh() {
       const o = await api("overview");
-      document.getElementById("cluster").textContent = `${o.cluster} · epoch ${o.epoch}`;
-      document.getElementById("principal").textContent = o.principal ? "as " + o.principal : "";
+      showIdentity(o);
       const up = o.brokers.filter((b) => b.up).length;
       fill(body,
         h("div", { class: "cards" },
@@ -226,6 +225,11 @@ function overviewPage(main) {
         h("p", { class: "muted" }, "shoal " + (o.version || "")));
     },
   };
+}
+
+function showIdentity(o) {
+  document.getElementById("cluster").textContent = `${o.cluster} · epoch ${o.epoch}`;
+  document.getElementById("principal").textContent = o.principal ? "as " + o.principal : "";
 }
 
 function health(b) {
@@ -491,7 +495,7 @@ async function start() {
     sessionStorage.setItem(TOKEN_KEY, state.token);
     document.getElementById("login").hidden = true;
     document.getElementById("forget").hidden = false;
-    route();
+    opened();
   });
   document.getElementById("forget").addEventListener("click", () => {
     sessionStorage.removeItem(TOKEN_KEY);
@@ -503,7 +507,13 @@ async function start() {
   const session = await api("session");
   if (session.auth && !state.token) { showLogin(null); return; }
   document.getElementById("forget").hidden = !session.auth;
+  opened();
+}
+
+// The header names the cluster and the principal on every page; the list pages refresh the rest.
+function opened() {
   route();
+  api("overview").then(showIdentity).catch(() => {});  // a refused token is shown by the page itself
 }
 
 start().catch((err) => banner(err.message));
