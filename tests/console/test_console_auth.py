@@ -117,3 +117,4 @@ def test_the_page_asks_for_a_token_and_shows_the_principal_s_view(console, secur
     console.wait(lambda: console.driver.find_element("id", "login").is_displayed(), "forgetting the token did not ask again")
     assert console.driver.execute_script("return sessionStorage.length") == 0
     assert severe(console) == []
+    assert [r for r in console.resources() if not r.startswith(url + "/")] == []

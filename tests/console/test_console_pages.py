@@ -256,6 +256,12 @@ def test_the_console_answers_no_write_method(console_cluster):
         assert (got, body["code"]) == (405, "METHOD_NOT_ALLOWED")
 
 
+def test_router_start_prints_the_console_url(console_cluster):
+    cluster, url = console_cluster
+    log = (cluster.root / f"gateway-{url.rsplit(':', 1)[1]}.log").read_text()
+    assert f"console: {url}/console/ (read-only)" in log.splitlines()
+
+
 def test_a_broker_down_shows_as_down_with_its_partitions_offline(console, traffic):
     """Last in the module: it kills a broker."""
     cluster, url = traffic

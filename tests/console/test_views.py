@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from shoal.router.console import views
+from shoal.router.gateway import create_gateway_app
+from shoal.router.topology import Topology
 from shoal.router.console.collector import BrokerState, Collector, Snapshot, parse_metrics
 from shoal.router.console.replicas import partition_states
 
@@ -104,3 +106,13 @@ def test_rates_count_a_restarted_broker_from_zero():
     assert collector._rates(12.0, restarted) == {"orders": [15.0, 0.0, 0.0]}
     grown = {1: BrokerState(1, "u", up=True, counters={"orders": [50.0, 0.0, 0.0]})}
     assert collector._rates(14.0, grown) == {"orders": [10.0, 0.0, 0.0]}
+
+
+def test_no_console_serves_no_console_routes():
+    topology = Topology.from_dict(STATIC | {"brokers": [{"id": 1, "url": "http://127.0.0.1:1"}], "owners": {}})
+
+    def paths(app) -> set[str]:
+        return {r.canonical for r in app.router.resources()}
+
+    assert "/console/api/overview" in paths(create_gateway_app(topology))
+    assert not any(p.startswith("/console") for p in paths(create_gateway_app(topology, console=False)))
