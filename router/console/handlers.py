@@ -2,7 +2,7 @@
 
 Everything is GET: the console is read-only (writes stay with the CLI and the API).
 With ``auth:`` configured the page and its files are open (they hold no data) and
-every ``/console/api/`` call needs a token (router.auth); lists hold only the topics
+every ``/console/api/`` call needs a token (router.server.auth); lists hold only the topics
 the principal may consume or produce and the groups it may use, and a topic, a group
 or a record browse it may not see is 403 FORBIDDEN.
 """

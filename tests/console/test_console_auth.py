@@ -6,7 +6,7 @@ import urllib.request
 
 import pytest
 
-from shoal.router.auth import hash_token
+from shoal.router.server.auth import hash_token
 from tests.harness import http_json
 
 OPS, BILLING, GATEWAY = "ops-" + "o" * 40, "billing-" + "b" * 40, "gateway-" + "g" * 40

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shoal.router.console import views
-from shoal.router.gateway import create_gateway_app
+from shoal.router.gateway.app import create_gateway_app
 from shoal.router.topology import Topology
 from shoal.router.console.collector import BrokerState, Collector, Snapshot, parse_metrics
 from shoal.router.console.replicas import partition_states
