@@ -2,14 +2,17 @@
 
 A page never makes the gateway ask every broker about every row. One snapshot costs
 three calls per broker (``/v1/health``, ``/metrics``, ``/v1/cluster``), made at once
-under a concurrency bound, and is shared by every request within ``TTL_S``; requests
-that arrive while it is being taken wait for the same one (single flight). Group
-offsets cost one ``/v1/groups`` per broker the same way; a group's members are asked
-of its coordinator only for the groups a page shows.
+under a concurrency bound, and is shared by every request within ``TTL_S``. After that
+a request gets the last snapshot at once while the next is taken in the background (at
+10,000 partitions on a busy machine a snapshot takes a second or two, and a page
+should not wait for it); only a snapshot older than ``STALE_S`` makes requests wait,
+all for the same one (single flight). Group offsets cost one ``/v1/groups`` per broker
+the same way; a group's members are asked of its coordinator only for the groups a
+page shows.
 
 Partition numbers come from each broker's Prometheus text. Only the few series the
 console reads are picked out with one regular expression: prometheus_client's parser
-takes ~0.6 s for the 13,000 lines of 3,400 partitions, this ~25 ms.
+takes ~0.6 s for the 13,600 lines of 3,400 partitions, this ~40 ms.
 
 Rates are counter deltas between consecutive snapshots, per broker (a restarted broker's
 counters start again at zero, so a counter that went down counts from zero).
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 from collections import deque
@@ -35,6 +39,7 @@ from .replicas import partition_states
 log = logging.getLogger(__name__)
 
 TTL_S = 2.0
+STALE_S = 10.0
 PROBE_TIMEOUT_S = 2.0
 CONCURRENCY = 16
 HISTORY = 90  # rate samples kept for the overview chart (3 minutes at one per 2 s)
@@ -112,22 +117,54 @@ def parse_metrics(text: str, state: BrokerState) -> None:
             state.counters.setdefault(topic, [0.0, 0.0, 0.0])[_COUNTER_FIELD[name]] = float(value)
 
 
-class _SingleFlight:
-    """Results cached per key for ``ttl`` seconds; concurrent misses share one call."""
+class _Slot:
+    __slots__ = ("value", "taken", "task")
 
-    def __init__(self, ttl: float):
-        self.ttl = ttl
-        self._entries: dict[object, tuple[float, asyncio.Future]] = {}
+    def __init__(self) -> None:
+        self.value = None
+        self.taken = -math.inf
+        self.task: asyncio.Task | None = None
+
+
+class _Cache:
+    """Values per key: fresh for ``ttl`` s; until ``stale`` s the last one is answered at once
+    while a new one is taken in the background; older or missing, the caller waits for it.
+    One call per key at a time, shared by every caller (single flight)."""
+
+    def __init__(self, ttl: float = TTL_S, stale: float = STALE_S) -> None:
+        self.ttl, self.stale = ttl, stale
+        self._slots: dict[object, _Slot] = {}
 
     async def get(self, key: object, make: Callable[[], Awaitable]):
         now = time.monotonic()
-        entry = self._entries.get(key)
-        if entry is None or (entry[1].done() and now - entry[0] > self.ttl):
-            if len(self._entries) > 4096:  # group names are unbounded; forget the stale ones
-                self._entries = {k: e for k, e in self._entries.items() if now - e[0] <= self.ttl}
-            entry = (now, asyncio.ensure_future(make()))
-            self._entries[key] = entry
-        return await asyncio.shield(entry[1])
+        slot = self._slots.get(key)
+        if slot is None:
+            if len(self._slots) > 4096:  # group names are unbounded; forget the stale ones
+                self._slots = {k: s for k, s in self._slots.items() if now - s.taken <= self.stale or s.task}
+            slot = self._slots[key] = _Slot()
+        age = now - slot.taken
+        if age <= self.ttl:
+            return slot.value
+        if slot.task is None:
+            slot.task = asyncio.create_task(self._fill(slot, make))
+            slot.task.add_done_callback(_log_failure)
+        if age <= self.stale:
+            return slot.value
+        return await asyncio.shield(slot.task)
+
+    @staticmethod
+    async def _fill(slot: _Slot, make: Callable[[], Awaitable]):
+        try:
+            slot.value = await make()
+            slot.taken = time.monotonic()
+            return slot.value
+        finally:
+            slot.task = None
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("console: gathering cluster state failed", exc_info=task.exception())
 
 
 class Collector:
@@ -139,7 +176,7 @@ class Collector:
 
     def __init__(self, gateway):
         self.gateway = gateway
-        self._cache = _SingleFlight(TTL_S)
+        self._cache = _Cache()
         self._limit = asyncio.Semaphore(CONCURRENCY)
         self._previous: tuple[float, dict[int, dict[str, list[float]]]] | None = None
         self._history: deque[tuple[int, dict[str, list[float]]]] = deque(maxlen=HISTORY)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from shoal.router.console import views
 from shoal.router.gateway.app import create_gateway_app
 from shoal.router.topology import Topology
-from shoal.router.console.collector import BrokerState, Collector, Snapshot, parse_metrics
+from shoal.router.console.collector import BrokerState, Collector, Snapshot, _Cache, parse_metrics
 from shoal.router.console.replicas import partition_states
 
 STATIC = {
@@ -116,3 +119,37 @@ def test_no_console_serves_no_console_routes():
 
     assert "/console/api/overview" in paths(create_gateway_app(topology))
     assert not any(p.startswith("/console") for p in paths(create_gateway_app(topology, console=False)))
+
+
+async def test_cache_shares_one_call_and_answers_a_stale_value_while_it_refreshes():
+    cache = _Cache(ttl=0.05, stale=60)
+    calls = 0
+    release = asyncio.Event()
+
+    async def make():
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            await release.wait()
+        return calls
+
+    assert await asyncio.gather(*(cache.get("k", make) for _ in range(3))) == [1, 1, 1]
+    await asyncio.sleep(0.06)  # the value is now older than ttl
+    assert [await cache.get("k", make), await cache.get("k", make)] == [1, 1]  # at once, not waiting
+    await asyncio.sleep(0)  # let the refresh start
+    assert calls == 2  # one refresh for both
+    release.set()
+    deadline = time.monotonic() + 5
+    while await cache.get("k", make) != 2:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+
+
+async def test_cache_past_stale_waits_for_a_new_value():
+    cache = _Cache(ttl=0, stale=0)
+    calls = iter(range(10))
+
+    async def make():
+        return next(calls)
+
+    assert [await cache.get("k", make) for _ in range(3)] == [0, 1, 2]
