@@ -1,4 +1,4 @@
-"""Cluster state for the console, gathered from every broker at most once per TTL.
+"""Cluster state for the console, gathered from every broker at most once per ``TTL_S``.
 
 A page never makes the gateway ask every broker about every row. One snapshot costs
 three calls per broker (``/v1/health``, ``/metrics``, ``/v1/cluster``), made at once
