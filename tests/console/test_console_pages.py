@@ -71,6 +71,7 @@ def test_topics_list_is_paginated_and_searchable(console, traffic):
     console.wait(lambda: console.rows(), "no topic rows")
     assert list(console.rows()) == ALL_TOPICS[:50]
     assert console.text("[data-pager]") == f"1–50 of {len(ALL_TOPICS)}"
+    console.shot("topics")
     console.driver.find_element("xpath", "//button[contains(., 'next')]").click()
     console.wait(lambda: list(console.rows()) == ALL_TOPICS[50:], "the second page never showed")
     search = console.driver.find_element("css selector", "input[type=search]")
@@ -78,7 +79,6 @@ def test_topics_list_is_paginated_and_searchable(console, traffic):
     console.wait(lambda: list(console.rows()) == ["orders"], "searching 'ORD' did not leave orders alone")
     row = console.rows()["orders"]
     assert (row["partitions"], row["replication"], row["records"]) == ("6", "1", f"{sum(10 + p for p in range(6))}")
-    console.shot("topics")
 
 
 def test_topic_page_shows_each_partition_as_the_brokers_do(console, traffic):
