@@ -133,10 +133,19 @@ def make_console(base_url: str):
 
 @pytest.fixture(scope="module")
 def console_cluster(request, tmp_path_factory):
-    """Three brokers with the module's ``TOPICS`` and ``EXTRA`` cluster.yaml sections, and a gateway."""
+    """Three brokers with the module's ``TOPICS`` and ``EXTRA`` cluster.yaml sections, and a gateway.
+
+    A module with ``REPLICATED = True`` gets a replicated cluster (factor 3) on the session's etcd.
+    """
     browser_paths()  # skip before starting anything
-    root = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
-    cluster = LocalCluster(root, 3, request.module.TOPICS)
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    root = tmp_path_factory.mktemp(name)
+    replicated = {}
+    if getattr(request.module, "REPLICATED", False):
+        etcd = request.getfixturevalue("etcd_server")
+        replicated = {"name": f"{name}-{root.name}", "metadata": {"etcd": [etcd.url], "lease_ttl_ms": 2000},
+                      "replication_factor": 3, "min_insync_replicas": 2}
+    cluster = LocalCluster(root, 3, request.module.TOPICS, **replicated)
     extra = getattr(request.module, "EXTRA", {})
     if extra:
         import yaml

@@ -20,9 +20,9 @@ REPLICATED = {
     **STATIC,
     "topics": {"orders": {"partitions": 3, "replication_factor": 3}},
     "partitions": {"orders": [
-        {"partition": 0, "leader": 1, "leader_epoch": 4, "replicas": [1, 2, 3], "isr": [1, 2, 3]},
-        {"partition": 1, "leader": 2, "leader_epoch": 1, "replicas": [2, 3, 1], "isr": [2]},
-        {"partition": 2, "leader": None, "leader_epoch": 7, "replicas": [3, 1, 2], "isr": [3]},
+        {"leader": 1, "leader_epoch": 4, "replicas": [1, 2, 3], "isr": [1, 2, 3]},
+        {"leader": 2, "leader_epoch": 1, "replicas": [2, 3, 1], "isr": [2]},
+        {"leader": None, "leader_epoch": 7, "replicas": [3, 1, 2], "isr": [3]},
     ]},
 }
 
@@ -42,10 +42,10 @@ def test_static_clusters_show_the_owner_as_leader_and_only_replica():
 
 
 def test_replicated_clusters_show_leader_replicas_and_isr_as_given():
-    by_list = partition_states(REPLICATED, "orders")
-    assert by_list[1] == {"leader": 2, "leader_epoch": 1, "replicas": [2, 3, 1], "isr": [2]}
-    keyed = {**REPLICATED, "partitions": {"orders": {str(i): s for i, s in enumerate(REPLICATED["partitions"]["orders"])}}}
-    assert partition_states(keyed, "orders") == by_list
+    states = partition_states(REPLICATED, "orders")
+    assert states == REPLICATED["partitions"]["orders"]
+    unknown = {**REPLICATED, "partitions": {"orders": [None, *REPLICATED["partitions"]["orders"][1:]]}}
+    assert partition_states(unknown, "orders")[0] == {"leader": None, "leader_epoch": None, "replicas": [], "isr": []}
 
 
 def test_overview_counts_under_replicated_and_offline_partitions():

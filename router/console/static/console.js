@@ -322,7 +322,7 @@ function topicPage(main, name, params) {
       fill(parts, table("partitions", [
         { id: "partition", title: "Partition", num: true, cell: (p) => String(p.partition) },
         { id: "leader", title: "Leader", num: true, cell: (p) => p.leader === null ? "none" : String(p.leader) },
-        { id: "leader_epoch", title: "Leader epoch", num: true, cell: (p) => String(p.leader_epoch) },
+        { id: "leader_epoch", title: "Leader epoch", num: true, cell: (p) => fmtInt(p.leader_epoch) },
         { id: "replicas", title: "Replicas", cell: (p) => p.replicas.join(", ") },
         { id: "isr", title: "ISR", cell: (p) => p.isr.join(", ") },
         { id: "high_watermark", title: "High watermark", num: true, cell: (p) => fmtInt(p.high_watermark) },
