@@ -143,7 +143,7 @@ def console_cluster(request, tmp_path_factory):
     replicated = {}
     if getattr(request.module, "REPLICATED", False):
         etcd = request.getfixturevalue("etcd_server")
-        replicated = {"name": f"{name}-{root.name}", "metadata": {"etcd": [etcd.url], "lease_ttl_ms": 2000},
+        replicated = {"name": root.name.replace("_", "-"), "metadata": {"etcd": [etcd.url], "lease_ttl_ms": 2000},
                       "replication_factor": 3, "min_insync_replicas": 2}
     cluster = LocalCluster(root, 3, request.module.TOPICS, **replicated)
     extra = getattr(request.module, "EXTRA", {})
