@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from importlib.metadata import version
 
 from aiohttp import web
 
@@ -271,6 +272,9 @@ async def put_cluster(request: web.Request) -> web.Response:
     return web.json_response(broker.cluster_view())
 
 
+_VERSION = version("shoal")
+
+
 async def health(request: web.Request) -> web.Response:
     """200 while the broker serves; ``status`` is ``degraded`` while a partition cannot take
     writes (its last write or segment roll failed), each listed with the reason."""
@@ -280,7 +284,12 @@ async def health(request: web.Request) -> web.Response:
         for plog in broker.logs.logs()
         if plog.error is not None
     ]
-    body = {"status": "degraded" if failed else "ok", "broker_id": broker.broker_id, "epoch": broker.topology.epoch}
+    body = {
+        "status": "degraded" if failed else "ok",
+        "broker_id": broker.broker_id,
+        "epoch": broker.topology.epoch,
+        "version": _VERSION,
+    }
     if failed:
         body["failed_partitions"] = failed
     if broker.ahead is not None:

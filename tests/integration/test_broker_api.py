@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from importlib.metadata import version
 
 import aiohttp
 import msgpack
@@ -225,7 +226,7 @@ async def test_put_cluster_installs_newer_epoch_only(single, http):
     status, _, _ = await call(http, "POST", records_url(single, "fresh", 1), json={"records": [{"value": "x"}]})
     assert status == 200
     _, health, _ = await call(http, "GET", single.url(1) + "/v1/health")
-    assert health == {"status": "ok", "broker_id": 1, "epoch": 2}
+    assert health == {"status": "ok", "broker_id": 1, "epoch": 2, "version": version("shoal")}
     single.kill(1)  # an installed topology outlives a restart from the older file
     single.start(1)
     _, health, _ = await call(http, "GET", single.url(1) + "/v1/health")
