@@ -61,7 +61,9 @@ __all__ = [
     "error_for_code",
 ]
 
-_PROBLEM_TYPE = "https://shoal.dev/problems/"
+# A relative URI reference (RFC 9457 §3.1.1): the project owns no domain to put in an
+# absolute one. A problem type received from elsewhere is kept as it came.
+PROBLEM_TYPE_PREFIX = "/problems/"
 _STANDARD = ("type", "title", "status", "detail", "code", "instance")
 
 
@@ -103,6 +105,9 @@ class ShoalError(Exception):
             status=body.get("status", status),
             **extra,
         )
+        for name in ("type", "instance"):
+            if isinstance(body.get(name), str):
+                setattr(err, f"problem_{name}", body[name])
         if cls is ShoalApiError:
             err.code = code if isinstance(code, str) else None
             err.title = body.get("title", err.title)
@@ -110,7 +115,12 @@ class ShoalError(Exception):
 
 
 class ShoalApiError(ShoalError):
-    """An error with a wire code: raised by the broker, rebuilt by the client."""
+    """An error with a wire code: raised by the broker, rebuilt by the client.
+
+    ``problem_type`` and ``problem_instance`` are the problem's ``type`` and
+    ``instance`` as received (None for an error raised here); ``to_problem()`` gives
+    them back unchanged, so an error passed on (by the gateway) keeps them.
+    """
 
     code: ClassVar[str | None] = None
     title: ClassVar[str] = "Shoal error"
@@ -118,6 +128,8 @@ class ShoalApiError(ShoalError):
     retriable: ClassVar[bool] = False
     refresh_topology: ClassVar[bool] = False
     fields: ClassVar[tuple[str, ...]] = ()
+    problem_type: str | None = None
+    problem_instance: str | None = None
 
     def __init__(self, detail: str = "", *, status: int | None = None, **fields: Any):
         super().__init__(detail)
@@ -137,12 +149,14 @@ class ShoalApiError(ShoalError):
     def to_problem(self) -> dict[str, Any]:
         """The RFC 9457 problem object for this error (the inverse of ``from_problem``)."""
         body: dict[str, Any] = {
-            "type": _PROBLEM_TYPE + (self.code or "unknown").lower().replace("_", "-"),
+            "type": self.problem_type or PROBLEM_TYPE_PREFIX + (self.code or "UNKNOWN"),
             "title": self.title,
             "status": self.http_status,
             "detail": self.detail,
             "code": self.code,
         }
+        if self.problem_instance is not None:
+            body["instance"] = self.problem_instance
         body.update(self.extra)
         for name in self.fields:
             body[name] = getattr(self, name)

@@ -68,8 +68,17 @@ def test_problem_shape(cls):
     assert problem["code"] == cls.code
     assert problem["status"] == cls.http_status
     assert 400 <= problem["status"] < 600
-    assert problem["type"].endswith(cls.code.lower().replace("_", "-"))
+    assert problem["type"] == f"/problems/{cls.code}"  # relative: the project owns no domain
     assert problem["title"]
+
+
+@pytest.mark.parametrize("cls", WIRE, ids=lambda c: c.code)
+def test_received_type_and_instance_are_kept(cls):
+    """A problem passed on (from_problem, then to_problem) keeps the type and instance it came with."""
+    body = {**_example(cls).to_problem(), "type": "https://example.org/probs/x", "instance": "/log/42"}
+    back = ShoalError.from_problem(json.dumps(body))
+    assert back.to_problem() == body
+    assert pickle.loads(pickle.dumps(back)).to_problem() == body
 
 
 @pytest.mark.parametrize("cls", WIRE, ids=lambda c: c.code)
@@ -83,6 +92,7 @@ def test_unknown_code_keeps_status_code_and_fields():
     err = ShoalError.from_problem({"code": "FROM_THE_FUTURE", "status": 418, "detail": "teapot", "x": 1})
     assert type(err) is ShoalApiError
     assert (err.code, err.http_status, err.detail, err.extra) == ("FROM_THE_FUTURE", 418, "teapot", {"x": 1})
+    assert err.to_problem()["type"] == "/problems/FROM_THE_FUTURE"
 
 
 @pytest.mark.parametrize("body", [b"<html>bad gateway</html>", "[1, 2]", b"\xff\xfe"])
