@@ -201,6 +201,7 @@ class AsyncConsumer:
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._data = asyncio.Event()
         self._current: _Partition | None = None
+        self._turn = 0  # where in the assignment the next read starts looking (see _rotated)
         self._committed: dict[TopicPartition, int] = {}
         self._committer: asyncio.Task | None = None
         self._starting: asyncio.Future | None = None
@@ -434,18 +435,21 @@ class AsyncConsumer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_ms / 1000
         while True:
-            parts = self._select(partitions)
+            parts = self._rotated(self._select(partitions))
             out: dict[TopicPartition, RecordBatch] = {}
             left = max_records
-            for part in parts:
+            last = 0
+            for k, part in enumerate(parts):
                 if part.buffered:
                     chunk = part.take(left)
                     out[part.tp] = chunk
+                    last = k
                     if left is not None:
                         left -= len(chunk)
                         if not left:
                             break
             if out:
+                self._turn += last + 1  # the next read starts after the last partition read
                 return out
             if not await self._wait_for_data(deadline - loop.time()):
                 return out
@@ -459,9 +463,10 @@ class AsyncConsumer:
             part = self._current
             if part is not None and part.buffered and (not partitions or part.tp in partitions):
                 return part.take(1)[0]
-            for part in self._select(partitions):
+            for k, part in enumerate(self._rotated(self._select(partitions))):
                 if part.buffered:
                     self._current = part
+                    self._turn += k + 1
                     return part.take(1)[0]
             await self._wait_for_data(None)
 
@@ -494,6 +499,16 @@ class AsyncConsumer:
             if part.error is not None:
                 raise part.error
         return parts
+
+    def _rotated(self, parts: list[_Partition]) -> list[_Partition]:
+        """``parts`` from the ``_turn``-th on, then the rest: a read that took records
+        moves ``_turn`` past the last partition it took from, so the next read starts
+        with the one after it and a ``max_records`` limit starves no partition."""
+        if len(parts) < 2:
+            return parts
+        at = self._turn % len(parts)
+        self._turn = at
+        return parts[at:] + parts[:at]
 
     async def _wait_for_data(self, timeout: float | None) -> bool:
         """Wait for a fetcher to buffer records (or an error); False on time-out."""

@@ -10,7 +10,7 @@ from shoal.client import AsyncConsumer, AsyncProducer, OffsetAndMetadata, TopicP
 from shoal.client.errors import NoOffsetForPartitionError, OffsetOutOfRange
 
 TP = TopicPartition
-TOPICS = {f"c{i}": 3 for i in range(12)}
+TOPICS = {f"c{i}": 3 for i in range(13)}
 
 
 async def fill(cluster, topic: str, per_partition: int, partitions: int = 3) -> None:
@@ -185,3 +185,18 @@ async def test_assign_replaces_the_assignment_and_keeps_positions(cluster):
             await consumer.position(TP("c11", 1))
     with pytest.raises(ValueError, match="constructed with"):
         AsyncConsumer("c11", bootstrap=cluster.urls).assign([TP("c11", 0)])
+
+
+async def test_getmany_with_max_records_takes_the_partitions_in_turn(cluster):
+    """max_records=1 over three partitions with records buffered serves each in turn, starving none."""
+    await fill(cluster, "c12", 20)
+    async with AsyncConsumer("c12", bootstrap=cluster.urls) as consumer:
+        for p in range(3):  # each partition's first fetch has arrived: all three have records buffered
+            assert len((await consumer.getmany(TP("c12", p), timeout_ms=10_000, max_records=1))[TP("c12", p)]) == 1
+        order = []
+        for _ in range(12):
+            (tp,) = await consumer.getmany(max_records=1)
+            order.append(tp.partition)
+        assert sorted(order[:3]) == [0, 1, 2] and order[3:] == order[:3] * 3
+        record = await consumer.getone()
+        assert record.partition == order[0]  # getone() rotates as well
