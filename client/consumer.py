@@ -118,8 +118,10 @@ class AsyncConsumer:
             least one whole batch comes back).
         fetch_max_wait_ms: how long a fetch waits at the end of the log (default 500).
         max_fetches_per_broker: concurrent fetches to one broker (default 32).
-        enable_auto_commit: commit positions every ``auto_commit_interval_ms`` and on
-            ``close()`` (default False).
+        enable_auto_commit: commit positions every ``auto_commit_interval_ms``, on
+            ``close()`` and before a revocation: each as of the latest read's start, so
+            records the latest read returned are not committed before the next read
+            (default False).
         auto_commit_interval_ms: default 5000.
         request_timeout_ms: how long one request (besides the long-poll wait) may take,
             and how long commits and offset look-ups retry (default 30000).
@@ -202,6 +204,9 @@ class AsyncConsumer:
         self._data = asyncio.Event()
         self._current: _Partition | None = None
         self._turn = 0  # where in the assignment the next read starts looking (see _rotated)
+        # Partition -> its position before the latest read took records from it: those
+        # records are the application's, maybe not processed yet (see _consumed).
+        self._handed: dict[_Partition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
         self._committer: asyncio.Task | None = None
         self._starting: asyncio.Future | None = None
@@ -332,8 +337,7 @@ class AsyncConsumer:
     async def _revoked(self, tps: set[TopicPartition]) -> None:
         await self._listen("on_partitions_revoked", tps)
         if self._auto_commit:
-            todo = {tp: OffsetAndMetadata(p.position) for tp, p in self._parts.items()
-                    if tp in tps and p.position is not None and self._committed.get(tp) != p.position}
+            todo = self._auto_commits(tps)
             try:
                 await self._commit(self._group, todo)
             except ShoalError as exc:
@@ -432,6 +436,7 @@ class AsyncConsumer:
         await self._ensure_started()
         if self._membership is not None:
             self._membership.polled()
+        handed = self._new_read()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_ms / 1000
         while True:
@@ -441,6 +446,7 @@ class AsyncConsumer:
             last = 0
             for k, part in enumerate(parts):
                 if part.buffered:
+                    handed[part] = part.position
                     chunk = part.take(left)
                     out[part.tp] = chunk
                     last = k
@@ -459,14 +465,17 @@ class AsyncConsumer:
         await self._ensure_started()
         if self._membership is not None:
             self._membership.polled()
+        handed = self._new_read()
         while True:
             part = self._current
             if part is not None and part.buffered and (not partitions or part.tp in partitions):
+                handed[part] = part.position
                 return part.take(1)[0]
             for k, part in enumerate(self._rotated(self._select(partitions))):
                 if part.buffered:
                     self._current = part
                     self._turn += k + 1
+                    handed[part] = part.position
                     return part.take(1)[0]
             await self._wait_for_data(None)
 
@@ -499,6 +508,22 @@ class AsyncConsumer:
             if part.error is not None:
                 raise part.error
         return parts
+
+    def _new_read(self) -> dict[_Partition, int]:
+        """A read began: the application is done with what earlier reads returned."""
+        handed = self._handed
+        if handed:
+            handed.clear()
+        return handed
+
+    def _consumed(self, part: _Partition) -> int | None:
+        """``part``'s position as of the latest read's start: what auto-commit may commit.
+
+        The records the latest read returned may still be in the application's hands;
+        they count as processed once it reads again (Kafka's consumer commits the same
+        way), so a crash never commits a record that was handed out and not processed.
+        """
+        return self._handed.get(part, part.position)
 
     def _rotated(self, parts: list[_Partition]) -> list[_Partition]:
         """``parts`` from the ``_turn``-th on, then the rest: a read that took records
@@ -742,12 +767,18 @@ class AsyncConsumer:
         if retry:
             await self._commit(group, retry, again=False)
 
+    def _auto_commits(self, tps: set[TopicPartition] | None = None) -> dict[TopicPartition, OffsetAndMetadata]:
+        """What auto-commit stores: each partition's (of ``tps``, default all) consumed
+        position, where it differs from the last one committed."""
+        todo = {}
+        for tp, part in self._parts.items():
+            offset = self._consumed(part)
+            if offset is not None and (tps is None or tp in tps) and self._committed.get(tp) != offset:
+                todo[tp] = OffsetAndMetadata(offset)
+        return todo
+
     async def _commit_changed(self) -> None:
-        todo = {
-            tp: OffsetAndMetadata(p.position)
-            for tp, p in self._parts.items()
-            if p.position is not None and self._committed.get(tp) != p.position
-        }
+        todo = self._auto_commits()
         if todo:
             await self._commit(self._group, todo)
 

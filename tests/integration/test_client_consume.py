@@ -164,12 +164,19 @@ async def test_long_poll_returns_a_record_produced_while_waiting(cluster):
 
 
 async def test_auto_commit_commits_on_close(cluster):
+    """close() auto-commits what earlier reads returned, not what the latest one did."""
     await fill(cluster, "c10", 3, partitions=1)
     async with AsyncConsumer(bootstrap=cluster.urls, group="g10", enable_auto_commit=True) as consumer:
         consumer.assign([TP("c10", 0)])
         await drain(consumer, 3)
-    async with AsyncConsumer(bootstrap=cluster.urls, group="g10") as again:
+        assert await consumer.getmany(timeout_ms=0) == {}  # a read: the application is done with the 3
+    async with AsyncConsumer(bootstrap=cluster.urls, group="g10", enable_auto_commit=True) as again:
         assert await again.committed(TP("c10", 0)) == OffsetAndMetadata(3, "")
+        await fill(cluster, "c10", 2, partitions=1)
+        again.assign([TP("c10", 0)])
+        assert [r.offset for r in await drain(again, 2)] == [3, 4]  # handed out, not read past
+    async with AsyncConsumer(bootstrap=cluster.urls, group="g10") as third:
+        assert await third.committed(TP("c10", 0)) == OffsetAndMetadata(3, "")
 
 
 async def test_assign_replaces_the_assignment_and_keeps_positions(cluster):
