@@ -576,7 +576,9 @@ class AsyncConsumer:
                         url, tp.topic, tp.partition, part.fetch_offset,
                         max_bytes=self._fetch_max_bytes, max_wait_ms=self._fetch_max_wait_ms,
                     )
-                records, next_offset = decode_batch(tp.topic, tp.partition, answer.body, min_offset=part.fetch_offset)
+                records, next_offset = decode_batch(
+                    tp.topic, tp.partition, answer.body, min_offset=part.fetch_offset, partial=True
+                )
             except OffsetOutOfRange as exc:
                 if self._reset == "none":
                     self._stop_with(part, exc)

@@ -443,7 +443,30 @@ class NoOffsetForPartitionError(ShoalError):
 
 
 class CorruptRecordError(ShoalError):
-    """A fetched batch failed its CRC or could not be decoded."""
+    """A fetched batch failed its CRC or could not be decoded.
+
+    Attributes:
+        topic, partition: where it is stored (None where unknown).
+        offset: the first offset that could not be read.
+        next_offset: the offset after the batch, per its header: ``seek()`` there to
+            read on past it (its records are lost to this reader).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        topic: str | None = None,
+        partition: int | None = None,
+        offset: int | None = None,
+        next_offset: int | None = None,
+    ):
+        super().__init__(message)
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.next_offset = next_offset
+
 
 
 def _registry() -> dict[str, type[ShoalApiError]]:

@@ -292,7 +292,9 @@ def iter_frames(buf: bytes | memoryview, *, check_crc: bool = True) -> Iterator[
             return
         frame = view[pos : pos + size]
         if check_crc and crc32c(frame[CRC_START:]) != h.crc:
-            raise CorruptRecordError(f"batch at offset {h.base_offset} fails its CRC32C check")
+            raise CorruptRecordError(
+                f"batch at offset {h.base_offset} fails its CRC32C check", offset=h.base_offset, next_offset=h.next_offset
+            )
         yield h, frame
         pos += size
 
@@ -355,19 +357,29 @@ class _Columns:
                 n = len(entries)
                 del entries
         except (ValueError, TypeError, IndexError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-            raise CorruptRecordError(f"batch at offset {base} does not decode: {exc}") from exc
+            raise CorruptRecordError(
+                f"batch at offset {base} does not decode: {exc}", offset=base, next_offset=header.next_offset
+            ) from exc
         self.offsets.extend(range(base + skip, base + skip + n))
         if any(headers):
-            self.headers.extend([_checked_headers(h, base) for h in headers])
+            self.headers.extend([_checked_headers(h, header) for h in headers])
         else:
             self.headers.extend(repeat(_NO_HEADERS, n))
 
+    def truncate(self, n: int) -> None:
+        """Keep the first ``n`` records: drops what a frame that failed left half added."""
+        for column in (self.offsets, self.keys, self.values, self.timestamps, self.headers):
+            del column[n:]
 
-def _checked_headers(headers, base_offset: int) -> dict:
+
+def _checked_headers(headers, header: FrameHeader) -> dict:
     if headers is None:
         return _NO_HEADERS
     if headers.__class__ is not dict:
-        raise CorruptRecordError(f"batch at offset {base_offset} has headers that are not a map: {headers!r:.40}")
+        raise CorruptRecordError(
+            f"batch at offset {header.base_offset} has headers that are not a map: {headers!r:.40}",
+            offset=header.base_offset, next_offset=header.next_offset,
+        )
     return headers
 
 
@@ -483,19 +495,34 @@ class RecordBatch(Sequence[Record]):
         return f"<RecordBatch {self.topic}/{self.partition} offsets {c.offsets[self._start]}..{c.offsets[self._stop - 1]}>"
 
 
-def decode_batch(topic: str, partition: int, buf: bytes | memoryview, *, min_offset: int = 0) -> tuple[RecordBatch, int]:
+def decode_batch(
+    topic: str, partition: int, buf: bytes | memoryview, *, min_offset: int = 0, partial: bool = False
+) -> tuple[RecordBatch, int]:
     """Every record at or after ``min_offset`` in a fetch response body, and the offset after the last frame.
 
     The offset returned is ``min_offset`` when the body holds no frame past it.
-    Raises ``CorruptRecordError`` for a frame that fails its CRC or does not decode.
+    Raises ``CorruptRecordError`` (naming topic, partition and the first offset that
+    could not be read) for a frame that fails its CRC or does not decode; with
+    ``partial``, only when no record comes before that frame: otherwise the records
+    before it are returned, with the bad frame's offset as the offset to read next.
     """
     cols = _Columns()
     next_offset = min_offset
-    for h, frame in iter_frames(buf):
-        if h.next_offset <= min_offset:
-            continue
-        cols.add_frame(h, frame, max(0, min_offset - h.base_offset))
-        next_offset = h.next_offset
+    good = 0  # records of whole frames
+    try:
+        for h, frame in iter_frames(buf):
+            if h.next_offset <= min_offset:
+                continue
+            cols.add_frame(h, frame, max(0, min_offset - h.base_offset))
+            next_offset = h.next_offset
+            good = len(cols.offsets)
+    except CorruptRecordError as exc:
+        exc.topic, exc.partition = topic, partition
+        exc.offset = max(exc.offset, min_offset)
+        exc.args = (f"{topic}/{partition}: {exc.args[0]}",)
+        if not (partial and good):
+            raise
+        cols.truncate(good)
     return RecordBatch(topic, partition, cols), next_offset
 
 

@@ -160,6 +160,27 @@ def test_malformed_records_raise_corrupt_record_error(entries, why):
         decode_batch("t", 0, raw_frame(entries))
 
 
+@pytest.mark.parametrize("bad", [[[0, None, b"v", 7]], [7]], ids=["headers", "record"])
+def test_a_corrupt_frame_is_named_by_topic_partition_and_offset(bad):
+    """The error says where the bad frame is and where to seek past it; with partial, the
+    records before it come first, and the bad frame's offset is the one to read next."""
+    body = body_of([(None, b"a", None, T0), (None, b"b", None, T0)], start=10) + raw_frame(bad, base_offset=12) + body_of(
+        [(None, b"c", None, T0)], start=13
+    )
+    with pytest.raises(CorruptRecordError) as info:
+        decode_batch("t", 3, body, min_offset=10)
+    err = info.value
+    assert (err.topic, err.partition, err.offset, err.next_offset) == ("t", 3, 12, 13)
+    assert str(err).startswith("t/3: batch at offset 12")
+    batch, next_offset = decode_batch("t", 3, body, min_offset=11, partial=True)
+    assert (batch.values, batch.offsets, batch.keys, batch.timestamps, next_offset) == ([b"b"], [11], [None], [T0], 12)
+    assert [r.headers for r in batch] == [{}]
+    with pytest.raises(CorruptRecordError) as info:
+        decode_batch("t", 3, body[len(body_of([(None, b"a", None, T0), (None, b"b", None, T0)])) :], min_offset=12,
+                     partial=True)  # fmt: skip
+    assert (info.value.offset, info.value.next_offset) == (12, 13)
+
+
 def test_decoding_leaves_the_collector_as_it_was_even_when_it_fails():
     assert gc.isenabled()
     decode_batch("t", 0, BODY)

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 
+import msgpack
 import pytest
 
 from shoal.client import AsyncConsumer, AsyncProducer, TopicPartition
 from shoal.client.errors import (
     BrokerUnreachable,
+    CorruptRecordError,
     InvalidRequest,
     OffsetOutOfRange,
     UnknownPartition,
     UnknownTopic,
 )
+from shoal.client.records import frame_records
 from tests.harness import http_json
 
 
@@ -132,3 +135,34 @@ async def test_bad_arguments_to_send_raise_at_once_and_harm_nothing(cluster_fact
         with pytest.raises(ValueError, match="linger_ms"):
             AsyncProducer(cluster.urls, linger_ms=-1)
         assert (await producer.send_and_wait("t", b"fine")).offset == 0
+
+
+async def test_an_undecodable_record_is_named_and_can_be_sought_past(cluster_factory):
+    """A stored frame whose records do not decode (written straight into the segment file)
+    gives CorruptRecordError naming topic, partition and offset, after the records before
+    it; seek() to its next_offset reads on."""
+    cluster = cluster_factory(1, {"t": 1})
+    async with AsyncProducer(cluster.urls) as producer:
+        for value in (b"r0", b"r1", b"r2"):
+            await producer.send_and_wait("t", value)
+    assert cluster.terminate(1) == 0
+    poison = frame_records(msgpack.packb([7]), record_count=1, first_timestamp=1, max_timestamp=1, base_offset=3)
+    with (cluster.root / "broker-1" / "t-0" / f"{0:020d}.log").open("ab") as segment:
+        segment.write(poison)  # a whole frame with a good CRC: recovery keeps it
+    cluster.start(1)
+    async with AsyncProducer(cluster.urls) as producer:
+        assert (await producer.send_and_wait("t", b"r4")).offset == 4
+    tp = TopicPartition("t", 0)
+    async with AsyncConsumer(bootstrap=cluster.urls) as consumer:
+        consumer.assign([tp])
+        got = await consumer.getmany(timeout_ms=5000)
+        assert [r.value for r in got[tp]] == [b"r0", b"r1", b"r2"]
+        for _ in range(2):  # raised until the application moves on
+            with pytest.raises(CorruptRecordError) as info:
+                await consumer.getmany(timeout_ms=5000)
+        err = info.value
+        assert (err.topic, err.partition, err.offset, err.next_offset) == ("t", 0, 3, 4)
+        assert "t/0" in str(err) and "offset 3" in str(err)
+        await consumer.seek(tp, err.next_offset)
+        got = await consumer.getmany(timeout_ms=5000)
+        assert [(r.offset, r.value) for r in got[tp]] == [(4, b"r4")]
