@@ -52,6 +52,7 @@ from .errors import (
 )
 from .http import BrokerClient
 from .names import check_name
+from . import partitioner
 from .partitioner import StickyPartitioner, partition_for_key
 from .structs import RecordMetadata
 
@@ -62,6 +63,7 @@ log = logging.getLogger(__name__)
 _MAX_SEQUENCE = 2**31 - 1
 _MAX_TIMESTAMP = 2**63  # a frame stores timestamps as i64; deltas between two then fit msgpack's ints
 _time_ns = time.time_ns
+_key_hash = partitioner.key_hash
 
 
 def _new_producer_id() -> int:
@@ -182,10 +184,12 @@ class AsyncProducer:
         self._next_sequence: dict[tuple[str, int], int] = {}
         self._sticky = StickyPartitioner(random.Random(partitioner_seed))
         self._acc: RecordAccumulator | None = None
-        # topic -> the open batch its keyless records join (the sticky partition's):
-        # send()'s fast path. Emptied whenever the checks it skips could change.
+        # send()'s fast paths, emptied whenever the checks they skip could change:
+        # topic -> the open batch its keyless records join (the sticky partition's), and
+        # topic -> per partition, the open batch its keyed records join (None: none yet).
         self._keyless: dict[str, ProducerBatch] = {}
-        self._metadata = None  # the topology _keyless was filled under
+        self._keyed: dict[str, list[ProducerBatch | None]] = {}
+        self._metadata = None  # the topology _keyless and _keyed were filled under
         self._wakeup = asyncio.Event()
         self._room = asyncio.Event()
         self._in_flight: dict[str, int] = defaultdict(int)
@@ -279,6 +283,7 @@ class AsyncProducer:
         self._closing = True
         self._accepting = False
         self._keyless.clear()
+        self._keyed.clear()
         try:
             if self._sender is not None and not self._sender.done():
                 try:
@@ -330,29 +335,29 @@ class AsyncProducer:
             BufferFullError: the buffer stayed full for ``max_block_ms``.
             ProducerClosedError: the producer is closed, or its sender died.
         """
-        # Fast path: a plain keyless record joins the open batch keyless records of the
-        # topic go to (the sticky partition's), if it has room and the buffer too.
-        batch = self._keyless.get(topic)
-        if (
-            batch is not None
-            and batch.open
-            and value.__class__ is bytes
-            and key is None
-            and partition is None
-            and headers is None
-            and timestamp_ms is None
-        ):
-            size = len(value) + RECORD_OVERHEAD
-            acc = self._acc
-            if batch.size + size <= self._max_batch_bytes and acc.buffered + size <= self._buffer_memory:
-                ts = _time_ns() // 1_000_000
-                batch.packer.pack((ts - batch.first_ts, None, value, None))  # cannot fail: bytes and ints
-                batch.count += 1
-                if ts > batch.max_ts:
-                    batch.max_ts = ts
-                batch.size += size
-                acc.buffered += size
-                return RecordFuture(batch, batch.count - 1)
+        # Fast path: a plain record (bytes value, bytes key or none, nothing else) joins
+        # the open batch of its partition (keyless: the sticky one), if that batch has
+        # room and the buffer too; the batch was opened by the full path below.
+        if value.__class__ is bytes and partition is None and headers is None and timestamp_ms is None:
+            if key is None:
+                batch = self._keyless.get(topic)
+                size = len(value) + RECORD_OVERHEAD
+            elif key.__class__ is bytes and (opens := self._keyed.get(topic)) is not None:
+                batch = opens[_key_hash(key) % len(opens)]
+                size = len(key) + len(value) + RECORD_OVERHEAD
+            else:
+                batch = None
+            if batch is not None and batch.open:
+                acc = self._acc
+                if batch.size + size <= self._max_batch_bytes and acc.buffered + size <= self._buffer_memory:
+                    ts = _time_ns() // 1_000_000
+                    batch.packer.pack((ts - batch.first_ts, key, value, None))  # cannot fail: bytes and ints
+                    batch.count += 1
+                    if ts > batch.max_ts:
+                        batch.max_ts = ts
+                    batch.size += size
+                    acc.buffered += size
+                    return RecordFuture(batch, batch.count - 1)
         if not self._accepting:
             await self._check_open()
         if value.__class__ is not bytes and value is not None:
@@ -367,7 +372,7 @@ class AsyncProducer:
         if n is None:
             n = await self._cluster.partitions(check_name(topic, "topic"))
         size = record_size(key, value, headers)
-        sticky = partition is None and key is None
+        by = None if partition is not None else self._keyless if key is None else self._keyed  # fast path to fill
         if partition is None:
             if key is None:
                 partition = self._sticky.partition(topic, n)
@@ -386,8 +391,13 @@ class AsyncProducer:
         if acc.buffered + size > self._buffer_memory:
             await self._wait_for_room(size)
         future = acc.append((topic, partition), key, value, headers, timestamp_ms, size)
-        if sticky:
+        if by is self._keyless:
             self._keyless[topic] = future.batch
+        elif by is not None:
+            opens = self._keyed.get(topic)
+            if opens is None or len(opens) != n:
+                opens = self._keyed[topic] = [None] * n
+            opens[partition] = future.batch
         return future
 
     async def send_batch(
@@ -558,6 +568,7 @@ class AsyncProducer:
         self._failure = err
         self._accepting = False
         self._keyless.clear()
+        self._keyed.clear()
         self._fail_all(err)
         self._room.set()
 
@@ -569,6 +580,7 @@ class AsyncProducer:
         if meta is not self._metadata:  # partitions may have changed: send() checks again
             self._metadata = meta
             self._keyless.clear()
+            self._keyed.clear()
         for batch in acc.ready(now):
             url = meta.owner_url(batch.tp.topic, batch.tp.partition)
             if now - batch.created > self._delivery_timeout or url is None:

@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from shoal.client.partitioner import DefaultPartitioner, StickyPartitioner, murmur2, partition_for_key
+from shoal.client import partitioner
+from shoal.client.partitioner import DefaultPartitioner, StickyPartitioner, murmur2_python, partition_for_key
 
 # Kafka's clients/src/test/.../common/utils/UtilsTest.testMurmur2.
 KAFKA_MURMUR2 = {
@@ -23,9 +24,36 @@ MORE_MURMUR2 = {b"1": -1993445489, b"12": 126087238, b"123": -267702483, b"1234"
 JAVA_PARTITIONS_OF_1000 = {b"": 681, b"a": 524, b"ab": 434, b"abc": 107, b"123456789": 566, b"\x00 ": 742}
 
 
+@pytest.fixture(autouse=True, params=["python", "compiled"])
+def key_hash(request, monkeypatch):
+    """Every test runs with the pure-Python key hash and with the compiled one (client/_murmur2.c)."""
+    if request.param == "python":
+        monkeypatch.setattr(partitioner, "key_hash", partitioner.key_hash_python)
+    elif partitioner._compiled_key_hash is None:
+        pytest.fail("client/_murmur2.c was not built: pip install -e . needs a C compiler")
+    else:
+        assert partitioner.key_hash is partitioner._compiled_key_hash  # what the producer uses
+    return partitioner.key_hash
+
+
 @pytest.mark.parametrize("key, expected", sorted({**KAFKA_MURMUR2, **MORE_MURMUR2}.items()))
-def test_murmur2_matches_kafka(key, expected):
-    assert murmur2(key) == expected
+def test_murmur2_matches_kafka(key_hash, key, expected):
+    assert murmur2_python(key) == expected
+    assert key_hash(key) == expected & 0x7FFFFFFF
+
+
+def test_both_hashes_agree_on_keys_of_every_length(key_hash):
+    rng = random.Random(11)
+    for length in range(70):
+        for _ in range(5):
+            key = rng.randbytes(length)
+            assert key_hash(key) == partitioner.key_hash_python(key) == murmur2_python(key) & 0x7FFFFFFF
+
+
+def test_the_compiled_hash_takes_bytes_only():
+    if partitioner._compiled_key_hash is not None:
+        with pytest.raises(TypeError, match="key must be bytes"):
+            partitioner._compiled_key_hash(bytearray(b"k"))
 
 
 @pytest.mark.parametrize("key, expected", sorted(JAVA_PARTITIONS_OF_1000.items()))
