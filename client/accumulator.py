@@ -26,7 +26,7 @@ from typing import Any
 
 import msgpack
 
-from .records import HEADER_SIZE, array_header, frame_records, gc_paused
+from .records import HEADER_SIZE, array_header, frame_records
 from .structs import RecordMetadata, TopicPartition
 
 __all__ = [
@@ -345,11 +345,11 @@ class RecordAccumulator:
         count = stop - start
         delta = ts - batch.first_ts
         part = values[start:stop] if start or stop < len(values) else values
-        with gc_paused():  # the rows are freed before it ends
-            rows = list(zip(repeat(delta, count), repeat(None, count) if keys is None else keys[start:stop], part,
-                            repeat(None, count)))  # fmt: skip
-            packed = self._pack(rows)
-            del rows
+        # One tuple per record, of atomic values: untracked by the first collection it meets.
+        rows = list(zip(repeat(delta, count), repeat(None, count) if keys is None else keys[start:stop], part,
+                        repeat(None, count)))  # fmt: skip
+        packed = self._pack(rows)
+        del rows
         singles = batch.packer.bytes()
         if singles:
             batch.parts.append(singles)

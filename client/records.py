@@ -35,17 +35,14 @@ them into shoal frames when it answers a fetch.
 
 from __future__ import annotations
 
-import gc
 import struct
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from itertools import repeat
 from operator import add, attrgetter, itemgetter
 from typing import NamedTuple, overload
 
 import msgpack
-import msgpack.fallback
 import msgspec
 from crc32c import crc32c
 
@@ -303,26 +300,6 @@ _new_tuple = tuple.__new__
 _DELTA, _KEY, _VALUE, _HEADERS = map(itemgetter, range(4))  # fields of a stored record
 _NO_HEADERS: dict = {}  # never handed out: records get copies
 _copy_dict = dict.copy
-# Only C code runs under gc_paused (msgpack's C extension, C iterators), so no other thread
-# can run, allocate or toggle the collector meanwhile; with the pure-Python msgpack it could.
-_PAUSE_GC = msgpack.unpackb is not msgpack.fallback.unpackb
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC while C code makes many objects that hold no reference cycles.
-
-    Objects made and freed within the pause cost the collector nothing, and those kept
-    cost one young-generation pass instead of one every 700 allocations.
-    """
-    if not (_PAUSE_GC and gc.isenabled()):
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 class _Columns:
@@ -341,21 +318,21 @@ class _Columns:
         """Decode a frame's records from the ``skip``-th on; raises ``CorruptRecordError``."""
         base = header.base_offset
         # Columns are filled by C iterators: no Python bytecode runs per record unless
-        # some record has headers. On an error the columns are left half filled: the
-        # caller drops them.
+        # some record has headers. The tuple msgpack makes per record holds only
+        # atomic values, so the first collection it meets stops tracking it. On an
+        # error the columns are left half filled: the caller truncates or drops them.
         try:
-            with gc_paused():  # one tuple per record, freed before the pause ends
-                entries = msgpack.unpackb(frame[HEADER_SIZE:], use_list=False, raw=False, strict_map_key=True)
-                if entries.__class__ is not tuple:
-                    raise TypeError(f"records are a {type(entries).__name__}, not an array")
-                if skip:
-                    entries = entries[skip:]
-                self.timestamps.extend(map(add, map(_DELTA, entries), repeat(header.first_timestamp)))
-                self.keys.extend(map(_KEY, entries))
-                self.values.extend(map(_VALUE, entries))
-                headers = tuple(map(_HEADERS, entries))
-                n = len(entries)
-                del entries
+            entries = msgpack.unpackb(frame[HEADER_SIZE:], use_list=False, raw=False, strict_map_key=True)
+            if entries.__class__ is not tuple:
+                raise TypeError(f"records are a {type(entries).__name__}, not an array")
+            if skip:
+                entries = entries[skip:]
+            self.timestamps.extend(map(add, map(_DELTA, entries), repeat(header.first_timestamp)))
+            self.keys.extend(map(_KEY, entries))
+            self.values.extend(map(_VALUE, entries))
+            headers = tuple(map(_HEADERS, entries))
+            n = len(entries)
+            del entries
         except (ValueError, TypeError, IndexError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
             raise CorruptRecordError(
                 f"batch at offset {base} does not decode: {exc}", offset=base, next_offset=header.next_offset
@@ -388,8 +365,9 @@ class RecordBatch(Sequence[Record]):
 
     Fetched frames are decoded into columns (one list per field) without running Python
     code per record; indexing and iteration build each ``Record`` in C as it is asked
-    for, so a loop over a large batch never holds every record at once (which is what
-    makes the garbage collector expensive). ``offsets``, ``keys``, ``values``,
+    for, so a loop over a large batch never holds every record at once (a ``Record``,
+    like any tuple subclass, stays tracked by the garbage collector for its whole life,
+    and many kept at once are what makes its collections expensive). ``offsets``, ``keys``, ``values``,
     ``timestamps`` give a field of every record without building records at all.
     Slicing gives a ``RecordBatch`` sharing the columns. Each read builds new
     ``Record`` objects (and new headers dicts), equal to the ones before.
@@ -433,16 +411,8 @@ class RecordBatch(Sequence[Record]):
         )
 
     def tolist(self) -> list[Record]:
-        """Every record as a list: ``list(batch)``, built with the cyclic garbage collector paused.
-
-        CPython tracks every tuple subclass instance (such as ``Record``) and never
-        untracks it, so building thousands of records runs a young-generation collection
-        every 700 of them and moves them all towards the oldest generation, whose full
-        collections then take more CPU than the records themselves. With the collector
-        paused, the whole list costs one young collection.
-        """
-        with gc_paused():
-            return list(self)
+        """Every record as a list: ``list(batch)``."""
+        return list(self)
 
     @overload
     def __getitem__(self, i: int) -> Record: ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 from hypothesis import given, settings
@@ -223,6 +224,17 @@ async def test_extend_fills_the_open_batch_then_starts_new_ones():
     got = [r.value for b in batches for r in decoded(b)[1]]
     assert got == [b"old", *values]
     assert all(len(b.encode()) <= b.size <= acc.max_batch_bytes for b in batches)
+
+
+async def test_queueing_never_switches_the_garbage_collector(monkeypatch):
+    """The collector is the application's: append() and extend() (send_batch) leave it alone."""
+    switched = []
+    monkeypatch.setattr(gc, "disable", lambda: switched.append("disable"))
+    monkeypatch.setattr(gc, "enable", lambda: switched.append("enable"))
+    acc, _ = make()
+    add(acc, TP, b"one")
+    extend_all(acc, [b"v"] * 100, 1_700_000_000_000)
+    assert switched == [] and sum(b.count for b in acc.queues[TP]) == 101
 
 
 async def test_extend_with_keys_and_timestamp():
