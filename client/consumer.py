@@ -138,6 +138,11 @@ class AsyncConsumer:
             member: restarted within the session timeout, it gets its partitions back
             without a rebalance, and ``close()`` does not leave the group.
         assignor: with ``subscribe()``: "sticky" (default), "range" or "roundrobin".
+        pause_gc: pause the process-wide cyclic garbage collector while msgpack decodes
+            a fetched frame and while ``getmany()`` builds a partition's ``Record`` list
+            (spans of C code, see ``gc_pause``): faster consuming, for an application
+            that lets the client touch that global switch (default False: the
+            collector is left alone).
     """
 
     def __init__(
@@ -160,6 +165,7 @@ class AsyncConsumer:
         max_poll_interval_ms: int = 300_000,
         group_instance_id: str | None = None,
         assignor: str = "sticky",
+        pause_gc: bool = False,
     ):
         for topic in topics:
             check_name(topic, "topic")
@@ -196,6 +202,7 @@ class AsyncConsumer:
             "assignor": assignor,
             "retry_backoff_ms": retry_backoff_ms,
         }
+        self._pause_gc = pause_gc
         self._membership: GroupMembership | None = None
         self._listener: Any = None
         self._wanted: list[TopicPartition] = []
@@ -418,7 +425,7 @@ class AsyncConsumer:
             ``CorruptRecordError``.
         """
         batches = await self.getbatches(*partitions, timeout_ms=timeout_ms, max_records=max_records)
-        return {tp: batch.tolist() for tp, batch in batches.items()}
+        return {tp: batch.tolist(pause_gc=self._pause_gc) for tp, batch in batches.items()}
 
     async def getbatches(
         self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
@@ -577,7 +584,8 @@ class AsyncConsumer:
                         max_bytes=self._fetch_max_bytes, max_wait_ms=self._fetch_max_wait_ms,
                     )
                 records, next_offset = decode_batch(
-                    tp.topic, tp.partition, answer.body, min_offset=part.fetch_offset, partial=True
+                    tp.topic, tp.partition, answer.body, min_offset=part.fetch_offset, partial=True,
+                    pause_gc=self._pause_gc,
                 )
             except OffsetOutOfRange as exc:
                 if self._reset == "none":

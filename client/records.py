@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import struct
 import time
+from contextlib import nullcontext
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import repeat
 from operator import add, attrgetter, itemgetter
@@ -47,6 +48,7 @@ import msgspec
 from crc32c import crc32c
 
 from .errors import BatchTooLarge, CorruptBatch, CorruptRecordError
+from .gc_pause import gc_paused
 from .structs import Record
 
 MAGIC = 1
@@ -300,6 +302,7 @@ _new_tuple = tuple.__new__
 _DELTA, _KEY, _VALUE, _HEADERS = map(itemgetter, range(4))  # fields of a stored record
 _NO_HEADERS: dict = {}  # never handed out: records get copies
 _copy_dict = dict.copy
+_NO_PAUSE = nullcontext()
 
 
 class _Columns:
@@ -314,25 +317,29 @@ class _Columns:
         self.timestamps: list[int] = []
         self.headers: list[dict] = []  # copied for each Record built: each gets a dict of its own
 
-    def add_frame(self, header: FrameHeader, frame: bytes | memoryview, skip: int) -> None:
-        """Decode a frame's records from the ``skip``-th on; raises ``CorruptRecordError``."""
+    def add_frame(self, header: FrameHeader, frame: bytes | memoryview, skip: int, pause_gc: bool = False) -> None:
+        """Decode a frame's records from the ``skip``-th on; raises ``CorruptRecordError``.
+
+        ``pause_gc``: with the cyclic garbage collector paused (see ``gc_pause``).
+        """
         base = header.base_offset
         # Columns are filled by C iterators: no Python bytecode runs per record unless
         # some record has headers. The tuple msgpack makes per record holds only
         # atomic values, so the first collection it meets stops tracking it. On an
         # error the columns are left half filled: the caller truncates or drops them.
         try:
-            entries = msgpack.unpackb(frame[HEADER_SIZE:], use_list=False, raw=False, strict_map_key=True)
-            if entries.__class__ is not tuple:
-                raise TypeError(f"records are a {type(entries).__name__}, not an array")
-            if skip:
-                entries = entries[skip:]
-            self.timestamps.extend(map(add, map(_DELTA, entries), repeat(header.first_timestamp)))
-            self.keys.extend(map(_KEY, entries))
-            self.values.extend(map(_VALUE, entries))
-            headers = tuple(map(_HEADERS, entries))
-            n = len(entries)
-            del entries
+            with gc_paused() if pause_gc else _NO_PAUSE:
+                entries = msgpack.unpackb(frame[HEADER_SIZE:], use_list=False, raw=False, strict_map_key=True)
+                if entries.__class__ is not tuple:
+                    raise TypeError(f"records are a {type(entries).__name__}, not an array")
+                if skip:
+                    entries = entries[skip:]
+                self.timestamps.extend(map(add, map(_DELTA, entries), repeat(header.first_timestamp)))
+                self.keys.extend(map(_KEY, entries))
+                self.values.extend(map(_VALUE, entries))
+                headers = tuple(map(_HEADERS, entries))
+                n = len(entries)
+                del entries
         except (ValueError, TypeError, IndexError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
             raise CorruptRecordError(
                 f"batch at offset {base} does not decode: {exc}", offset=base, next_offset=header.next_offset
@@ -410,8 +417,12 @@ class RecordBatch(Sequence[Record]):
             ),
         )
 
-    def tolist(self) -> list[Record]:
-        """Every record as a list: ``list(batch)``."""
+    def tolist(self, *, pause_gc: bool = False) -> list[Record]:
+        """Every record as a list: ``list(batch)``; ``pause_gc``: with the cyclic garbage
+        collector paused meanwhile (see ``gc_pause``)."""
+        if pause_gc:
+            with gc_paused():
+                return list(self)
         return list(self)
 
     @overload
@@ -466,7 +477,8 @@ class RecordBatch(Sequence[Record]):
 
 
 def decode_batch(
-    topic: str, partition: int, buf: bytes | memoryview, *, min_offset: int = 0, partial: bool = False
+    topic: str, partition: int, buf: bytes | memoryview, *, min_offset: int = 0, partial: bool = False,
+    pause_gc: bool = False,
 ) -> tuple[RecordBatch, int]:
     """Every record at or after ``min_offset`` in a fetch response body, and the offset after the last frame.
 
@@ -475,6 +487,7 @@ def decode_batch(
     could not be read) for a frame that fails its CRC or does not decode; with
     ``partial``, only when no record comes before that frame: otherwise the records
     before it are returned, with the bad frame's offset as the offset to read next.
+    ``pause_gc``: decode each frame with the cyclic garbage collector paused.
     """
     cols = _Columns()
     next_offset = min_offset
@@ -483,7 +496,7 @@ def decode_batch(
         for h, frame in iter_frames(buf):
             if h.next_offset <= min_offset:
                 continue
-            cols.add_frame(h, frame, max(0, min_offset - h.base_offset))
+            cols.add_frame(h, frame, max(0, min_offset - h.base_offset), pause_gc)
             next_offset = h.next_offset
             good = len(cols.offsets)
     except CorruptRecordError as exc:

@@ -195,6 +195,28 @@ def test_decoding_never_switches_the_garbage_collector(monkeypatch):
     assert switched == []
 
 
+def test_pausing_the_collector_is_opt_in_and_restores_it(monkeypatch):
+    """pause_gc=True (AsyncConsumer(pause_gc=True)) pauses the collector per frame and per
+    list, leaves it on afterwards, also after a failure, and leaves a disabled one off."""
+    calls = []
+    monkeypatch.setattr(gc, "disable", lambda real=gc.disable: (calls.append("disable"), real())[1])
+    monkeypatch.setattr(gc, "enable", lambda real=gc.enable: (calls.append("enable"), real())[1])
+    batch, _ = decode_batch("t", 0, BODY, pause_gc=True)
+    frames = len(list(iter_frames(BODY)))
+    assert calls == ["disable", "enable"] * frames and gc.isenabled()
+    assert batch.tolist(pause_gc=True) == batch.tolist() and gc.isenabled()
+    with pytest.raises(CorruptRecordError):
+        decode_batch("t", 0, raw_frame([[0, None, b"v"]]), pause_gc=True)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        calls.clear()
+        decode_batch("t", 0, BODY, pause_gc=True)
+        assert calls == [] and not gc.isenabled()  # the application's own disable() holds
+    finally:
+        gc.enable()
+
+
 def test_records_that_are_not_an_array_raise():
     body = frame_records(msgpack.packb(0), record_count=1, first_timestamp=T0, max_timestamp=T0)
     with pytest.raises(CorruptRecordError):
