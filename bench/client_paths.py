@@ -28,7 +28,7 @@ from timeit import timeit
 
 from shoal.client.consumer import AsyncConsumer
 from shoal.client.producer import AsyncProducer
-from shoal.router import bench as perf
+from shoal.router.cli import bench_driver as perf
 
 from .shoal_broker import ShoalBroker
 
