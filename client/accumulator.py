@@ -94,6 +94,16 @@ class ProducerBatch:
     def __repr__(self) -> str:
         return f"<ProducerBatch {self.tp} records={self.count} seq={self.base_sequence}>"
 
+    def add(self, ts: int, key: bytes | None, value: bytes | None, headers: dict | None, size: int) -> RecordFuture:
+        """Encode one record into the batch (``size`` from ``record_size``; the caller
+        checked the room). Raises what msgpack raises for a field it cannot encode."""
+        self.packer.pack((ts - self.first_ts, key, value, headers))
+        self.count += 1
+        if ts > self.max_ts:
+            self.max_ts = ts
+        self.size += size
+        return RecordFuture(self, self.count - 1)
+
     def encode(self, producer_id: int = -1, base_sequence: int = -1) -> bytes:
         """Frame the records (once: a retry must resend the very same bytes)."""
         if self.frame is None:
@@ -306,19 +316,15 @@ class RecordAccumulator:
         if batch is None or batch.size + size > self.max_batch_bytes:
             batch = self._new_batch(tp, ts)
         try:
-            batch.packer.pack((ts - batch.first_ts, key, value, headers))
+            future = batch.add(ts, key, value, headers, size)
         except Exception as exc:
             batch.error = exc
             batch.open = False
             del self._open[tp]
             self._wakeup()
             raise
-        batch.count += 1
-        if ts > batch.max_ts:
-            batch.max_ts = ts
-        batch.size += size
         self.buffered += size
-        return RecordFuture(batch, batch.count - 1)
+        return future
 
     def extend(
         self,

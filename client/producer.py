@@ -350,14 +350,8 @@ class AsyncProducer:
             if batch is not None and batch.open:
                 acc = self._acc
                 if batch.size + size <= self._max_batch_bytes and acc.buffered + size <= self._buffer_memory:
-                    ts = _time_ns() // 1_000_000
-                    batch.packer.pack((ts - batch.first_ts, key, value, None))  # cannot fail: bytes and ints
-                    batch.count += 1
-                    if ts > batch.max_ts:
-                        batch.max_ts = ts
-                    batch.size += size
                     acc.buffered += size
-                    return RecordFuture(batch, batch.count - 1)
+                    return batch.add(_time_ns() // 1_000_000, key, value, None, size)  # cannot fail: bytes, ints
         if not self._accepting:
             await self._check_open()
         if value.__class__ is not bytes and value is not None:
