@@ -774,6 +774,12 @@ class AsyncConsumer:
             if isinstance(result, BaseException):
                 raise result
             self._committed[tp] = om.offset
+            part = self._parts.get(tp)
+            start = self._handed.get(part)
+            if start is not None and start < om.offset <= part.position:
+                # The application committed records the latest read returned: they are
+                # processed, and auto-commit must not take the position back before them.
+                self._handed[part] = om.offset
         if retry:
             await self._commit(group, retry, again=False)
 

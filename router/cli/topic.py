@@ -478,3 +478,5 @@ async def _consume(opts: Options, name: str, partitions: tuple[int, ...], start:
                 seen += len(records)
                 if exit_at_end and records and records[-1].offset + 1 >= ends[tp]:
                     pending.discard(tp)
+        if group is not None:
+            await consumer.commit()  # every record read was printed (auto-commit would leave the last read out)

@@ -51,8 +51,8 @@ async def test_a_new_consumer_resumes_from_the_committed_offsets(cluster):
     await fill(cluster, "c1", 10)
     async with AsyncConsumer("c1", bootstrap=str(cluster.config_path), group="g1") as first:
         got = await drain(first, 12)
+        positions = {tp: await first.position(tp) for tp in first.assignment()}  # every start is known
         await first.commit()
-        positions = {tp: await first.position(tp) for tp in first.assignment()}
         assert sum(positions.values()) == 12
         for tp, offset in positions.items():
             assert await first.committed(tp) == OffsetAndMetadata(offset, "")
@@ -175,8 +175,13 @@ async def test_auto_commit_commits_on_close(cluster):
         await fill(cluster, "c10", 2, partitions=1)
         again.assign([TP("c10", 0)])
         assert [r.offset for r in await drain(again, 2)] == [3, 4]  # handed out, not read past
-    async with AsyncConsumer(bootstrap=cluster.urls, group="g10") as third:
+    async with AsyncConsumer(bootstrap=cluster.urls, group="g10", enable_auto_commit=True) as third:
         assert await third.committed(TP("c10", 0)) == OffsetAndMetadata(3, "")
+        third.assign([TP("c10", 0)])
+        assert [r.offset for r in await drain(third, 2)] == [3, 4]
+        await third.commit()  # processed: an explicit commit covers the latest read
+    async with AsyncConsumer(bootstrap=cluster.urls, group="g10") as fourth:
+        assert await fourth.committed(TP("c10", 0)) == OffsetAndMetadata(5, "")  # close() did not take it back
 
 
 async def test_assign_replaces_the_assignment_and_keeps_positions(cluster):
