@@ -6,15 +6,17 @@ A batch is one frame. All integers are big-endian.
     0       8     base_offset      i64  offset of the first record; the producer writes 0,
                                         the broker patches it in place (not under the CRC)
     8       4     length           u32  bytes after this field (so frame size = 12 + length)
-    12      4     crc              u32  CRC32C (Castagnoli) of bytes [16, 12 + length)
-    16      1     magic            u8   1
-    17      1     attributes       u8   0 (reserved: compression, transactional)
-    18      4     record_count     u32  >= 1; equals the length of the msgpack array below
-    22      8     first_timestamp  i64  ms since the epoch of the first record
-    30      8     max_timestamp    i64  greatest record timestamp in the batch
-    38      8     producer_id      i64  -1 when the producer is not idempotent
-    46      4     base_sequence    i32  sequence number of the first record, -1 when none
-    50      ...   records          msgpack array of record_count entries, each
+    12      4     leader_epoch     i32  the leader epoch the batch was written in; the producer
+                                        writes -1, the leader patches it (not under the CRC)
+    16      1     magic            u8   3
+    17      4     crc              u32  CRC32C (Castagnoli) of bytes [21, 12 + length)
+    21      1     attributes       u8   0 (reserved: compression, transactional)
+    22      4     record_count     u32  >= 1; equals the length of the msgpack array below
+    26      8     first_timestamp  i64  ms since the epoch of the first record
+    34      8     max_timestamp    i64  greatest record timestamp in the batch
+    42      8     producer_id      i64  -1 when the producer is not idempotent
+    50      4     base_sequence    i32  sequence number of the first record, -1 when none
+    54      ...   records          msgpack array of record_count entries, each
                                         [timestamp_delta: int, key: bin|nil, value: bin|nil,
                                          headers: map str->bin | nil]
 
@@ -22,15 +24,19 @@ Record ``i`` of a batch has offset ``base_offset + i`` and timestamp
 ``first_timestamp + timestamp_delta``, at most ``max_timestamp``. On produce the broker
 checks the frame (length, magic, CRC) and that its records decode to exactly that shape
 (``validate_frames``, decoding them once with msgspec's typed C decoder), so an
-accepted batch is a decodable one; it then patches base_offset and stores the frame as it came; a fetch returns
-stored frames byte for byte.
+accepted batch is a decodable one; it then patches base_offset and leader_epoch and
+stores the frame as it came; a fetch returns stored frames byte for byte, and a
+follower stores the leader's frames unchanged.
 
-A broker also stores Kafka v2 record batches, as its Kafka listener received them,
-beside these frames. They share the first 12 bytes (base offset, length) and keep their
-magic byte at 16 (``KAFKA_MAGIC``, 2; shoal frames never use it), so ``read_header``
-reads either kind into a ``FrameHeader`` (record_count = lastOffsetDelta + 1; the CRC
-starts at byte ``crc_start(magic)``). Clients never receive them: the broker converts
-them into shoal frames when it answers a fetch.
+The first 21 bytes are laid out as in Kafka's v2 record batch (base offset, length,
+partition leader epoch, magic, CRC of bytes 21 onward). A broker also stores Kafka v2
+record batches, as its Kafka listener received them, beside these frames: the magic
+byte at 16 (``KAFKA_MAGIC``, 2; shoal frames never use it) tells them apart, and
+``read_header`` reads either kind into a ``FrameHeader`` (record_count =
+lastOffsetDelta + 1). The leader patches the epoch of both kinds alike. Clients never
+receive Kafka batches: the broker converts them into shoal frames when it answers a
+fetch. Magic 1 (the layout before the leader epoch, magic at byte 16 as well) is no
+longer written nor read.
 """
 
 from __future__ import annotations
@@ -51,18 +57,22 @@ from .errors import BatchTooLarge, CorruptBatch, CorruptRecordError
 from .gc_pause import gc_paused
 from .structs import Record
 
-MAGIC = 1
-HEADER = struct.Struct(">qIIBBIqqqi")
-HEADER_SIZE = HEADER.size  # 50
-assert HEADER_SIZE == 50
+MAGIC = 3
+OLD_MAGIC = 1  # frames without a leader epoch: refused with a clear message
+HEADER = struct.Struct(">qIiBIBIqqqi")
+HEADER_SIZE = HEADER.size  # 54
+assert HEADER_SIZE == 54
 LENGTH_END = 12  # base_offset + length: frame size = LENGTH_END + length
-CRC_START = 16
+MAGIC_AT = 16
+CRC_START = 21  # the same for Kafka v2 batches
 _BASE_OFFSET = struct.Struct(">q")
-_PREFIX_CRC = struct.Struct(">qII")  # base_offset, length, crc
-_HEAD_AFTER_CRC = struct.Struct(">BBIqqqi")  # magic .. base_sequence: the covered header fields
+_PATCHED = struct.Struct(">qIi")  # base_offset, length, leader_epoch: what the leader writes
+_PREFIX_CRC = struct.Struct(">qIiBI")  # base_offset, length, leader_epoch, magic, crc
+_HEAD_AFTER_CRC = struct.Struct(">BIqqqi")  # attributes .. base_sequence: the covered header fields
 assert _PREFIX_CRC.size + _HEAD_AFTER_CRC.size == HEADER_SIZE
 NO_PRODUCER = -1
 NO_SEQUENCE = -1
+NO_EPOCH = -1
 KAFKA_MAGIC = 2
 # baseOffset, batchLength, partitionLeaderEpoch, magic, crc, attributes, lastOffsetDelta,
 # baseTimestamp, maxTimestamp, producerId, producerEpoch, baseSequence, recordCount
@@ -70,7 +80,6 @@ KAFKA_HEADER = struct.Struct(">qiiBIhiqqqhii")
 KAFKA_HEADER_SIZE = KAFKA_HEADER.size  # 61
 MAX_HEADER_SIZE = max(HEADER_SIZE, KAFKA_HEADER_SIZE)
 STORED_MAGICS = (MAGIC, KAFKA_MAGIC)
-_MAGIC_AT = 16
 
 
 class FrameHeader(NamedTuple):
@@ -78,8 +87,9 @@ class FrameHeader(NamedTuple):
 
     base_offset: int
     length: int
-    crc: int
+    leader_epoch: int
     magic: int
+    crc: int
     attributes: int
     record_count: int
     first_timestamp: int
@@ -157,11 +167,12 @@ def frame_records(
     With ``items_only``, ``body`` holds the ``record_count`` encoded records without the
     array header, which is written here.
     """
-    head = _HEAD_AFTER_CRC.pack(MAGIC, 0, record_count, first_timestamp, max_timestamp, producer_id, base_sequence)
+    head = _HEAD_AFTER_CRC.pack(0, record_count, first_timestamp, max_timestamp, producer_id, base_sequence)
     if items_only:
         head += array_header(record_count)
     crc = crc32c(body, crc32c(head))
-    return b"".join((_PREFIX_CRC.pack(base_offset, len(head) + len(body) + 4, crc), head, body))
+    length = CRC_START - LENGTH_END + len(head) + len(body)
+    return b"".join((_PREFIX_CRC.pack(base_offset, length, NO_EPOCH, MAGIC, crc), head, body))
 
 
 def array_header(count: int) -> bytes:
@@ -176,25 +187,22 @@ def array_header(count: int) -> bytes:
 def read_header(buf, pos: int = 0) -> FrameHeader:
     """Parse the header of the frame at ``pos``; the caller checks the size first
     (``HEADER_SIZE`` bytes, or ``KAFKA_HEADER_SIZE`` for a Kafka batch)."""
-    if buf[pos + _MAGIC_AT] == KAFKA_MAGIC:
-        (base, length, _, magic, crc, attributes, last_delta, first_ts, max_ts, producer_id, _, base_sequence, _) = (
+    if buf[pos + MAGIC_AT] == KAFKA_MAGIC:
+        (base, length, epoch, magic, crc, attributes, last_delta, first_ts, max_ts, producer_id, _, base_sequence, _) = (
             KAFKA_HEADER.unpack_from(buf, pos)
         )
-        return FrameHeader(base, length, crc, magic, attributes, last_delta + 1, first_ts, max_ts, producer_id, base_sequence)
+        return FrameHeader(
+            base, length, epoch, magic, crc, attributes, last_delta + 1, first_ts, max_ts, producer_id, base_sequence
+        )
     return FrameHeader._make(HEADER.unpack_from(buf, pos))
 
 
 def try_read_header(buf, pos: int = 0) -> FrameHeader | None:
     """``read_header``, or None when ``buf`` ends before the header does."""
     left = len(buf) - pos
-    if left < HEADER_SIZE or (buf[pos + _MAGIC_AT] == KAFKA_MAGIC and left < KAFKA_HEADER_SIZE):
+    if left < HEADER_SIZE or (buf[pos + MAGIC_AT] == KAFKA_MAGIC and left < KAFKA_HEADER_SIZE):
         return None
     return read_header(buf, pos)
-
-
-def crc_start(magic: int) -> int:
-    """Where the CRC-covered bytes of a stored frame with ``magic`` begin."""
-    return 21 if magic == KAFKA_MAGIC else CRC_START
 
 
 def patch_base_offset(buf: bytearray | memoryview, pos: int, base_offset: int) -> None:
@@ -204,6 +212,11 @@ def patch_base_offset(buf: bytearray | memoryview, pos: int, base_offset: int) -
 
 def base_offset_bytes(base_offset: int) -> bytes:
     return _BASE_OFFSET.pack(base_offset)
+
+
+def patched_prefix(base_offset: int, length: int, leader_epoch: int) -> bytes:
+    """The first 16 bytes of a frame as the leader stores it (neither field is under the CRC)."""
+    return _PATCHED.pack(base_offset, length, leader_epoch)
 
 
 class _Record(msgspec.Struct, array_like=True, forbid_unknown_fields=True, gc=False):

@@ -15,7 +15,12 @@ writing back seconds of dirty pages before serving): the files checked are hande
 the log's flusher, whose next sync moves the recovery point past them.
 
 The producer table comes from the newest producer snapshot at or below the log end,
-with the frame headers after it replayed on top (``producer_state``).
+with the frame headers after it replayed on top (``producer_state``). The leader-epoch
+cache comes from its checkpoint, or from every frame header when that is missing
+(``leader_epochs``).
+
+A segment written before frames carried a leader epoch (magic 1) is refused with an
+error naming it: there is nothing to convert it to (shoal has no such deployments).
 """
 
 from __future__ import annotations
@@ -26,8 +31,11 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 
+from shoal.client.records import MAGIC_AT, OLD_MAGIC
+
 from .checkpoint import read_clean_shutdown
 from .config import LogConfig
+from .leader_epochs import LeaderEpochCache
 from .producer_state import ProducerTable, delete_snapshots, load_snapshot
 from .segment import Segment
 
@@ -40,6 +48,7 @@ class LoadedLog:
 
     segments: list[Segment]
     producers: ProducerTable
+    epochs: LeaderEpochCache
     recovery_point: int
     unsynced: list[Path]  # files and directories to fsync before the recovery point may move
 
@@ -58,7 +67,8 @@ def load_log(directory: Path, config: LogConfig, recovery_point: int, now_ms: in
         active = Segment(d, 0, index_interval_bytes=interval)
         active.create()
         delete_snapshots(d)
-        return LoadedLog([active], ProducerTable(), 0, [d, d.parent])
+        return LoadedLog([active], ProducerTable(), LeaderEpochCache.load(d, 0, ()), 0, [d, d.parent])
+    _refuse_old_format(segments[0])
     clean = read_clean_shutdown(d)
     active = segments[-1]
     if (
@@ -77,11 +87,43 @@ def load_log(directory: Path, config: LogConfig, recovery_point: int, now_ms: in
             log.warning("the producer table of %s is unreadable (%s): replaying the log", d, exc)
             producers = rebuild_producers(segments, now_ms)
         producers.expire(now_ms, config.producer_expiry_ms)
-        return LoadedLog(segments, producers, active.next_offset, [])
+        return LoadedLog(segments, producers, load_epochs(segments), active.next_offset, [])
     segments, checked = _recover(segments, recovery_point, same_boot)
     producers = rebuild_producers(segments, now_ms)
     producers.expire(now_ms, config.producer_expiry_ms)
-    return LoadedLog(segments, producers, min(recovery_point, segments[-1].next_offset), [*checked, d])
+    epochs = load_epochs(segments)
+    return LoadedLog(segments, producers, epochs, min(recovery_point, segments[-1].next_offset), [*checked, d])
+
+
+def _refuse_old_format(first: Segment) -> None:
+    """Stop at a segment of frames without leader epochs (magic 1), before recovery cuts it as corrupt."""
+    if first.size < MAGIC_AT + 1:
+        return
+    with open(first.log_path, "rb") as f:
+        f.seek(MAGIC_AT)
+        magic = f.read(1)
+    if magic and magic[0] == OLD_MAGIC:
+        raise RuntimeError(
+            f"{first.log_path} holds batches of the old format (magic {OLD_MAGIC}, without leader epochs), "
+            f"which this version cannot read: move {first.directory} away (its data cannot be converted)"
+        )
+
+
+def _all_headers(segments: list[Segment]):
+    for seg in segments:
+        was_open = seg.is_open
+        if not was_open:
+            seg.open_sealed()
+        try:
+            yield from (h for _, h in seg.scan(0, seg.size))
+        finally:
+            if not was_open:
+                seg.close()
+
+
+def load_epochs(segments: list[Segment]) -> LeaderEpochCache:
+    """The leader-epoch cache of the log made of ``segments`` (rebuilt from them if need be)."""
+    return LeaderEpochCache.load(segments[0].directory, segments[-1].next_offset, _all_headers(segments))
 
 
 def _scan_files(d: Path) -> dict[int, int]:

@@ -33,6 +33,7 @@ from shoal.client.records import now_ms as current_ms
 from .checkpoint import write_clean_shutdown
 from .config import LogConfig
 from .flush import Flusher
+from .leader_epochs import LeaderEpochCache
 from .loader import load_log, rebuild_producers
 from .producer_state import ProducerTable, delete_snapshots, snapshot_path, write_snapshot
 from .retention import delete_segments, expired_count
@@ -95,6 +96,8 @@ class PartitionLog:
         self._readable_end = 0  # bytes of the active segment below the high watermark
         self._size_bytes = 0
         self.producers = ProducerTable()
+        self.epochs = LeaderEpochCache(self.directory)
+        self.leader_epoch = 0  # the epoch this replica's appends are written in (set by replication)
         self._hw_moved = asyncio.Event()
         self._state = "new"  # -> loaded -> running -> stopping -> stopped
         self._stopped = asyncio.Event()
@@ -196,6 +199,7 @@ class PartitionLog:
         )
         segments = loaded.segments
         self.producers = loaded.producers
+        self.epochs = loaded.epochs
         self.flusher = Flusher(
             self.name, lambda: self.active_segment, loaded.recovery_point, loaded.unsynced, self.stats
         )
@@ -291,6 +295,20 @@ class PartitionLog:
         if headers is None:
             headers = validate_frames(body)
         return await self._writer.submit(body, headers)
+
+    async def append_replicated(self, body: bytes) -> AppendResult:
+        """Store frames fetched from the partition's leader as they are (a follower's append).
+
+        Each frame is checked (CRC, magic) and must continue the log; base offsets and
+        leader epochs are kept, and new epochs go to the leader-epoch cache first.
+
+        Raises:
+            CorruptBatch: a frame fails its checks.
+            InternalError: the frames do not continue the log, or the log is not running.
+        """
+        if self._state != "running" or not self._writer.running:
+            raise InternalError(f"the log of {self.name} is not open")
+        return await self._writer.submit(body, validate_frames(body), replicated=True)
 
     def publish(self, hw: int, readable_end: int, nbytes: int) -> None:
         """Move the high watermark after a write of ``nbytes`` (the writer calls it)."""
@@ -473,6 +491,7 @@ class PartitionLog:
             self._set_view(segments)
             delete_snapshots(self.directory, above=end)
             self.producers = rebuild_producers(list(segments), current_ms())
+            self.epochs.truncate_from(end)
             self.flusher.truncated(end, self.directory)
         log.warning("truncated %s to offset %d", self.name, end)
         return end

@@ -53,12 +53,12 @@ from typing import NamedTuple
 from crc32c import crc32c
 
 from shoal.client.records import (
+    CRC_START,
     HEADER_SIZE,
     LENGTH_END,
     MAX_HEADER_SIZE,
     STORED_MAGICS,
     FrameHeader,
-    crc_start,
     try_read_header,
 )
 
@@ -512,9 +512,8 @@ class Segment:
         return self.next_offset
 
     def _crc_ok(self, pos: int, h: FrameHeader) -> bool:
-        start = crc_start(h.magic)
-        body = self.read(pos + start, h.size - start)
-        return len(body) == h.size - start and crc32c(body) == h.crc
+        body = self.read(pos + CRC_START, h.size - CRC_START)
+        return len(body) == h.size - CRC_START and crc32c(body) == h.crc
 
     def resume(self, *, size: int, next_offset: int, max_timestamp: int, max_ts_offset: int) -> bool:
         """Open the active segment after a clean shutdown, trusting its indexes.

@@ -2,9 +2,14 @@
 
 ``append()`` queues the (already validated) body and waits. The writer task takes the
 first pending append, lingers up to ``linger_ms`` / ``linger_bytes`` for more, checks
-producer sequences, assigns offsets by patching each frame's base offset, writes the
-whole group with one ``pwritev``, applies the flush policy, and only then moves the
-high watermark and resolves every waiter.
+producer sequences, assigns offsets by patching each frame's base offset and leader
+epoch, writes the whole group with one ``pwritev``, applies the flush policy, and only
+then moves the log end (and, unless the log is replicated, the high watermark) and
+resolves every waiter. A replicated append (a follower storing the leader's frames)
+is written verbatim: its offsets must continue the log.
+
+Before the first frame of a new leader epoch is written, the epoch is recorded in the
+log's leader-epoch cache (``leader_epochs``).
 
 A write that fails (a full disk, no file descriptor left for a new segment) fails the
 appends of its group with STORAGE_FULL (or INTERNAL for other errors), leaves nothing
@@ -22,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 from shoal.client.errors import InternalError, ShoalApiError, StorageFull, Throttled
-from shoal.client.records import FrameHeader, base_offset_bytes
+from shoal.client.records import FrameHeader, patched_prefix
 from shoal.client.records import now_ms as current_ms
 
 from .durable import is_disk_full
@@ -67,6 +72,7 @@ class _Pending:
     size: int
     records: int
     future: asyncio.Future
+    replicated: bool = False
     result: AppendResult | None = None
     placed: list = field(default_factory=list)  # (base_offset, size, max_timestamp, position)
 
@@ -86,6 +92,7 @@ class GroupWriter:
         self._lock = asyncio.Lock()  # held while a group is written, or by exclusive()
         self.failure: BaseException | None = None  # the writer task died of it
         self.error: str | None = None  # the last write failed so; None once one succeeds
+        self._new_epochs: list[tuple[int, int]] = []  # leader epochs the group being written begins
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"shoal-writer-{self._log.name}")
@@ -106,8 +113,10 @@ class GroupWriter:
     def running(self) -> bool:
         return self._accepting and self.failure is None
 
-    def submit(self, body: bytes, headers: list[FrameHeader]) -> asyncio.Future:
+    def submit(self, body: bytes, headers: list[FrameHeader], *, replicated: bool = False) -> asyncio.Future:
         """Queue one append; the future resolves with its AppendResult.
+
+        ``replicated``: the frames are the leader's, stored as they are.
 
         Raises:
             Throttled: more than ``max_queue_bytes`` are waiting to be written.
@@ -119,7 +128,7 @@ class GroupWriter:
             plog.stats.throttled += 1
             raise Throttled(f"{plog.name} has {self.queued_bytes} bytes waiting to be written", retry_after=1)
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(body, headers, size, sum(h.record_count for h in headers), future))
+        self._queue.append(_Pending(body, headers, size, sum(h.record_count for h in headers), future, replicated))
         self.queued_bytes += size
         if self.queued_bytes >= cfg.linger_bytes:
             self._linger_full.set()
@@ -185,6 +194,7 @@ class GroupWriter:
         nbytes = 0
         next_offset = active.next_offset
         now = current_ms()
+        epochs: list[tuple[int, int]] = []
         while self._queue:
             p = self._queue[0]
             if group and nbytes + p.size > cfg.linger_bytes:
@@ -200,12 +210,13 @@ class GroupWriter:
                 continue
             group.append(p)
             try:
-                next_offset, written = self._place(p, layer, next_offset, active.size + nbytes, iov, now)
+                next_offset, written = self._place(p, layer, next_offset, active.size + nbytes, iov, now, epochs)
             except ShoalApiError as exc:
                 group.pop()
                 p.future.set_exception(exc)
                 continue
             nbytes += written
+        self._new_epochs = epochs
         return group, nbytes, next_offset, active
 
     async def _write_group(self) -> None:
@@ -225,6 +236,8 @@ class GroupWriter:
         if nbytes:
             position = active.size
             try:
+                for epoch, start in self._new_epochs:
+                    await asyncio.to_thread(plog.epochs.assign, epoch, start)
                 active.write(iov, nbytes)
                 if plog.config.flush == "always":
                     await plog.flusher.sync(next_offset)
@@ -254,25 +267,37 @@ class GroupWriter:
         if nbytes and plog.config.flush != "always":
             plog.flusher.written()
 
-    def _place(self, p: _Pending, layer, next_offset: int, position: int, iov: list, now: int) -> tuple[int, int]:
+    def _place(
+        self, p: _Pending, layer, next_offset: int, position: int, iov: list, now: int, epochs: list
+    ) -> tuple[int, int]:
         """Check sequences and assign offsets for one append (all or nothing).
 
-        Adds the frames to ``iov`` (the 8 patched base-offset bytes, then a view of the
-        rest of the frame: no copy of the body) and returns the next offset and the
-        bytes added.
+        Adds the frames to ``iov`` (the 16 patched bytes of base offset, length and
+        leader epoch, then a view of the rest of the frame: no copy of the body; a
+        replicated frame whole) and returns the next offset and the bytes added. New
+        leader epochs go to ``epochs`` as ``(epoch, start offset)``.
         """
         item = layer.new_child()
         view = memoryview(p.body)
         at = 0
         added: list = []
         placed: list = []
+        new_epochs: list = []
+        latest = epochs[-1][0] if epochs else self._log.epochs.latest_epoch
         first = last = None
         duplicates = 0
         written = 0
         for h in p.headers:
             size = h.size
+            if p.replicated:
+                if h.base_offset != next_offset:
+                    raise InternalError(f"{self._log.name}: replicated batch at {h.base_offset}, the log ends at {next_offset}")
+                epoch = h.leader_epoch
+                added.append(view[at : at + size])
+            else:
+                epoch = self._log.leader_epoch
             if is_idempotent(h):
-                original = check_sequence(item.get(h.producer_id), h.producer_id, h)
+                original = None if p.replicated else check_sequence(item.get(h.producer_id), h.producer_id, h)
                 if original is not None:
                     duplicates += 1
                     first = original.base_offset if first is None else first
@@ -280,8 +305,12 @@ class GroupWriter:
                     at += size
                     continue
                 remember(item, h, next_offset, now)
-            added.append(base_offset_bytes(next_offset))
-            added.append(view[at + 8 : at + size])
+            if epoch > latest:
+                new_epochs.append((epoch, next_offset))
+                latest = epoch
+            if not p.replicated:
+                added.append(patched_prefix(next_offset, h.length, epoch))
+                added.append(view[at + 16 : at + size])
             placed.append((next_offset, size, h.max_timestamp, position + written))
             first = next_offset if first is None else first
             last = next_offset + h.record_count - 1
@@ -290,6 +319,7 @@ class GroupWriter:
             at += size
         layer.maps[0].update(item.maps[0])
         iov.extend(added)
+        epochs.extend(new_epochs)
         p.placed = placed
         p.result = AppendResult(first, last, duplicates == len(p.headers))
         return next_offset, written

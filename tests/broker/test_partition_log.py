@@ -65,15 +65,17 @@ async def test_more_frames_than_iov_max_in_one_group(open_log):
 
 
 async def test_read_returns_stored_frames_byte_for_byte(open_log):
-    """A fetch returns the producer's frames, only the base offset patched."""
+    """A fetch returns the producer's frames, only the base offset and leader epoch patched."""
     plog = await open_log()
     bodies = [batch(2), batch(1), batch(4)]
     for body in bodies:
         await plog.append(body)
     data = plog.read(0, 1 << 20)
     got = [bytes(frame) for _, frame in iter_frames(data)]
-    assert [g[8:] for g in got] == [b[8:] for b in bodies]
+    assert [g[8:12] + g[16:] for g in got] == [b[8:12] + b[16:] for b in bodies]
     assert [read_header(g).base_offset for g in got] == [0, 2, 3]
+    assert {read_header(b).leader_epoch for b in bodies} == {-1}  # the producer leaves it to the leader
+    assert [read_header(g).leader_epoch for g in got] == [0, 0, 0]
 
 
 async def test_read_starts_with_the_batch_holding_the_offset(open_log):
@@ -153,7 +155,7 @@ async def test_a_body_larger_than_a_segment_gets_its_own(open_log):
     big = batch(10, value=b"z" * 100)
     result = await plog.append(big)
     assert plog.segment_count == 2
-    assert bytes(plog.read(result.base_offset, 10))[8:] == big[8:]
+    assert bytes(plog.read(result.base_offset, 10))[16:] == big[16:]
 
 
 async def test_reopen_serves_the_same_records(open_log, tmp_path):

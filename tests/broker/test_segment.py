@@ -7,7 +7,7 @@ import os
 import pytest
 
 from shoal.broker.storage.segment import INDEX_ENTRY, TIME_ENTRY, OpenSegments, Segment, segment_name
-from shoal.client.records import base_offset_bytes, encode_batch, iter_frames, read_header
+from shoal.client.records import HEADER_SIZE, base_offset_bytes, encode_batch, iter_frames, read_header
 
 
 def frames(count: int, *, records: int = 2, value_size: int = 40, ts0: int = 1_000) -> list[bytes]:
@@ -95,7 +95,7 @@ def test_locate_finds_the_batch_holding_any_offset(seg):
     for offset in range(100, 250):
         found = seg.locate(offset, seg.size)
         assert found is not None
-        h = read_header(seg.read(found.position, 50))
+        h = read_header(seg.read(found.position, HEADER_SIZE))
         assert h == found.header
         assert h.base_offset <= offset < h.next_offset
 

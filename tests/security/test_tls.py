@@ -56,7 +56,7 @@ async def test_records_round_trip_over_https(tls_cluster):
             assert resp.status == 200, await resp.text()
         async with http.get(url + "/v1/topics/t/partitions/0/records?offset=0", headers={"Accept": BATCH}) as resp:
             fetched = await resp.read()
-    assert fetched[8:] == body[8:]
+    assert fetched[16:] == body[16:]
     assert [r.value for r in decode_fetch("t", 0, fetched)] == [b"secret value"]
 
 
