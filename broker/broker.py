@@ -30,6 +30,7 @@ from typing import Any
 import aiohttp
 
 from shoal.broker.coordinator import GroupCoordinator
+from shoal.broker.replication.leadership import Leadership
 from shoal.broker.replication.membership import Membership
 from shoal.client.membership import partition_map
 from shoal.broker.storage import LogConfig, LogManager, PartitionLog
@@ -97,6 +98,7 @@ class Broker:
         )
         self._peers: aiohttp.ClientSession | None = None
         self.membership = Membership(topology, broker_id) if topology.replicated else None
+        self.leadership = Leadership(self.membership) if self.membership is not None else None
         self._installing: Topology | None = None  # the epoch being installed, while its moves are frozen
         self._install_lock = asyncio.Lock()
         self._writes: Counter[TopicPartition] = Counter()  # admitted appends and commits not yet answered
@@ -132,6 +134,7 @@ class Broker:
         )
         if self.membership is not None:
             await self.membership.start()
+            self.leadership.start()
         if self.ahead is not None:
             await self._adopt_ahead()
             if self.ahead is not None:
@@ -142,27 +145,39 @@ class Broker:
             self._ahead_task.cancel()
             await asyncio.gather(self._ahead_task, return_exceptions=True)
         if self.membership is not None:
+            await self.leadership.stop()
             await self.membership.stop()
         await self.coordinator.stop()
         if self._peers is not None:
             await self._peers.close()
         await self.logs.stop()
 
-    def check_owner(self, topic: str, partition: int) -> None:
+    def check_owner(self, topic: str, partition: int, leader_epoch: int | None = None) -> None:
         """Raise unless this broker owns ``topic/partition`` in the installed topology,
         in the one being installed, and in a stored one held back (UNKNOWN_TOPIC,
-        UNKNOWN_PARTITION or NOT_OWNER naming the owner under the first that refuses)."""
+        UNKNOWN_PARTITION or NOT_OWNER naming the owner under the first that refuses).
+
+        In a replicated cluster the owner is the partition's leader in etcd
+        (``Leadership.check``: NOT_OWNER naming it, LEADER_NOT_AVAILABLE, or
+        FENCED_LEADER_EPOCH when ``leader_epoch`` is given and is not the current one)."""
         check_name(topic, "topic")
         for topology in (self.topology, self._installing, self.ahead):
             if topology is None:
                 continue
             owner = topology.owner(topic, partition)
+            if self.leadership is not None:
+                continue  # the topic and partition exist; who leads is etcd's
             if owner.id != self.broker_id:
                 raise NotOwner(
                     f"broker {self.broker_id} does not own {topic}/{partition} at epoch {topology.epoch}; "
                     f"broker {owner.id} does",
                     owner_id=owner.id, owner_url=owner.url, epoch=topology.epoch,
                 )
+        if self.leadership is not None:
+            state = self.leadership.check(TopicPartition(topic, partition), leader_epoch)
+            plog = self.logs.get(topic, partition)
+            if plog is not None and plog.leader_epoch < state.leader_epoch:
+                plog.leader_epoch = state.leader_epoch
 
     @asynccontextmanager
     async def writing(self, topic: str, partition: int) -> AsyncIterator[PartitionLog]:

@@ -83,7 +83,8 @@ def _check_produce(headers: list[FrameHeader], max_future_ms: int) -> None:
 async def produce(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
     topic, partition = path_partition(request)
-    broker.check_owner(topic, partition)  # before reading a body we would refuse
+    leader_epoch = query_int(request, "leader_epoch", None) if "leader_epoch" in request.query else None
+    broker.check_owner(topic, partition, leader_epoch)  # before reading a body we would refuse
     ctype = request.content_type
     if ctype == BATCH:
         body = await request.read()
@@ -102,6 +103,10 @@ async def produce(request: web.Request) -> web.Response:
         except StorageFull as exc:
             exc.broker_id = broker.broker_id
             raise
+    if broker.leadership is not None:
+        # A leader that lost its lease (or its leadership) meanwhile acknowledges nothing:
+        # the client retries at the leader, whose idempotent producer state has the batch.
+        broker.leadership.check(TopicPartition(topic, partition), leader_epoch)
     count = result.last_offset - result.base_offset + 1
     request.app[METRICS].appended(topic, count, len(body))
     return web.json_response(

@@ -50,6 +50,8 @@ __all__ = [
     "RequestTimeout",
     "StorageFull",
     "BrokerUnavailable",
+    "LeaderNotAvailable",
+    "FencedLeaderEpoch",
     "InternalError",
     "ShoalTimeoutError",
     "BrokerUnreachable",
@@ -391,6 +393,32 @@ class BrokerUnavailable(ShoalApiError):
     retriable = True
     refresh_topology = True
     fields = ("broker_id",)
+
+
+class LeaderNotAvailable(ShoalApiError):
+    """The partition has no leader that may answer right now (an election is under way,
+    or the broker asked lost its lease): retry after ``retry_after`` seconds."""
+
+    code = "LEADER_NOT_AVAILABLE"
+    title = "Leader not available"
+    http_status = 503
+    retriable = True
+    refresh_topology = True
+    fields = ("topic", "partition", "retry_after")
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, round(self.retry_after or 1)))}
+
+
+class FencedLeaderEpoch(ShoalApiError):
+    """The request carried a leader epoch other than the partition's current one."""
+
+    code = "FENCED_LEADER_EPOCH"
+    title = "Fenced leader epoch"
+    http_status = 409
+    retriable = True
+    refresh_topology = True
+    fields = ("topic", "partition", "leader_epoch")
 
 
 class InternalError(ShoalApiError):

@@ -53,7 +53,7 @@ class Membership:
         )
         self.states: dict[TopicPartition, PartitionState] = {}
         self.registered = asyncio.Event()
-        self._applied = asyncio.Event()  # set once etcd holds the current topology's partitions
+        self.applied = asyncio.Event()  # set once etcd holds the current topology's partitions
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -112,7 +112,7 @@ class Membership:
                 log.info("created the state of %d partitions in etcd", len(created))
 
         await self._retry("store the topology", apply)
-        self._applied.set()
+        self.applied.set()
 
     async def _register(self) -> None:
         while True:
@@ -123,7 +123,7 @@ class Membership:
             log.error("broker %d lost its etcd registration (%s); registering again", self.broker_id, self.lease.lost_reason)
 
     async def _mirror(self) -> None:
-        await self._applied.wait()
+        await self.applied.wait()
         while True:
             states, revision = await self._retry("read the partition states", self.store.partitions)
             self.states = states

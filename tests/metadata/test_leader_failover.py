@@ -1,0 +1,144 @@
+"""Leader failover on real brokers and a real etcd: only the leader in etcd answers for a
+partition, a killed leader is replaced by an election (leader epoch + 1), a stale epoch
+is fenced, and a leader frozen past its lease acknowledges nothing when it wakes."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import signal
+import time
+import urllib.request
+
+import pytest
+
+from shoal.client.records import iter_frames
+from tests.harness import http_json
+from tests.metadata.helpers import poll
+
+TOPIC = "orders"
+
+
+@pytest.fixture
+def replicated(cluster_factory, etcd_server, cluster_name):
+    """Three brokers, factor 3, on the session's etcd (2 s leases)."""
+    return cluster_factory(
+        3, {TOPIC: 2}, name=cluster_name, metadata={"etcd": [etcd_server.url], "lease_ttl_ms": 2000},
+        replication_factor=3, min_insync_replicas=1,
+    )  # fmt: skip
+
+
+def state_of(url: str, partition: int = 0):
+    """The partition's state in a broker's GET /v1/cluster, or None (unknown, or unreachable)."""
+    try:
+        status, body = http_json("GET", url + "/v1/cluster", timeout=2)
+    except OSError:
+        return None
+    states = body.get("partitions", {}).get(TOPIC) if status == 200 else None
+    return states[partition] if states else None
+
+
+def produce(url: str, value: str, partition: int = 0, **params):
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    target = f"{url}/v1/topics/{TOPIC}/partitions/{partition}/records" + (f"?{query}" if query else "")
+    return http_json("POST", target, {"records": [{"value": value}]})
+
+
+async def leader_answering(cluster):
+    """The leader of partition 0 once it answers produces (it has seen every broker live)."""
+    state = await poll(lambda: asyncio.to_thread(state_of, cluster.urls[0]), timeout=20)
+    status, _ = await asyncio.to_thread(produce, cluster.url(state["leader"]), "probe")
+    return state if status == 200 else None
+
+
+async def test_only_the_leader_answers_and_a_stale_epoch_is_fenced(replicated):
+    state = await poll(lambda: leader_answering(replicated), timeout=20)
+    leader = state["leader"]
+    other = next(i for i in (1, 2, 3) if i != leader)
+    status, body = produce(replicated.url(other), "x")
+    assert (status, body["code"], body["owner_id"], body["owner_url"]) == (421, "NOT_OWNER", leader, replicated.url(leader))
+    status, body = produce(replicated.url(leader), "x", leader_epoch=7)
+    assert (status, body["code"], body["leader_epoch"]) == (409, "FENCED_LEADER_EPOCH", 0)
+    status, body = produce(replicated.url(leader), "y", leader_epoch=0)
+    assert status == 200, body
+
+
+async def test_a_killed_leader_is_replaced_by_election(replicated):
+    state = await poll(lambda: leader_answering(replicated), timeout=20)
+    old = state["leader"]
+    survivor = next(i for i in (1, 2, 3) if i != old)
+    killed_at = time.monotonic()
+    replicated.kill(old)
+
+    async def new_leader():
+        s = await asyncio.to_thread(state_of, replicated.url(survivor))
+        return s if s and s["leader"] != old else None
+
+    elected = await poll(new_leader, timeout=20, interval=0.02)
+    failover_s = time.monotonic() - killed_at
+    assert elected["leader_epoch"] == 1 and elected["leader"] in elected["isr"] and old not in elected["isr"]
+    print(f"\nfailover after SIGKILL of broker {old}: new leader {elected['leader']} in etcd after {failover_s:.2f} s")
+    status, ack = await asyncio.to_thread(produce, replicated.url(elected["leader"]), "after")
+    assert status == 200, ack
+    [(h, _)] = list(iter_frames(fetch_raw(replicated.url(elected["leader"]), ack["base_offset"])))
+    assert h.leader_epoch == 1  # written in the new epoch
+    replicated.start(old)  # back as a follower: it names the new leader
+    status, body = await asyncio.to_thread(produce, replicated.url(old), "stale")
+    assert (status, body["code"]) in ((421, "NOT_OWNER"), (503, "LEADER_NOT_AVAILABLE"))
+    if status == 421:
+        assert body["owner_id"] == elected["leader"]
+
+
+def fetch_raw(url: str, offset: int) -> bytes:
+    """The stored frames of partition 0 from ``offset`` on, as the binary fetch returns them."""
+    req = urllib.request.Request(
+        f"{url}/v1/topics/{TOPIC}/partitions/0/records?offset={offset}", headers={"Accept": "application/vnd.shoal.batch"}
+    )
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return resp.read()
+
+
+async def test_a_leader_frozen_past_its_lease_acknowledges_nothing(replicated):
+    state = await poll(lambda: leader_answering(replicated), timeout=20)
+    zombie = state["leader"]
+    proc = replicated.procs[zombie]
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        survivor = next(i for i in (1, 2, 3) if i != zombie)
+
+        async def new_leader():
+            s = await asyncio.to_thread(state_of, replicated.url(survivor))
+            return s if s and s["leader"] != zombie else None
+
+        await poll(new_leader, timeout=20, interval=0.05)
+        # A produce sent to the zombie while it sleeps: the kernel accepts the connection and
+        # buffers the request; the process reads it when it wakes.
+        conn = http.client.HTTPConnection("127.0.0.1", replicated.ports[zombie], timeout=10)
+        body = json.dumps({"records": [{"value": "zombie"}]})
+        conn.request("POST", f"/v1/topics/{TOPIC}/partitions/0/records", body, {"Content-Type": "application/json"})
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    resp = conn.getresponse()
+    answer = json.loads(resp.read())
+    conn.close()
+    assert resp.status != 200 and answer["code"] in ("LEADER_NOT_AVAILABLE", "NOT_OWNER"), answer
+
+
+async def test_a_leader_that_cannot_renew_its_lease_stops_acknowledging(replicated, etcd_server):
+    """etcd frozen: nobody can elect anyone, yet the leader refuses once its lease may lapse."""
+    state = await poll(lambda: leader_answering(replicated), timeout=20)
+    url = replicated.url(state["leader"])
+
+    async def refused():
+        status, body = await asyncio.to_thread(produce, url, "while etcd sleeps")
+        return body if status == 503 else None
+
+    etcd_server.signal(signal.SIGSTOP)
+    try:
+        body = await poll(refused, timeout=10)
+    finally:
+        etcd_server.signal(signal.SIGCONT)
+    assert body["code"] == "LEADER_NOT_AVAILABLE" and "lease" in body["detail"]
+    assert int(body["retry_after"]) >= 1
+    await poll(lambda: leader_answering(replicated), timeout=20)  # registered again: it answers again
