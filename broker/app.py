@@ -9,6 +9,7 @@ from aiohttp import web
 
 from shoal.broker.broker import Broker
 from shoal.broker.handlers import add_routes
+from shoal.broker.replication.handlers import add_replica_routes
 from shoal.broker.metrics import BrokerMetrics
 from shoal.broker.state import BROKER, JSON_THREADS, METRICS
 from shoal.router.server.auth import authenticate
@@ -58,5 +59,6 @@ def create_app(topology: Topology, broker_id: int, data_dir: Path) -> web.Applic
 
     app.cleanup_ctx.append(storage)
     add_routes(app)
+    add_replica_routes(app)
     app.router.add_get("/v1/openapi.json", serve_openapi)
     return app

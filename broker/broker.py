@@ -32,12 +32,14 @@ import aiohttp
 from shoal.broker.coordinator import GroupCoordinator
 from shoal.broker.replication.leadership import Leadership
 from shoal.broker.replication.membership import Membership
+from shoal.broker.replication.replicas import ReplicaManager
 from shoal.client.membership import partition_map
 from shoal.broker.storage import LogConfig, LogManager, PartitionLog
 from shoal.broker.storage.durable import fsync_dir
 from shoal.client.errors import (
     BrokerUnavailable,
     InvalidRequest,
+    LeaderNotAvailable,
     NotOwner,
     ShoalError,
     StaleEpoch,
@@ -99,6 +101,7 @@ class Broker:
         self._peers: aiohttp.ClientSession | None = None
         self.membership = Membership(topology, broker_id) if topology.replicated else None
         self.leadership = Leadership(self.membership) if self.membership is not None else None
+        self.replicas: ReplicaManager | None = None  # started with the broker when replicated
         self._installing: Topology | None = None  # the epoch being installed, while its moves are frozen
         self._install_lock = asyncio.Lock()
         self._writes: Counter[TopicPartition] = Counter()  # admitted appends and commits not yet answered
@@ -135,6 +138,8 @@ class Broker:
         if self.membership is not None:
             await self.membership.start()
             self.leadership.start()
+            self.replicas = ReplicaManager(self.leadership, self.logs, self._peers)
+            self.replicas.start()
         if self.ahead is not None:
             await self._adopt_ahead()
             if self.ahead is not None:
@@ -145,6 +150,8 @@ class Broker:
             self._ahead_task.cancel()
             await asyncio.gather(self._ahead_task, return_exceptions=True)
         if self.membership is not None:
+            if self.replicas is not None:
+                await self.replicas.stop()
             await self.leadership.stop()
             await self.membership.stop()
         await self.coordinator.stop()
@@ -174,10 +181,14 @@ class Broker:
                     owner_id=owner.id, owner_url=owner.url, epoch=topology.epoch,
                 )
         if self.leadership is not None:
-            state = self.leadership.check(TopicPartition(topic, partition), leader_epoch)
-            plog = self.logs.get(topic, partition)
-            if plog is not None and plog.leader_epoch < state.leader_epoch:
-                plog.leader_epoch = state.leader_epoch
+            tp = TopicPartition(topic, partition)
+            state = self.leadership.check(tp, leader_epoch)
+            lead = self.replicas.leading.get(tp) if self.replicas is not None else None
+            if lead is None or lead.leader_epoch != state.leader_epoch:
+                raise LeaderNotAvailable(
+                    f"broker {self.broker_id} is taking over {topic}/{partition} at leader epoch {state.leader_epoch}",
+                    topic=topic, partition=partition, retry_after=1,
+                )
 
     @asynccontextmanager
     async def writing(self, topic: str, partition: int) -> AsyncIterator[PartitionLog]:
@@ -245,11 +256,17 @@ class Broker:
 
     def cluster_view(self) -> dict[str, Any]:
         """The ``GET /v1/cluster`` body: the topology, and in a replicated cluster each
-        partition's leader, leader epoch, replicas and ISR as etcd holds them."""
+        partition's leader, leader epoch, replicas and ISR as etcd holds them (and the
+        leaders as ``owners``)."""
         topology = self.topology
         view = topology.to_dict()
         if self.membership is not None:
-            view["partitions"] = self.membership.view(topology)
+            view["partitions"] = parts = self.membership.view(topology)
+            # clients route by owners: in a replicated cluster the owner is the leader
+            view["owners"] = {
+                name: [s["leader"] if s is not None and s["leader"] >= 0 else o for s, o in zip(parts[name], owners)]
+                for name, owners in view["owners"].items()
+            }
         return view
 
     async def partition_log(self, topic: str, partition: int) -> PartitionLog:

@@ -44,6 +44,9 @@ MAX_JSON_FETCH_BYTES = 1 << 20
 MAX_METADATA = 4096
 
 
+ACKS = ("all", "-1", "1")  # -1 is Kafka's spelling of all
+
+
 def _wants_batch(request: web.Request) -> bool:
     accept = request.headers.get("Accept", "*/*")
     if BATCH in accept:
@@ -84,7 +87,12 @@ async def produce(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
     topic, partition = path_partition(request)
     leader_epoch = query_int(request, "leader_epoch", None) if "leader_epoch" in request.query else None
+    acks = request.query.get("acks", "all")
+    if acks not in ACKS:
+        raise InvalidRequest(f"acks must be all or 1, got {acks[:20]!r}", field="acks")
     broker.check_owner(topic, partition, leader_epoch)  # before reading a body we would refuse
+    if broker.replicas is not None and acks != "1":
+        broker.replicas.check_insync(TopicPartition(topic, partition))
     ctype = request.content_type
     if ctype == BATCH:
         body = await request.read()
@@ -103,10 +111,14 @@ async def produce(request: web.Request) -> web.Response:
         except StorageFull as exc:
             exc.broker_id = broker.broker_id
             raise
-    if broker.leadership is not None:
+    if broker.replicas is not None:
+        tp = TopicPartition(topic, partition)
+        broker.replicas.advance(tp)  # an ISR of the leader alone: the write alone moves the high watermark
+        if acks != "1":
+            await broker.replicas.wait_replicated(tp, plog, result.last_offset)
         # A leader that lost its lease (or its leadership) meanwhile acknowledges nothing:
         # the client retries at the leader, whose idempotent producer state has the batch.
-        broker.leadership.check(TopicPartition(topic, partition), leader_epoch)
+        broker.leadership.check(tp, leader_epoch)
     count = result.last_offset - result.base_offset + 1
     request.app[METRICS].appended(topic, count, len(body))
     return web.json_response(

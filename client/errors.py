@@ -52,6 +52,7 @@ __all__ = [
     "BrokerUnavailable",
     "LeaderNotAvailable",
     "FencedLeaderEpoch",
+    "NotEnoughReplicas",
     "InternalError",
     "ShoalTimeoutError",
     "BrokerUnreachable",
@@ -408,6 +409,17 @@ class LeaderNotAvailable(ShoalApiError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(max(1, round(self.retry_after or 1)))}
+
+
+class NotEnoughReplicas(ShoalApiError):
+    """``acks=all`` needs more in-sync replicas than the partition has (``isr`` of
+    ``min_insync``), or they did not all copy the batch in time; retry later."""
+
+    code = "NOT_ENOUGH_REPLICAS"
+    title = "Not enough replicas"
+    http_status = 503
+    retriable = True
+    fields = ("topic", "partition", "isr", "min_insync")
 
 
 class FencedLeaderEpoch(ShoalApiError):

@@ -148,10 +148,11 @@ class BrokerClient:
         """``GET /v1/cluster``: the topology this broker has installed."""
         return await self.request_json("GET", url, "/v1/cluster")
 
-    async def produce(self, url: str, topic: str, partition: int, frames: bytes) -> dict[str, Any]:
-        """Append ``frames``; ``{"base_offset", "count", "duplicate"}`` once written."""
+    async def produce(self, url: str, topic: str, partition: int, frames: bytes, *, acks: str = "all") -> dict[str, Any]:
+        """Append ``frames``; ``{"base_offset", "count", "duplicate"}`` once written (``acks``)."""
         return await self.request_json(
-            "POST", url, _partition_path(topic, partition) + "/records", headers=_PRODUCE_HEADERS, data=frames
+            "POST", url, _partition_path(topic, partition) + "/records", headers=_PRODUCE_HEADERS, data=frames,
+            params={"acks": acks},
         )
 
     async def fetch(

@@ -134,6 +134,9 @@ class AsyncProducer:
         retry_backoff_max_ms: the backoff's ceiling (default 1000).
         idempotent: stamp batches with a producer id and sequence so retries are never
             written twice (default True).
+        acks: ``"all"`` (default): a send completes once every in-sync replica has the
+            record (and the ISR has at least the topic's ``min_insync_replicas``); ``"1"``:
+            once the leader wrote it. The same in a cluster without replication.
         partitioner_seed: seed of the keyless (sticky) partitioner, for repeatable tests.
         token: bearer token for a cluster with ``auth:`` (sent on every request).
         ssl_context: for ``https://`` brokers, e.g. ``ssl.create_default_context(cafile=...)``.
@@ -153,10 +156,14 @@ class AsyncProducer:
         retry_backoff_ms: int = 100,
         retry_backoff_max_ms: int = 1000,
         idempotent: bool = True,
+        acks: str | int = "all",
         partitioner_seed: int | None = None,
         token: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ):
+        if str(acks) not in ("all", "1", "-1"):
+            raise ValueError(f'acks must be "all" or "1", got {acks!r}')
+        self._acks = "1" if str(acks) == "1" else "all"
         for name, value, low in (
             ("linger_ms", linger_ms, 0),
             ("max_batch_bytes", max_batch_bytes, BATCH_OVERHEAD + 64),
@@ -614,7 +621,7 @@ class AsyncProducer:
         try:
             if batch.frame is None:
                 self._stamp(batch)
-            answer = await self._http.produce(url, tp.topic, tp.partition, batch.frame)
+            answer = await self._http.produce(url, tp.topic, tp.partition, batch.frame, acks=self._acks)
         except DuplicateSequence:
             # Already written, but the broker no longer knows where (Kafka does the same).
             log.warning("batch of %d records to %s was already written; its offsets are unknown", batch.count, tp)

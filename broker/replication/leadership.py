@@ -100,6 +100,8 @@ class Leadership:
                 m.broker_id, tp.topic, tp.partition, state.leader_epoch, list(state.isr),
             )
         self.elections += len(won)
+        if won:
+            m.changed()
 
     def check(self, tp: TopicPartition, leader_epoch: int | None = None) -> PartitionState:
         """The state of ``tp`` if this broker may answer for it as its leader.

@@ -52,6 +52,7 @@ class Membership:
             self.etcd, self.store.prefix, broker_id, topology.broker(broker_id).url, metadata.lease_ttl_ms
         )
         self.states: dict[TopicPartition, PartitionState] = {}
+        self.on_change: list = []  # called (no arguments) after the mirrored states changed
         self.registered = asyncio.Event()
         self.applied = asyncio.Event()  # set once etcd holds the current topology's partitions
         self._tasks: list[asyncio.Task] = []
@@ -86,6 +87,10 @@ class Membership:
             states = (self.states.get(TopicPartition(name, p)) for p in range(topology.topics[name].partitions))
             out[name] = [s.to_dict() if s is not None else None for s in states]
         return out
+
+    def changed(self) -> None:
+        for callback in self.on_change:
+            callback()
 
     async def _retry(self, what: str, step) -> Any:
         """Run ``step()`` until it does not raise EtcdError, logging the first failure."""
@@ -127,12 +132,14 @@ class Membership:
         while True:
             states, revision = await self._retry("read the partition states", self.store.partitions)
             self.states = states
+            self.changed()
             try:
                 async for change in self.store.watch_partitions(revision + 1):
                     if change.state is None:
                         self.states.pop(change.partition, None)
                     else:
                         self.states[change.partition] = change.state
+                    self.changed()
             except EtcdError as exc:  # unavailable or compacted: read everything again
                 log.warning("broker %d: the partition watch broke (%s); reading again", self.broker_id, exc)
                 await asyncio.sleep(RETRY_S)

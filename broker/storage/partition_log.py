@@ -92,8 +92,12 @@ class PartitionLog:
         self.stats = LogStats()
         self._view = _View((), ())
         self._hw = 0
+        self._leo = 0  # log end offset: one past the last offset written
+        self._leo_bytes = 0  # the active segment's size at the log end
+        self.replicated = False  # True: the high watermark moves by advance_high_watermark(), not with each write
         self._log_start = 0
-        self._readable_end = 0  # bytes of the active segment below the high watermark
+        self._readable_base = 0  # base offset of the segment holding the high watermark ...
+        self._readable_end = 0  # ... and its bytes below it
         self._size_bytes = 0
         self.producers = ProducerTable()
         self.epochs = LeaderEpochCache(self.directory)
@@ -126,6 +130,11 @@ class PartitionLog:
     def high_watermark(self) -> int:
         """One past the last offset a reader may see."""
         return self._hw
+
+    @property
+    def log_end_offset(self) -> int:
+        """One past the last offset written (the high watermark, unless replicated)."""
+        return self._leo
 
     @property
     def log_start_offset(self) -> int:
@@ -185,7 +194,7 @@ class PartitionLog:
                 raise
         self._state = "running"
         self._writer.start()
-        if self.flusher.recovery_point < self._hw:  # recovery checked data not known to be on disk
+        if self.flusher.recovery_point < self._leo:  # recovery checked data not known to be on disk
             self.flusher.written()
 
     def load(self) -> None:
@@ -220,8 +229,9 @@ class PartitionLog:
         active = segments[-1]
         self._view = _View(tuple(s.base_offset for s in segments), tuple(segments))
         self._log_start = segments[0].base_offset
-        self._hw = active.next_offset
-        self._readable_end = active.size
+        self._hw = self._leo = active.next_offset
+        self._readable_base = active.base_offset
+        self._readable_end = self._leo_bytes = active.size
         self._size_bytes = sum(s.size for s in segments)
 
     async def stop(self) -> None:
@@ -243,8 +253,8 @@ class PartitionLog:
             await self._writer.stop()
             await self.flusher.stop()
             self.active_segment.persist_indexes(force=True)
-            if self.flusher.pending or self.flusher.recovery_point < self._hw:
-                await self.flusher.sync(self._hw)
+            if self.flusher.pending or self.flusher.recovery_point < self._leo:
+                await self.flusher.sync(self._leo)
             if self._writer.failure is None:
                 self._write_clean_shutdown()
         finally:
@@ -310,13 +320,43 @@ class PartitionLog:
             raise InternalError(f"the log of {self.name} is not open")
         return await self._writer.submit(body, validate_frames(body), replicated=True)
 
-    def publish(self, hw: int, readable_end: int, nbytes: int) -> None:
-        """Move the high watermark after a write of ``nbytes`` (the writer calls it)."""
-        self._hw = hw
-        self._readable_end = readable_end
+    def publish(self, leo: int, leo_bytes: int, nbytes: int) -> None:
+        """Move the log end (and the high watermark, unless replicated) after a write of
+        ``nbytes`` (the writer calls it)."""
+        self._leo = leo
+        self._leo_bytes = leo_bytes
         self._size_bytes += nbytes
+        if not self.replicated:
+            self._hw = leo
+            self._readable_base = self.active_segment.base_offset
+            self._readable_end = leo_bytes
+        self._wake()
+
+    def _wake(self) -> None:
         moved, self._hw_moved = self._hw_moved, asyncio.Event()
         moved.set()
+
+    def advance_high_watermark(self, hw: int) -> bool:
+        """Move the high watermark of a replicated log up to ``hw`` (at most the log end,
+        at a frame boundary: a replica's log end). Returns True if it moved."""
+        hw = min(hw, self._leo)
+        if hw <= self._hw:
+            return False
+        view = self._view
+        seg = view.segments[bisect_right(view.bases, hw) - 1]
+        if hw == self._leo and seg is view.segments[-1]:
+            pos = self._leo_bytes
+        else:
+            end = self._leo_bytes if seg is view.segments[-1] else seg.size
+            found = seg.locate(hw, end) if hw > seg.base_offset else None
+            pos = found.position if found is not None else (0 if hw == seg.base_offset else None)
+            if pos is None:
+                raise InternalError(f"high watermark {hw} of {self.name} is not at a batch boundary")
+        self._hw = hw
+        self._readable_base = seg.base_offset
+        self._readable_end = pos
+        self._wake()
+        return True
 
     def roll(self) -> Segment:
         """Seal the active segment and start a new one at the next offset (the writer calls it).
@@ -340,7 +380,10 @@ class PartitionLog:
         self._open_segments.acquire(old)  # stays open for the reads that follow it
         view = self._view
         self._view = _View((*view.bases, new.base_offset), (*view.segments, new))
-        self._readable_end = 0
+        self._leo_bytes = 0
+        if self._hw == new.base_offset:  # else it stays inside a sealed segment (replicated, behind)
+            self._readable_base = new.base_offset
+            self._readable_end = 0
         self.flusher.rolled(sealed, self.directory)
         self.stats.rolls += 1
         log.info(
@@ -372,31 +415,47 @@ class PartitionLog:
                 high_watermark=self._hw,
             )
 
-    def read(self, offset: int, max_bytes: int) -> bytes:
+    def read(self, offset: int, max_bytes: int, *, to_log_end: bool = False) -> bytes:
         """Whole stored frames, starting with the batch that holds ``offset``.
 
         Up to ``max_bytes``, but always at least that one batch; never anything at or
-        past the high watermark, and never more than one segment. Returns b"" when
-        ``offset`` is the high watermark. Blocks on ``os.pread`` on purpose (page cache).
+        past the high watermark (``to_log_end``: the log end, for a follower's fetch),
+        and never more than one segment. Returns b"" when ``offset`` is that end.
+        Blocks on ``os.pread`` on purpose (page cache).
 
         Raises:
-            OffsetOutOfRange: ``offset`` is below the log start or past the high watermark.
+            OffsetOutOfRange: ``offset`` is below the log start or past that end.
         """
-        self._check_offset(offset)
-        if offset == self._hw:
+        limit = self._leo if to_log_end else self._hw
+        if offset < self._log_start or offset > limit:
+            self._check_offset(offset)
+        if offset == limit:
             return b""
         view = self._view
         i = bisect_right(view.bases, offset) - 1
         seg = view.segments[i]
-        if i == len(view.segments) - 1:
-            end = self._readable_end
+        last = i == len(view.segments) - 1
+        if not to_log_end and self._readable_base == seg.base_offset:
+            end = self._readable_end  # the segment holding the high watermark
         else:
-            end = seg.size
+            end = self._leo_bytes if last else seg.size
+        if not last:
             self._open_segments.acquire(seg)
         found = seg.locate(offset, end)
         if found is None:
             raise InternalError(f"offset {offset} of {self.name} not found in {seg.log_path}")
         return seg.read_from(found, max_bytes, end)
+
+    async def wait_for_end(self, offset: int, timeout_s: float) -> bool:
+        """Wait until the log end passes ``offset`` (a follower's long-poll), or the time-out."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self._leo <= offset and self._state == "running":
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._hw_moved.wait()
+            except TimeoutError:
+                break
+        return self._leo > offset
 
     async def wait_for(self, offset: int, timeout_s: float) -> bool:
         """Wait until the high watermark passes ``offset`` (a long-poll), or the time-out.
@@ -472,8 +531,8 @@ class PartitionLog:
         Raises:
             OffsetOutOfRange: ``offset`` is below the log start offset.
         """
-        if offset >= self._hw:
-            return self._hw
+        if offset >= self._leo:
+            return self._leo
         if offset < self._log_start:
             self._check_offset(offset)
         async with self._writer.exclusive(), self.flusher.exclusive():  # no write, no sync under way

@@ -30,7 +30,7 @@ __all__ = ["EtcdTls", "MetadataConfig", "parse_metadata", "MIN_LEASE_TTL_MS"]
 # etcd raises shorter leases to its minimum TTL (1.5 x its election timeout, 1 s by
 # default, rounded up to whole seconds): asking for less would be silently ignored.
 MIN_LEASE_TTL_MS = 2000
-_KEYS = ("etcd", "start_local", "lease_ttl_ms", "tls")
+_KEYS = ("etcd", "start_local", "lease_ttl_ms", "replica_lag_time_max_ms", "tls")
 _TLS_KEYS = ("ca_file", "cert_file", "key_file")
 
 
@@ -63,15 +63,20 @@ class MetadataConfig:
         lease_ttl_ms: a broker's lease TTL; a broker that cannot renew for this long
             is taken for dead and loses its leaderships (see docs/replication.md).
         tls: TLS options towards ``https://`` endpoints; None: plain or system trust.
+        replica_lag_time_max_ms: a follower that has not caught up with the leader's log
+            end for this long leaves the ISR.
     """
 
     etcd: tuple[str, ...]
     start_local: bool = False
     lease_ttl_ms: int = 3000
     tls: EtcdTls | None = None
+    replica_lag_time_max_ms: int = 10000
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"etcd": list(self.etcd), "start_local": self.start_local, "lease_ttl_ms": self.lease_ttl_ms}
+        if self.replica_lag_time_max_ms != 10000:
+            out["replica_lag_time_max_ms"] = self.replica_lag_time_max_ms
         if self.tls is not None:
             out["tls"] = self.tls.to_dict()
         return out
@@ -138,11 +143,14 @@ def parse_metadata(value: Any, check: _Problems) -> MetadataConfig | None:
             path + ("lease_ttl_ms",),
             f"must be a whole number of seconds in ms, >= {MIN_LEASE_TTL_MS} (etcd leases count seconds), got {ttl!r}",
         )
+    lag = fields.get("replica_lag_time_max_ms", 10000)
+    if not (isinstance(lag, int) and not isinstance(lag, bool) and lag >= 100):
+        check.problem(path + ("replica_lag_time_max_ms",), f"must be a whole number of ms >= 100, got {lag!r}")
     tls = _parse_tls(fields["tls"], check) if "tls" in fields else None
     if tls is not None and urls and not all(u.startswith("https://") for u in urls):
         check.problem(path + ("tls",), "is set, so every etcd endpoint must be https://")
     # Returned even when a field was wrong: the caller builds nothing once any problem was reported.
-    return MetadataConfig(tuple(urls), start_local, ttl, tls)
+    return MetadataConfig(tuple(urls), start_local, ttl, tls, lag)
 
 
 def _parse_tls(value: Any, check: _Problems) -> EtcdTls | None:
