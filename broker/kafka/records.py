@@ -205,7 +205,7 @@ def as_kafka_batches(stored: bytes | memoryview, *, leader_epoch: int = 0) -> by
             out.append(frame)
         else:
             entries = msgpack.unpackb(frame[SHOAL_HEADER_SIZE:], raw=False, use_list=False)
-            out.append(_encode_v2(h, entries, leader_epoch))
+            out.append(_encode_v2(h, entries, h.leader_epoch if h.leader_epoch >= 0 else leader_epoch))
     return b"".join(out)
 
 

@@ -264,7 +264,9 @@ def _document(title: str) -> dict[str, Any]:
                         "properties": {"base_offset": INT, "count": INT, "duplicate": {"type": "boolean"}}})},
                     *_PART_ERRORS, "CORRUPT_BATCH", "BATCH_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE", "THROTTLED",
                     "DUPLICATE_SEQUENCE", "STORAGE_FULL", "INVALID_TIMESTAMP", "REQUEST_TIMEOUT",
-                    params=_PART,
+                    "LEADER_NOT_AVAILABLE", "NOT_ENOUGH_REPLICAS", "FENCED_LEADER_EPOCH",
+                    params=[*_PART, _param("acks", "query", {"type": "string", "enum": ["all", "-1", "1"]}, False),
+                            _param("leader_epoch", "query", INT, False)],
                     body={
                         "application/json": {"schema": {"type": "object", "required": ["records"], "properties": {
                             "records": {"type": "array", "minItems": 1, "maxItems": 10_000, "items": _RECORD_IN}}}},
