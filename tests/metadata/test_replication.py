@@ -5,13 +5,14 @@ replica is byte-identical below the high watermark. Short by default; loops unde
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 
 import pytest
 
 from shoal.client import AsyncProducer
-from shoal.client.records import iter_frames
+from shoal.client.records import decode_fetch, iter_frames, read_header
 from shoal.client.structs import TopicPartition
 from tests.client.helpers import read_exactly
 from tests.harness import http_json
@@ -127,3 +128,62 @@ async def test_leader_kill_loop(replicated, capsys):
     with capsys.disabled():
         print(f"\nreplication soak: {len(acked)} acknowledged over 8 leader kills, 0 lost, 0 duplicated; "
               f"failover s: {', '.join(f'{f:.2f}' for f in failovers)}")
+
+
+@pytest.fixture
+def unclean(cluster_factory, etcd_server, cluster_name):
+    """Three brokers, one partition at factor 3 that may elect an out-of-sync replica."""
+    return cluster_factory(
+        3, {TOPIC: {"partitions": 1, "unclean_leader_election": True}}, name=cluster_name,
+        metadata={"etcd": [etcd_server.url], "lease_ttl_ms": 2000, "replica_lag_time_max_ms": 1000},
+        replication_factor=3, min_insync_replicas=1,
+    )  # fmt: skip
+
+
+def produce(cluster, broker: int, value: str, acks: str = "all"):
+    return http_json(
+        "POST", f"{cluster.url(broker)}/v1/topics/{TOPIC}/partitions/0/records?acks={acks}", {"records": [{"value": value}]}
+    )
+
+
+async def test_what_a_zombie_leader_wrote_alone_is_truncated(unclean):
+    """The leader's followers die, it shrinks the ISR to itself and writes X alone; frozen
+    (SIGSTOP) past its lease, the restarted followers elect one of them (unclean) which
+    writes Y; woken (SIGCONT), the zombie truncates X by the epoch-end protocol and
+    copies Y: all three logs are the same frames, without X."""
+    c = unclean
+    await poll(lambda: asyncio.to_thread(lambda: (s := state(c, 1)) and s["isr"] == list(s["replicas"])), 20)
+    zombie = (await asyncio.to_thread(state, c, 1))["leader"]
+    status, _ = await asyncio.to_thread(produce, c, zombie, "A")
+    assert status == 200
+    others = [b for b in BROKERS if b != zombie]
+    for b in others:
+        c.kill(b)
+    await poll(lambda: asyncio.to_thread(lambda: (s := state(c, zombie)) and s["isr"] == [zombie]), 20)
+    status, ack = await asyncio.to_thread(produce, c, zombie, "X", "1")
+    assert status == 200 and ack["base_offset"] == 1
+    proc = c.procs[zombie]
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        for b in others:
+            await asyncio.to_thread(c.start, b)
+
+        async def elected():
+            s = await asyncio.to_thread(state, c, others[0])
+            return s if s and s["leader"] in others else None
+
+        new = await poll(elected, timeout=30)
+        status, ack = await asyncio.to_thread(produce, c, new["leader"], "Y", "1")
+        assert status == 200 and ack["base_offset"] == 1, ack  # X's offset, in the new epoch
+    finally:
+        proc.send_signal(signal.SIGCONT)
+
+    def same_logs():
+        logs = [stored_frames(c, b) for b in BROKERS]
+        return logs if all(log == logs[0] for log in logs) and len(logs[0]) == 2 else None
+
+    logs = await poll(lambda: asyncio.to_thread(same_logs), timeout=30)
+    values = [r.value for r in decode_fetch(TOPIC, 0, b"".join(logs[0]))]
+    assert values == [b"A", b"Y"]
+    assert [read_header(f).leader_epoch for f in logs[0]] == [0, new["leader_epoch"]]
+    assert "truncating from 2 to 1" in c.tail(zombie, 200)
