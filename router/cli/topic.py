@@ -274,7 +274,9 @@ def describe(opts: Options, names: tuple[str, ...]) -> None:
     """Show a topic's config and, per partition, its owner and offsets
 
     LOG-START-OFFSET is the first offset still stored (retention moves it up);
-    HIGH-WATERMARK is the offset the next record will get.
+    HIGH-WATERMARK is the offset the next record will get. In a replicated cluster
+    the owner is the LEADER, with its LEADER-EPOCH, the REPLICAS and the in-sync
+    replicas (ISR); HIGH-WATERMARK is then the end of what every in-sync replica has.
 
     EXAMPLES
 
@@ -293,9 +295,14 @@ def describe(opts: Options, names: tuple[str, ...]) -> None:
 async def describe_view(session: ClusterSession, running: Topology, name: str) -> dict[str, Any]:
     config = running.topic(name)
     owners = running.owners(name)
+    replication = await _partition_states(session, name)
 
     async def one(p: int) -> dict[str, Any]:
         row = {"partition": p, "owner": owners[p], "log_start_offset": None, "high_watermark": None, "error": None}
+        if replication is not None:
+            state = replication[p] or {"leader": None, "leader_epoch": None, "replicas": [], "isr": []}
+            row.update(owner=state["leader"], leader_epoch=state["leader_epoch"],
+                       replicas=state["replicas"], isr=state["isr"])  # fmt: skip
         try:
             offsets = await session.on_owner(name, p, lambda url: session.api.offsets(url, name, p))
             row.update(log_start_offset=offsets["log_start_offset"], high_watermark=offsets["high_watermark"])
@@ -307,18 +314,39 @@ async def describe_view(session: ClusterSession, running: Topology, name: str) -
     return {"name": name, "config": config.to_dict(), "partitions": list(partitions)}
 
 
+async def _partition_states(session: ClusterSession, name: str) -> list[dict[str, Any] | None] | None:
+    """Leader, leader epoch, replicas and ISR per partition from the first broker that
+    answers GET /v1/cluster; None for a static cluster."""
+    for url in session.urls:
+        try:
+            body = await session.api.cluster(url)
+        except ShoalError:
+            continue
+        return body.get("partitions", {}).get(name) if "partitions" in body else None
+    return None
+
+
 def render_describe(view: list[dict[str, Any]]) -> str:
     out = []
     for t in view:
-        columns = ["partition", "owner", "log_start_offset", "high_watermark"]
+        replicated = any("isr" in p for p in t["partitions"])
+        columns = ["partition", "leader" if replicated else "owner"]
+        if replicated:
+            columns += ["leader_epoch", "replicas", "isr"]
+        columns += ["log_start_offset", "high_watermark"]
         if any(p["error"] for p in t["partitions"]):
             columns.append("error")
+        rows = ([_cell(p["owner" if c == "leader" else c]) for c in columns] for p in t["partitions"])
         out.append(
             key_values([("name", t["name"])] + [(k.replace("_", "-"), v) for k, v in t["config"].items()])
             + "\n"
-            + table([c.replace("_", "-") for c in columns], ([p[c] for c in columns] for p in t["partitions"]))
+            + table([c.replace("_", "-") for c in columns], rows)
         )
     return "\n".join(out)
+
+
+def _cell(value: Any) -> Any:
+    return ",".join(map(str, value)) if isinstance(value, list) else value
 
 
 # --- produce and consume: through the client library ---------------------------------

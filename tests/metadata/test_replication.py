@@ -5,6 +5,7 @@ replica is byte-identical below the high watermark. Short by default; loops unde
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from shoal.client.structs import TopicPartition
 from tests.client.helpers import read_exactly
 from tests.harness import http_json
 from tests.metadata.helpers import poll
+from tests.router.test_cli_topic_group import ok, shoal
 
 TOPIC = "orders"
 BROKERS = (1, 2, 3)
@@ -187,3 +189,16 @@ async def test_what_a_zombie_leader_wrote_alone_is_truncated(unclean):
     assert values == [b"A", b"Y"]
     assert [read_header(f).leader_epoch for f in logs[0]] == [0, new["leader_epoch"]]
     assert "truncating from 2 to 1" in c.tail(zombie, 200)
+
+
+async def test_topic_describe_shows_leader_epoch_replicas_isr(replicated):
+    await poll(lambda: asyncio.to_thread(lambda: (s := state(replicated, 1)) and s["isr"] == list(s["replicas"])), 20)
+    s = await asyncio.to_thread(state, replicated, 1)
+    await poll(lambda: asyncio.to_thread(lambda: produce(replicated, s["leader"], "a")[0] == 200), 20)
+    done = await asyncio.to_thread(shoal, replicated, "topic", "describe", TOPIC, "-o", "json")
+    [row] = json.loads(ok(done).stdout)[0]["partitions"]
+    assert row == {"partition": 0, "owner": s["leader"], "leader_epoch": 0, "replicas": s["replicas"], "isr": s["isr"],
+                   "log_start_offset": 0, "high_watermark": 1, "error": None}  # fmt: skip
+    table = ok(await asyncio.to_thread(shoal, replicated, "topic", "describe", TOPIC)).stdout
+    assert "LEADER  LEADER-EPOCH  REPLICAS  ISR" in table
+    assert f"{s['leader']}       0             {','.join(map(str, s['replicas']))}" in table
