@@ -65,6 +65,10 @@ class Fetcher:
         self.truncated = {tp: e for tp, e in self.truncated.items() if self.epochs.get(tp) == e}
         self._assigned.set()
 
+    def following(self, tp: TopicPartition, epoch: int) -> bool:
+        """Does this broker still follow ``tp`` here at ``epoch`` (an answer may outlive that)?"""
+        return self.epochs.get(tp) == epoch and tp not in self.manager.leading
+
     @property
     def url(self) -> str:
         return self.manager.membership.topology.broker(self.source).url
@@ -97,7 +101,7 @@ class Fetcher:
             asks.append([tp.topic, tp.partition, plog.epochs.latest_epoch, epoch])
         answer = await call(self.manager.session, self.url + "/v1/replica/epoch-end", {"partitions": asks})
         for (tp, epoch), (error, leader_epoch, end_offset) in zip(todo, answer["partitions"]):
-            if error is not None:
+            if error is not None or not self.following(tp, epoch):
                 continue  # not the leader at this epoch (yet): asked again with the next round
             plog = await logs.get_or_create(tp.topic, tp.partition)
             if leader_epoch >= 0 and leader_epoch != plog.epochs.latest_epoch:
@@ -120,12 +124,15 @@ class Fetcher:
             await asyncio.sleep(RETRY_S)
             return
         asks = []
-        for tp in parts:
+        asked = [(tp, self.epochs[tp]) for tp in parts]
+        for tp, epoch in asked:
             plog = await logs.get_or_create(tp.topic, tp.partition)
-            asks.append([tp.topic, tp.partition, plog.log_end_offset, self.epochs[tp]])
+            asks.append([tp.topic, tp.partition, plog.log_end_offset, epoch])
         body = {"replica_id": self.manager.me, "max_wait_ms": FETCH_WAIT_MS, "max_bytes": FETCH_BYTES, "partitions": asks}
         answer = await call(self.manager.session, self.url + "/v1/replica/fetch", body)
-        for tp, (error, high_watermark, frames) in zip(parts, answer["partitions"]):
+        for (tp, epoch), (error, high_watermark, frames) in zip(asked, answer["partitions"]):
+            if not self.following(tp, epoch):
+                continue  # the leader changed while the request was out: its answer is stale
             if error is not None:
                 if error == "OFFSET_OUT_OF_RANGE":
                     self.truncated.pop(tp, None)  # ahead of the leader: truncate again
