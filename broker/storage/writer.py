@@ -236,8 +236,8 @@ class GroupWriter:
         if nbytes:
             position = active.size
             try:
-                for epoch, start in self._new_epochs:
-                    await asyncio.to_thread(plog.epochs.assign, epoch, start)
+                for epoch, start in self._new_epochs:  # once per epoch: a small file, fsynced in place
+                    plog.epochs.assign(epoch, start)
                 active.write(iov, nbytes)
                 if plog.config.flush == "always":
                     await plog.flusher.sync(next_offset)

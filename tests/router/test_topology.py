@@ -414,7 +414,8 @@ def test_metadata_section_problems():
         "cluster.yaml:6: metadata.tls.ca_file: must be a file path, got ''",
         "cluster.yaml:6: metadata.tls: cert_file and key_file go together: set both or neither",
         "cluster.yaml:6: metadata.tls: is set, so every etcd endpoint must be https://",
-        "cluster.yaml:7: metadata.peers: unknown key (expected one of: etcd, start_local, lease_ttl_ms, tls)",
+        "cluster.yaml:7: metadata.peers: unknown key (expected one of: etcd, start_local, lease_ttl_ms, "
+            "replica_lag_time_max_ms, tls)",
     ]
 
 
