@@ -6,6 +6,7 @@
       etcd: [http://127.0.0.1:2379]   # client endpoints, tried in order
       start_local: true               # `shoal cluster up` runs one etcd (data/etcd)
       lease_ttl_ms: 3000              # a broker's liveness lease; whole seconds
+      replica_lag_time_max_ms: 10000  # a follower this far behind leaves the ISR
       tls:                            # optional, for https:// endpoints
         ca_file: etcd-ca.pem          # CA that signed etcd's certificate (else the system's)
         cert_file: client.pem         # client certificate, if etcd asks for one

@@ -455,3 +455,13 @@ def test_metadata_stays_local_and_api_documents_keep_their_factors():
     assert info.value.problems == [
         "<request>: metadata: is read from each process's cluster.yaml at start-up, never installed over the API"
     ]
+
+
+def test_replica_lag_time_must_be_a_whole_number_of_ms():
+    text = """\
+        brokers: [{id: 1, url: "http://h:1"}]
+        metadata: {etcd: [http://h:2379], replica_lag_time_max_ms: 50}
+        """
+    assert problems(text) == [
+        "cluster.yaml:2: metadata.replica_lag_time_max_ms: must be a whole number of ms >= 100, got 50",
+    ]
