@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import ssl
@@ -17,19 +18,41 @@ from pathlib import Path
 import yaml
 
 
+def _port_range() -> range:
+    """The ports this test process hands out: below Linux's ephemeral range (32768-60999),
+    so no kernel-chosen client port lands on one, and split between pytest-xdist workers
+    (gw0, gw1, ...), so two workers never pick the same port."""
+    low, high = 10_000, 32_000
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker[2:].isdigit() or count < 2:
+        return range(low, high)
+    size = (high - low) // count
+    start = low + int(worker[2:]) * size
+    return range(start, start + size)
+
+
 _HANDED_OUT: set[int] = set()
+_RANDOM = random.Random()  # its own: tests that seed the global generator do not make it repeat
 
 
 def free_port() -> int:
     """A loopback port nothing listens on, never the same one twice in this test run
-    (the kernel may hand a just-closed port out again before its first user binds it)."""
-    while True:
+    (chosen at random in this process's range, so that test runs in other checkouts
+    rarely try the same one)."""
+    ports = _port_range()
+    while len(_HANDED_OUT) < len(ports):
+        port = _RANDOM.choice(ports)
+        if port in _HANDED_OUT:
+            continue
+        _HANDED_OUT.add(port)
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free loopback port left in {ports}")
 
 
 def http_json(method: str, url: str, body=None, *, timeout: float = 10.0, headers=None):
