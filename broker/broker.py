@@ -49,6 +49,7 @@ from shoal.client.errors import (
 from shoal.client.names import check_name
 from shoal.client.structs import TopicPartition
 from shoal.router.hashing import group_coordinator
+from shoal.router.server.auth import broker_token
 from shoal.router.server.tls import client_context
 from shoal.router.topology import BrokerSpec, TopicConfig, Topology, TopologyError
 
@@ -99,6 +100,7 @@ class Broker:
             self._partition_counts, settings=lambda: self.topology.settings, state_dir=data_dir
         )
         self._peers: aiohttp.ClientSession | None = None
+        self._peer_token = broker_token(topology.auth, topology.replicated, topology.source)  # for /v1/replica/*
         self.membership = Membership(topology, broker_id) if topology.replicated else None
         self.leadership = Leadership(self.membership) if self.membership is not None else None
         self.replicas: ReplicaManager | None = None  # started with the broker when replicated
@@ -124,6 +126,7 @@ class Broker:
         self._peers = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=10, sock_connect=3),
             connector=aiohttp.TCPConnector(ssl=client_context(tls.ca_file if tls else None) or True),
+            headers={"Authorization": f"Bearer {self._peer_token}"} if self._peer_token else None,
         )
         owned = sum(
             1

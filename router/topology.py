@@ -501,7 +501,7 @@ assert set(_TOPIC_RULES) == {f.name for f in dataclasses.fields(TopicConfig)}
 _TOP_KEYS = ("cluster", "epoch", "defaults", "brokers", "topics", "settings", "auth", "tls", "metadata")
 _LOCAL_KEYS = ("auth", "tls", "metadata")
 _BROKER_KEYS = ("id", "url", "data_dir", "kafka")
-_PRINCIPAL_KEYS = ("token_hash", "admin") + ACTIONS
+_PRINCIPAL_KEYS = ("token_hash", "admin", "replication") + ACTIONS
 _TLS_KEYS = ("cert_file", "key_file", "ca_file")
 
 
@@ -598,7 +598,8 @@ class _Builder:
         if not isinstance(data, Mapping):
             self.problem((), f"must be a mapping with {', '.join(_TOP_KEYS)}, got {_show(data)}")
             raise self.fail()
-        allowed = _TOP_KEYS + (("owners", "partitions") if self.accept_owners else ())
+        # a replicated cluster's view: leaders, ISR and, from the gateway, their health
+        allowed = _TOP_KEYS + (("owners", "partitions", "under_replicated", "offline") if self.accept_owners else ())
         top = self.mapping(data, (), allowed)
 
         cluster = top.get("cluster", "local")
@@ -768,12 +769,13 @@ class _Builder:
                 self.problem(here + ("token_hash",), f"the same token as principal {hashes[token_hash]}")
             else:
                 hashes[token_hash] = name
-            admin = fields.get("admin", False)
-            if not isinstance(admin, bool):
-                self.problem(here + ("admin",), f"must be true or false, got {_show(admin)}")
+            flags = {flag: fields.get(flag, False) for flag in ("admin", "replication")}
+            for flag, value in flags.items():
+                if not isinstance(value, bool):
+                    self.problem(here + (flag,), f"must be true or false, got {_show(value)}")
             patterns = {action: self.patterns(fields.get(action), here + (action,)) for action in ACTIONS}
             if len(self._problems) == before:
-                principals.append(Principal(name, token_hash, admin, **patterns))
+                principals.append(Principal(name, token_hash, **flags, **patterns))
         return AuthConfig(tuple(principals))
 
     def patterns(self, value: Any, path: tuple) -> tuple[str, ...]:

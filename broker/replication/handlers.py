@@ -17,6 +17,10 @@ Both take and give msgpack (``application/msgpack``), per partition in the order
 ``error`` is None or a code: ``FENCED_LEADER_EPOCH`` (the caller's epoch is not the
 current one), ``NOT_OWNER`` / ``LEADER_NOT_AVAILABLE`` (this broker does not lead it at
 a valid lease), ``OFFSET_OUT_OF_RANGE`` (a fetch offset past the leader's log end).
+
+With ``auth:`` both need a principal with ``replication`` (or ``admin``); the
+authentication middleware refuses anyone else (``router.server.auth``), and followers
+send their broker's own token (``$SHOAL_BROKER_TOKEN``).
 """
 
 from __future__ import annotations

@@ -94,10 +94,12 @@ class Leadership:
             return
         won = await m.store.take_over(m.broker_id, self.live, m.topology)
         for tp, state in won:
+            before = m.states.get(tp)
             m.states[tp] = state  # the watch brings it too; answer as leader without waiting for it
-            log.warning(
-                "broker %d took over %s/%d at leader epoch %d (isr %s)",
-                m.broker_id, tp.topic, tp.partition, state.leader_epoch, list(state.isr),
+            log.info(
+                "broker %d elected leader of %s/%d at epoch %d (broker %s was not live; isr %s)",
+                m.broker_id, tp.topic, tp.partition, state.leader_epoch,
+                before.leader if before is not None else "?", list(state.isr),
             )
         self.elections += len(won)
         if won:

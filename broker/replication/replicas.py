@@ -93,7 +93,9 @@ class ReplicaManager:
                     log.info("broker %d leads %s/%d at epoch %d", self.me, tp.topic, tp.partition, state.leader_epoch)
                 self.advance(tp)
             else:
-                self.leading.pop(tp, None)
+                if self.leading.pop(tp, None) is not None:
+                    log.info("broker %d no longer leads %s/%d: broker %d leads it at epoch %d",
+                             self.me, tp.topic, tp.partition, state.leader, state.leader_epoch)
                 if state.leader >= 0:
                     wanted.setdefault(state.leader, {})[tp] = state.leader_epoch
         for source in set(self.fetchers) | set(wanted):
@@ -169,5 +171,11 @@ class ReplicaManager:
             log.info("broker %d could not %s the ISR of %s/%d by %d: %s", self.me, how, tp.topic, tp.partition, follower, exc)
             return
         m.states[tp] = new
-        log.warning("broker %d: ISR of %s/%d is now %s (%s %d)", self.me, tp.topic, tp.partition, list(new.isr), how, follower)
+        why = "it caught up" if how == "expand" else f"it was behind for over {self.lag_s:g}s"
+        log.info("broker %d: ISR %s of %s/%d at epoch %d: %s -> %s (broker %d: %s)", self.me, how, tp.topic, tp.partition,
+                 new.leader_epoch, _ids(state.isr), _ids(new.isr), follower, why)
         self.advance(tp)
+
+
+def _ids(brokers) -> str:
+    return "[" + ",".join(map(str, brokers)) + "]"

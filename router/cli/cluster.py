@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections import Counter
 from typing import Any
 
 import click
 
+from shoal.client.errors import ShoalError
 from shoal.router.cli.base import Options, action, global_options
 from shoal.router.cli.output import CliError, emit, key_values, note, sections, table
 from shoal.router.cli.session import BrokerState, ClusterSession, newest
 from shoal.router.cli.local_cluster import LocalCluster, LocalClusterError, LocalEtcd
+from shoal.router.cluster_health import partition_health
+from shoal.router.console.replicas import partition_states
 from shoal.router.server.logs import FORMATS, LEVELS
 from shoal.router.topology import Topology
 
@@ -137,11 +141,20 @@ def info(opts: Options) -> None:
     The brokers listed in cluster.yaml are asked for their health and their installed
     topology; the highest epoch wins. A broker that does not answer is shown as down.
 
+    In a replicated cluster (metadata: in cluster.yaml) OWNERS are the current
+    leaders, each broker's row counts the partitions it LEADS and holds REPLICAS of,
+    and two more sections list the UNDER-REPLICATED partitions (fewer in-sync
+    replicas than replicas: a replica is down or behind) and the OFFLINE ones (no
+    leader, or a leader that does not answer: nobody serves them), with their leader,
+    leader epoch, replicas and ISR, as etcd holds them.
+
     EXAMPLES
 
       shoal cluster info
 
       shoal cluster info -o json | jq '.topics[] | {name, owners}'
+
+      shoal cluster info -o json | jq '.under_replicated[] | "\\(.topic)/\\(.partition) isr \\(.isr)"'
     """
     emit(opts.output, asyncio.run(_info(opts.load())), render_info)
 
@@ -152,11 +165,21 @@ async def _info(config: Topology) -> dict[str, Any]:
         running = newest(states)
         known = {s.url for s in states}
         states += await session.survey([b.url for b in running.brokers if b.url not in known])
-    return info_view(running, states)
+        body = None
+        for s in states:  # the partition states, as a broker at the running epoch mirrors them from etcd
+            if s.topology is not None and s.topology.epoch == running.epoch:
+                try:
+                    body = await session.api.cluster(s.url)
+                    break
+                except ShoalError:
+                    continue
+    return info_view(running, states, body)
 
 
-def info_view(running: Topology, states: list[BrokerState]) -> dict[str, Any]:
-    """The cluster as the brokers of ``running`` see it, with each one's health."""
+def info_view(running: Topology, states: list[BrokerState], cluster: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The cluster as the brokers of ``running`` see it, with each one's health; with
+    ``cluster`` (a replicated broker's GET /v1/cluster) also leaders, and the
+    under-replicated and offline partitions."""
     by_url = {s.url: s for s in states}
     brokers = []
     for b in running.brokers:
@@ -165,31 +188,53 @@ def info_view(running: Topology, states: list[BrokerState]) -> dict[str, Any]:
         brokers.append(
             {"id": b.id, "url": b.url, "status": "ok" if up else "down", "epoch": state.epoch, "error": state.error}
         )
+    health = partition_health(cluster, (b["id"] for b in brokers if b["status"] == "ok")) if cluster else None
+    leaders = {name: running.owners(name) for name in running.topics}
+    if health is not None:
+        replicas: Counter[int] = Counter()
+        for name in running.topics:
+            states_of = partition_states(cluster, name) if name in cluster["topics"] else []
+            leaders[name] = [s["leader"] for s in states_of] or leaders[name]
+            replicas.update(r for s in states_of for r in s["replicas"])
+        led = Counter(leader for owners in leaders.values() for leader in owners)
+        for b in brokers:
+            b.update(leads=led[b["id"]], replicas=replicas[b["id"]])
     topics = [
-        {"name": name, "partitions": running.topics[name].partitions, "owners": running.owners(name)}
+        {"name": name, "partitions": running.topics[name].partitions, "owners": leaders[name]}
         for name in sorted(running.topics)
     ]
-    return {"cluster": running.cluster, "epoch": running.epoch, "brokers": brokers, "topics": topics}
+    view = {"cluster": running.cluster, "epoch": running.epoch, "brokers": brokers, "topics": topics}
+    if health is not None:
+        view.update(health)
+    return view
 
 
 def render_info(view: dict[str, Any]) -> str:
     brokers = view["brokers"]
-    columns = ["id", "url", "status", "epoch"]
+    replicated = "under_replicated" in view
+    columns = ["id", "url", "status", "epoch"] + (["leads", "replicas"] if replicated else [])
     with_errors = any(b["error"] for b in brokers)
     if with_errors:
         columns.append("error")
-    return sections(
-        [
-            ("CLUSTER", key_values([("name", view["cluster"]), ("epoch", view["epoch"])])),
-            ("BROKERS", table(columns, ([b[c] for c in columns] for b in brokers))),
-            (
-                "TOPICS",
-                table(["name", "partitions", "owners"], ([t["name"], t["partitions"], t["owners"]] for t in view["topics"]))
-                if view["topics"]
-                else "",
-            ),
-        ]
-    )
+    summary = [("name", view["cluster"]), ("epoch", view["epoch"])]
+    if replicated:
+        summary += [("under-replicated", len(view["under_replicated"])), ("offline", len(view["offline"]))]
+    parts = [
+        ("CLUSTER", key_values(summary)),
+        ("BROKERS", table(columns, ([b[c] for c in columns] for b in brokers))),
+        (
+            "TOPICS",
+            table(["name", "partitions", "owners"], ([t["name"], t["partitions"], t["owners"]] for t in view["topics"]))
+            if view["topics"]
+            else "",
+        ),
+    ]
+    if replicated:
+        columns = ["topic", "partition", "leader", "leader_epoch", "replicas", "isr"]
+        for title, key in (("UNDER-REPLICATED PARTITIONS", "under_replicated"), ("OFFLINE PARTITIONS", "offline")):
+            rows = ([p[c] for c in columns] for p in view[key])
+            parts.append((title, table([c.replace("_", "-") for c in columns], rows) if view[key] else ""))
+    return sections(parts)
 
 
 @click.group()

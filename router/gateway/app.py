@@ -4,7 +4,14 @@ It holds no data. A partition request is forwarded to the partition's owner with
 body and headers as they came, over one pooled keep-alive session; the answer is
 passed back as it is (stored frames stay byte for byte). When an owner does not answer,
 the caller gets 503 BROKER_UNAVAILABLE naming the broker; when an owner says NOT_OWNER
-(the topology moved on), the gateway re-reads ``GET /v1/cluster`` and retries once.
+(the topology moved on, or another broker leads now), the gateway retries once at the
+owner it names and re-reads ``GET /v1/cluster``.
+
+In a replicated cluster the owner is the partition's current leader, from the brokers'
+``GET /v1/cluster`` (their mirror of etcd); the gateway re-reads it every REFRESH_S,
+and at once (at most every MIN_REFRESH_S) when an owner does not answer or names
+another. Its own ``GET /v1/cluster`` is that answer plus the under-replicated and
+offline partitions (``router.cluster_health``).
 
 Beyond the broker API it serves ``POST /v1/topics/{topic}/records``, which spreads JSON
 records over partitions with Kafka's key partitioner, and cluster-wide group views.
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import os
 import random
@@ -31,6 +39,7 @@ from shoal.client.errors import (
 )
 from shoal.client.names import check_name
 from shoal.client.partitioner import partition_for_key
+from shoal.router.cluster_health import partition_health
 from shoal.router.hashing import group_coordinator
 from shoal.router.console import add_console_routes
 from shoal.router.server.auth import authenticate
@@ -44,6 +53,7 @@ log = logging.getLogger(__name__)
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "te", "upgrade"}
 REFRESH_S = 10.0
+MIN_REFRESH_S = 0.5
 
 
 class Gateway:
@@ -57,6 +67,10 @@ class Gateway:
         # The gateway's own calls carry its token; forwarded requests carry the caller's.
         self._headers = {"Authorization": f"Bearer {token}"} if token else None
         self._ssl = client_context(topology.tls.ca_file if topology.tls else None)
+        self.view: dict | None = None  # the last GET /v1/cluster of a broker at the topology's epoch
+        self.up: set[int] = set()  # the brokers that answered it
+        self.refreshed_at = 0.0
+        self._refreshing: asyncio.Task | None = None
 
     async def start(self) -> None:
         self.session = aiohttp.ClientSession(
@@ -74,18 +88,35 @@ class Gateway:
             await self.session.close()
 
     async def refresh(self) -> None:
-        """Adopt the newest topology any broker reports (brokers may be ahead of the file)."""
-        for broker in self.topology.brokers:
+        """Adopt the newest topology any broker reports (brokers may be ahead of the file),
+        and the partition leaders a broker at that epoch reports."""
+        self.refreshed_at = asyncio.get_running_loop().time()  # loop time
+
+        async def ask(url: str) -> dict | None:
             try:
-                async with self.session.get(broker.url + "/v1/cluster", timeout=aiohttp.ClientTimeout(total=3)) as resp:
-                    if resp.status != 200:
-                        continue
-                    data = await resp.json()
-                if data.get("epoch", -1) > self.topology.epoch:
+                async with self.session.get(url + "/v1/cluster", timeout=aiohttp.ClientTimeout(total=3)) as resp:
+                    return await resp.json() if resp.status == 200 else None
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                return None
+
+        brokers = self.topology.brokers
+        answers = await asyncio.gather(*(ask(b.url) for b in brokers))
+        for broker, data in zip(brokers, answers):
+            if data is not None and data.get("epoch", -1) > self.topology.epoch:
+                try:
                     self.topology = Topology.from_dict(data, source=f"{broker.url}/v1/cluster")
-                    log.info("gateway adopted topology epoch %d from broker %d", self.topology.epoch, broker.id)
-            except (aiohttp.ClientError, asyncio.TimeoutError, TopologyError, ValueError):
-                continue
+                except TopologyError:
+                    continue
+                log.info("gateway adopted topology epoch %d from broker %d", self.topology.epoch, broker.id)
+        self.up = {b.id for b, data in zip(brokers, answers) if data is not None}
+        self.view = next((data for data in answers if data is not None and data.get("epoch") == self.topology.epoch), None)
+
+    def refresh_soon(self) -> None:
+        """Re-read the leaders in the background, at most every MIN_REFRESH_S."""
+        if self._refreshing is not None and not self._refreshing.done():
+            return
+        if asyncio.get_running_loop().time() - self.refreshed_at >= MIN_REFRESH_S:
+            self._refreshing = asyncio.create_task(self.refresh())
 
     async def forward(self, request: web.Request, broker_id: int, path_qs: str, body: bytes | None) -> web.Response:
         """Send the request to one broker and answer with what it answered."""
@@ -97,6 +128,7 @@ class Gateway:
                 out_headers = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP_BY_HOP}
                 return web.Response(status=resp.status, body=payload, headers=out_headers)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            self.refresh_soon()  # a dead leader: its partitions get new ones
             raise BrokerUnavailable(
                 f"broker {broker_id} at {broker.url} did not answer: {type(exc).__name__} {exc}".strip(),
                 broker_id=broker_id,
@@ -104,17 +136,26 @@ class Gateway:
 
     async def to_owner(self, request: web.Request, topic: str, partition: int) -> web.Response:
         body = await request.read() if request.body_exists else None
-        for attempt in range(2):
-            owner = self._owner(topic, partition)
-            resp = await self.forward(request, owner, request.path_qs, body)
-            if resp.status != 421 or attempt:
-                return resp
-            await self.refresh()
+        owner = self._owner(topic, partition)
+        resp = await self.forward(request, owner, request.path_qs, body)
+        if resp.status in (421, 503):
+            self.refresh_soon()
+        if resp.status == 421:
+            named = _named_owner(resp.body)
+            if named is None or named not in self.topology.broker_ids:
+                await self.refresh()
+                named = self._owner(topic, partition)
+            if named != owner:
+                resp = await self.forward(request, named, request.path_qs, body)
         return resp
 
     def _owner(self, topic: str, partition: int) -> int:
+        """The partition's owner: its leader in a replicated cluster, else its rendezvous owner."""
         check_name(topic, "topic")
-        return self.topology.owner(topic, partition).id
+        static = self.topology.owner(topic, partition).id
+        owners = (self.view or {}).get("owners", {}).get(topic) if self.view is not None else None
+        leader = owners[partition] if owners and partition < len(owners) else None
+        return leader if leader in self.topology.broker_ids else static
 
     async def json_call(
         self, method: str, broker_id: int, path: str, body=None, *, topology=None, headers=None
@@ -135,6 +176,15 @@ class Gateway:
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
+
+
+def _named_owner(body: bytes) -> int | None:
+    """The ``owner_id`` of a NOT_OWNER problem body, if it names one."""
+    try:
+        owner = json.loads(body).get("owner_id")
+    except (ValueError, AttributeError):
+        return None
+    return owner if isinstance(owner, int) else None
 
 
 async def partition_request(request: web.Request) -> web.Response:
@@ -260,7 +310,15 @@ async def _answering_brokers(gw: Gateway, path: str) -> tuple[list[dict], list[i
 
 
 async def get_cluster(request: web.Request) -> web.Response:
-    return web.json_response(request.app[GATEWAY].topology.to_dict())
+    """The topology; in a replicated cluster also each partition's leader, epoch, replicas
+    and ISR (as a broker mirrors them from etcd, re-read now), and the under-replicated
+    and offline partitions."""
+    gw = request.app[GATEWAY]
+    if asyncio.get_running_loop().time() - gw.refreshed_at >= MIN_REFRESH_S:
+        await gw.refresh()
+    if gw.view is None or "partitions" not in gw.view:
+        return web.json_response(gw.topology.to_dict())
+    return web.json_response({**gw.view, **partition_health(gw.view, gw.up)})
 
 
 async def put_cluster(request: web.Request) -> web.Response:

@@ -5,6 +5,7 @@ Configured in the ``auth:`` section of cluster.yaml (validated by ``router.topol
     auth:
       principals:
         ops:     {token_hash: "sha256:<64 hex digits>", admin: true}
+        brokers: {token_hash: "sha256:<64 hex digits>", replication: true}
         billing:
           token_hash: "sha256:<64 hex digits>"
           produce: [orders, "payments.*"]   # topic name patterns (fnmatch: * and ?)
@@ -21,7 +22,10 @@ What each route needs is a table here keyed by the route's path template; a rout
 missing from it needs ``admin``, so a new endpoint is closed until someone opens it.
 ``/v1/health``, ``/metrics`` and ``/v1/openapi.json`` stay open (probes and scrapers
 carry no token), and so do the console's static files (a browser loads them before it
-is given a token); ``GET /v1/cluster`` needs any valid token. ``admin`` may do anything.
+is given a token); ``GET /v1/cluster`` needs any valid token. The replica endpoints
+(``/v1/replica/...``, followers copying a leader) need ``replication`` (Kafka's
+ClusterAction): each broker presents its own token, from ``$SHOAL_BROKER_TOKEN``.
+``admin`` may do anything.
 The principal of an authenticated request is ``request[PRINCIPAL]``.
 
 Pure data and checks, plus one aiohttp middleware; no IO.
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import secrets
 from dataclasses import dataclass
@@ -49,6 +54,36 @@ HASH_PREFIX = "sha256:"
 MIN_TOKEN_LENGTH = 16
 _HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 _PATTERN = re.compile(r"^[A-Za-z0-9._*?-]{1,249}$")
+
+
+BROKER_TOKEN_ENV = "SHOAL_BROKER_TOKEN"
+
+
+def broker_token(auth: AuthConfig | None, replicated: bool, source: str) -> str | None:
+    """The token a broker presents to its peers' replica endpoints: ``$SHOAL_BROKER_TOKEN``.
+
+    None without ``auth:`` or replication. Checked at start-up against the broker's own
+    ``auth:`` section, so a missing or wrong token stops the broker with one line
+    instead of leaving its followers refused (401/403) forever.
+
+    Raises:
+        TopologyError: auth and replication are on and the token is missing, unknown, or
+            its principal has neither ``replication`` nor ``admin``.
+    """
+    from shoal.router.topology import TopologyError
+
+    if auth is None or not replicated:
+        return None
+    token = os.environ.get(BROKER_TOKEN_ENV) or None
+    need = f"a replicated cluster with auth: needs ${BROKER_TOKEN_ENV}, the token of a principal with replication: true"
+    if token is None:
+        raise TopologyError([f"{source}: {need}; it is not set"])
+    principal = auth.authenticate(token)
+    if principal is None:
+        raise TopologyError([f"{source}: ${BROKER_TOKEN_ENV} is not the token of any principal of auth: ({need})"])
+    if not (principal.replication or principal.admin):
+        raise TopologyError([f"{source}: ${BROKER_TOKEN_ENV} is principal {principal.name}'s, which lacks replication: true"])
+    return token
 
 
 def new_token() -> str:
@@ -86,6 +121,7 @@ class Principal:
         produce: topic patterns this principal may append to.
         consume: topic patterns it may read (records, offsets).
         groups: consumer group patterns it may commit, read and join as.
+        replication: may fetch from partition leaders as a follower (brokers' own principal).
     """
 
     name: str
@@ -94,6 +130,7 @@ class Principal:
     produce: tuple[str, ...] = ()
     consume: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
+    replication: bool = False
 
     def allows(self, action: str, name: str) -> bool:
         """May this principal do ``action`` (one of ACTIONS) on topic or group ``name``?"""
@@ -103,6 +140,8 @@ class Principal:
         out: dict = {"token_hash": self.token_hash}
         if self.admin:
             out["admin"] = True
+        if self.replication:
+            out["replication"] = True
         for action in ACTIONS:
             if getattr(self, action):
                 out[action] = list(getattr(self, action))
@@ -137,6 +176,8 @@ _PART = "/v1/topics/{topic}/partitions/{partition}"
 _COMMITTED = "/v1/groups/{group}/topics/{topic}/partitions/{partition}/offset"
 _GROUP = (("groups",), "group")
 _CONSOLE = "/console/api"
+# Followers copying a leader: brokers only (see Principal.replication).
+_REPLICATION = frozenset({("POST", "/v1/replica/fetch"), ("POST", "/v1/replica/epoch-end")})
 # The console's page and files: no data in them, so no token.
 _OPEN = frozenset({
     ("GET", "/console"), ("GET", "/console/"), ("GET", "/console/static"), ("GET", _CONSOLE + "/session"),
@@ -190,6 +231,9 @@ def check(config: AuthConfig, request: web.Request) -> Principal | None:
     if principal is None:
         raise Unauthorized("the bearer token is not one this cluster knows")
     if template is None:  # no such route: let the router's 404/405 answer
+        return principal
+    if (method, template) in _REPLICATION:
+        _require(principal, principal.admin or principal.replication, "replication", f"{method} {template}")
         return principal
     needs = _RULES.get((method, template))
     if needs is None:

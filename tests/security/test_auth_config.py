@@ -74,7 +74,7 @@ auth:
     assert problems(text) == [
         "cluster.yaml:9: auth.principals.a.token_hash: must be sha256:<64 lowercase hex digits>, the hash of a token "
         "(make one with `shoal auth new-token`)",
-        "cluster.yaml:10: auth.principals.b.colour: unknown key (expected one of: token_hash, admin, produce, consume, groups)",
+        "cluster.yaml:10: auth.principals.b.colour: unknown key (expected one of: token_hash, admin, replication, produce, consume, groups)",
         "cluster.yaml:10: auth.principals.b.produce[0]: must be a name pattern of A-Z a-z 0-9 . _ - and the wildcards * ?, "
         "got 'orders/../x'",
         "cluster.yaml:11: auth.principals.c.token_hash: the same token as principal b",
