@@ -92,14 +92,13 @@ class Leadership:
         m = self.membership
         if not m.lease.valid():
             return
+        before = {tp: s.leader for tp, s in m.states.items()}  # the watch may bring the new states meanwhile
         won = await m.store.take_over(m.broker_id, self.live, m.topology)
         for tp, state in won:
-            before = m.states.get(tp)
             m.states[tp] = state  # the watch brings it too; answer as leader without waiting for it
             log.info(
-                "broker %d elected leader of %s/%d at epoch %d (broker %s was not live; isr %s)",
-                m.broker_id, tp.topic, tp.partition, state.leader_epoch,
-                before.leader if before is not None else "?", list(state.isr),
+                "broker %d elected leader of %s/%d at epoch %d (leader %s was not live; isr %s)",
+                m.broker_id, tp.topic, tp.partition, state.leader_epoch, before.get(tp, "?"), list(state.isr),
             )
         self.elections += len(won)
         if won:

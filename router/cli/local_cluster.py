@@ -16,7 +16,8 @@ stops last.
 
 A broker that dies while the cluster runs is restarted, as a supervisor would (systemd's
 ``Restart=on-failure``): the others keep serving, one line says which broker died, how
-(exit code or signal) and when it is back. The delay doubles from ``RESTART_DELAY_S``
+(exit code or signal) and when it is back; in a replicated cluster, one more where its
+partitions' leadership moved, and one when it is in sync again (``failover_report``). The delay doubles from ``RESTART_DELAY_S``
 up to ``RESTART_DELAY_MAX_S``, so a broker that cannot start does not spin, and starts
 again from ``RESTART_DELAY_S`` once a run lasted ``STABLE_AFTER_S``. A broker that
 exits with code 0 was stopped on purpose (SIGTERM): it stays down, and the line says
@@ -45,6 +46,7 @@ from urllib.parse import urlsplit
 
 from shoal.client.errors import ShoalError
 
+from shoal.router.cli.failover_report import LeaderWatch, admin_client
 from shoal.router.cli.session import AdminClient
 from shoal.router.metadata.config import MetadataConfig
 from shoal.router.metadata.etcd import EtcdClient
@@ -233,6 +235,7 @@ class LocalCluster:
         self.brokers = [BrokerProcess(f"broker {spec.id}", log_path(spec), spec=spec) for spec in topology.brokers]
         metadata = topology.metadata
         self.etcd = LocalEtcd(metadata) if metadata is not None and metadata.start_local else None
+        self.leaders = LeaderWatch(metadata.lease_ttl_ms / 1000) if metadata is not None else None
 
     def check_ports(self) -> None:
         """Fail early, naming the process, when a port is taken (by an earlier cluster?)."""
@@ -315,13 +318,15 @@ class LocalCluster:
     async def supervise(self, stop: asyncio.Event, report: Callable[[str], None]) -> ChildProcess | None:
         """Restart brokers that die until ``stop`` is set (None) or etcd exits (etcd),
         calling ``report`` with one line per event (a broker died, a broker is back)."""
-        api = AdminClient(request_timeout_ms=1000)
+        api = admin_client()
         try:
             while not stop.is_set():
                 if self.etcd is not None and not self.etcd.running:
                     return self.etcd
                 for b in self.brokers:
                     await self._tend(b, api, report)
+                if self.leaders is not None:
+                    await self.leaders.poll(api, [b.spec.url for b in self.brokers if b.running and b.answered], report)
                 try:
                     await asyncio.wait_for(stop.wait(), 0.2)
                 except TimeoutError:
@@ -340,26 +345,36 @@ class LocalCluster:
                     return
                 if b.answered:
                     report(f"broker {b.spec.id} is back at {b.spec.url} (pid {b.proc.pid}, restart {b.restarts})")
+                    if self.leaders is not None:
+                        self.leaders.back(b.spec.id)
         elif b.restart_at is None:
+            if self.leaders is not None and not b.left_down:
+                self.leaders.died(b.spec.id)
             if b.proc.returncode == 0:
                 if not b.left_down:
                     b.left_down = True
                     report(
                         f"{b.describe_exit()}; it was stopped on purpose and stays down "
-                        f"(its partitions are unavailable): start it with "
+                        f"({self._impact(stopped=True)}): start it with "
                         f"`shoal broker start --id {b.spec.id} --config {self.config_path}`"
                     )
                 return
             if now - b.started_at >= STABLE_AFTER_S:
                 b.next_delay = RESTART_DELAY_S
             b.restart_at = now + b.next_delay
-            report(f"{b.describe_exit()}; its partitions are unavailable until it is back; restarting it in {b.next_delay:g}s")
+            report(f"{b.describe_exit()}; {self._impact(stopped=False)}; restarting it in {b.next_delay:g}s")
             b.next_delay = min(b.next_delay * 2, RESTART_DELAY_MAX_S)
         elif now >= b.restart_at:
             b.restart_at = None
             b.restarts += 1
             b.answered = False
             self._spawn(b, _die_with_parent())
+
+    def _impact(self, *, stopped: bool) -> str:
+        """What a broker's exit means for its partitions (a clean stop revokes its lease)."""
+        if self.leaders is None:
+            return "its partitions are unavailable" + ("" if stopped else " until it is back")
+        return "the partitions it led get new leaders " + ("now" if stopped else "once its etcd lease lapses")
 
     async def stop(self) -> list[int]:
         """SIGTERM every running broker, SIGKILL those still running after the grace

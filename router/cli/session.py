@@ -60,6 +60,7 @@ class BrokerState:
     epoch: int | None = None
     topology: Topology | None = None
     error: str | None = None
+    leaders: dict[str, list[int]] | None = None  # a replicated cluster's partition leaders
 
 
 class ClusterSession:
@@ -81,6 +82,7 @@ class ClusterSession:
             ssl_context=client_context(os.environ.get("SHOAL_CA_FILE")),
         )
         self._topology: Topology | None = None
+        self._leaders: dict[str, list[int]] = {}
 
     async def __aenter__(self) -> ClusterSession:
         await self.api.start()
@@ -95,7 +97,8 @@ class ClusterSession:
             topology = Topology.from_dict(cluster, source=f"GET {url}/v1/cluster")
         except (ShoalError, TopologyError) as exc:
             return BrokerState(url, error=reason(exc))
-        return BrokerState(url, health.get("broker_id"), health.get("epoch"), topology)
+        leaders = cluster.get("owners") if "partitions" in cluster else None  # the owners are the leaders
+        return BrokerState(url, health.get("broker_id"), health.get("epoch"), topology, leaders=leaders)
 
     async def survey(self, urls: list[str] | None = None) -> list[BrokerState]:
         """Ask every bootstrap broker (or ``urls``) at once for its health and topology."""
@@ -110,13 +113,20 @@ class ClusterSession:
         if self._topology is None or refresh:
             states = await self.survey()
             self._topology = newest(states)
+            self._leaders = next(
+                (s.leaders for s in states if s.leaders is not None and s.epoch == self._topology.epoch), {}
+            )
         return self._topology
 
     async def on_owner(self, topic: str, partition: int, call: Callable[[str], Awaitable[T]]) -> T:
         """``call(owner_url)`` for the partition's owner, following one NOT_OWNER redirect."""
         topology = await self.topology()
+        owner = topology.owner(topic, partition).id
+        leaders = self._leaders.get(topic) or []
+        if partition < len(leaders) and leaders[partition] in topology.broker_ids:
+            owner = leaders[partition]
         try:
-            return await call(topology.owner(topic, partition).url)
+            return await call(topology.broker(owner).url)
         except NotOwner as exc:
             log.warning("%s/%d moved to broker %s; retrying there", topic, partition, exc.owner_id)
             await self.topology(refresh=True)
