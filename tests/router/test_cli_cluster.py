@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -323,19 +324,45 @@ def etcd_endpoint() -> str:
         return f"http://127.0.0.1:{port}"
 
 
-def test_up_with_start_local_runs_etcd_and_stops_it_last(tmp_path, up):
+def test_up_with_start_local_runs_etcd_reports_a_failover_and_stops_etcd_last(tmp_path, up):
+    """A replicated cluster with its local etcd; kill -9 of a leader: one line names the new
+    leaders and the time, one more says when the restarted broker is in sync again."""
     endpoint = etcd_endpoint()
-    write_config(tmp_path, n=2, metadata={"etcd": [endpoint], "start_local": True})
+    write_config(tmp_path, metadata={"etcd": [endpoint], "start_local": True, "lease_ttl_ms": 2000},
+                 defaults={"replication_factor": 3, "min_insync_replicas": 2})  # fmt: skip
     cluster = up("-o", "json")
-    rows = cluster.wait_ready(2)
+    rows = cluster.wait_ready(3)
     etcd = cluster.view["etcd"]
     assert (etcd["url"], etcd["data_dir"], etcd["log"]) == (endpoint, "data/etcd", "data/etcd.log")
     assert http_json("GET", endpoint + "/health") == (200, {"health": "true"})
     assert (tmp_path / "data/etcd/member").is_dir()
+
+    def settled():
+        status, body = http_json("GET", rows[0]["url"] + "/v1/cluster", timeout=2)
+        states = [s for t in body.get("partitions", {}).values() for s in t]
+        return states and all(s and s["leader"] >= 0 and len(s["isr"]) == 3 for s in states) and states
+
+    deadline = time.monotonic() + 30
+    while not (states := settled()):
+        assert time.monotonic() < deadline, "the partitions did not settle"
+        time.sleep(0.1)
+    led = {b: sum(s["leader"] == b for s in states) for b in (1, 2, 3)}
+    victim = max(led, key=led.get)
+    time.sleep(1.5)  # the supervisor reads the leaders once a second; let it see these
+    os.kill(rows[victim - 1]["pid"], signal.SIGKILL)
+    died = cluster.wait_for_line(f"broker {victim} was killed by signal 9")
+    assert "the partitions it led get new leaders once its etcd lease lapses; restarting it in 1s" in died
+    moved = cluster.wait_for_line(f"broker {victim} is down: ")
+    others = " and ".join(rf"{b} \(\d+\)" for b in (1, 2, 3) if b != victim)
+    pattern = rf"broker {victim} is down: {led[victim]} partitions? moved leader to ({others}|\d \(\d+\)) in \d+\.\ds\n"
+    assert re.fullmatch(pattern, moved), moved
+    synced = cluster.wait_for_line(f"broker {victim} is in sync again")
+    assert re.fullmatch(rf"broker {victim} is in sync again: in the ISR of all its 7 partitions, \d+\.\ds after it was back\n", synced)
+
     rc, err = cluster.finish(signal.SIGINT)
-    assert rc == 0, err
-    assert err.index("stopped 2 brokers") < err.index("stopped etcd")
-    assert gone(etcd["pid"]) and all(gone(r["pid"]) for r in rows)
+    assert rc == 0 and "Traceback" not in err, err
+    assert err.index("stopped 3 brokers") < err.index("stopped etcd")
+    assert gone(etcd["pid"]) and all(gone(r["pid"]) for r in rows if r["id"] != victim)
 
 
 def test_a_dead_etcd_stops_the_cluster_with_exit_1(tmp_path, up):
