@@ -87,6 +87,10 @@ _TOPOLOGY_IN = {
         "topics": {"type": "object", "additionalProperties": {"type": ["object", "null"]}},
         "owners": {"type": "object"},
         "partitions": {"type": "object"},
+        "under_replicated": {
+            "type": "array", "description": "gateway, replicated cluster: partitions whose ISR is smaller than their replicas"
+        },
+        "offline": {"type": "array", "description": "gateway, replicated cluster: partitions without a leader that answers"},
         "defaults": {"type": ["object", "null"]},
         "settings": {"type": ["object", "null"]},
         "delete_topics": {
