@@ -194,7 +194,7 @@ def info_view(running: Topology, states: list[BrokerState], cluster: dict[str, A
         replicas: Counter[int] = Counter()
         for name in running.topics:
             states_of = partition_states(cluster, name) if name in cluster["topics"] else []
-            leaders[name] = [s["leader"] for s in states_of] or leaders[name]
+            leaders[name] = [s["leader"] if s["leader"] != -1 else None for s in states_of] or leaders[name]
             replicas.update(r for s in states_of for r in s["replicas"])
         led = Counter(leader for owners in leaders.values() for leader in owners)
         for b in brokers:
