@@ -154,7 +154,7 @@ def info(opts: Options) -> None:
 
       shoal cluster info -o json | jq '.topics[] | {name, owners}'
 
-      shoal cluster info -o json | jq '.under_replicated[] | "\\(.topic)/\\(.partition) isr \\(.isr)"'
+      shoal cluster info -o json | jq '.under_replicated | length'
     """
     emit(opts.output, asyncio.run(_info(opts.load())), render_info)
 
