@@ -47,9 +47,9 @@ def create_app(topology: Topology, broker_id: int, data_dir: Path) -> web.Applic
         await broker.start()
         listener = None
         if kafka is not None:
-            from shoal.broker.kafka.listener import KafkaListener
+            from shoal.broker.kafka import import_listener
 
-            listener = KafkaListener(broker, *kafka)
+            listener = import_listener()(broker, *kafka)
             await listener.start()
         yield
         if listener is not None:

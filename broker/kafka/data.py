@@ -1,15 +1,21 @@
-"""Produce, Fetch, ListOffsets and InitProducerId over the broker's partition logs.
+"""Produce, Fetch, ListOffsets, OffsetForLeaderEpoch and InitProducerId over the broker's logs.
 
 Produce checks each Kafka v2 batch (``records.check_batches``) and appends it as it
 came, beside shoal's frames, so one log serves both protocols; Fetch hands stored
-Kafka batches out unchanged and converts shoal frames into v2 batches. Errors are per partition, with Kafka's codes:
-NOT_LEADER_OR_FOLLOWER for a partition another broker owns, OFFSET_OUT_OF_RANGE,
-FENCED_LEADER_EPOCH / UNKNOWN_LEADER_EPOCH for a leader epoch older / newer than
-``metadata.partition_state`` gives.
+Kafka batches out unchanged and converts shoal frames into v2 batches. Only the
+partition's leader answers (``Broker.check_owner``: the owner of a static cluster, the
+leader in etcd of a replicated one). Errors are per partition, with Kafka's codes:
+NOT_LEADER_OR_FOLLOWER for a partition another broker leads, LEADER_NOT_AVAILABLE
+while it has no live leader, OFFSET_OUT_OF_RANGE, FENCED_LEADER_EPOCH /
+UNKNOWN_LEADER_EPOCH for a ``current_leader_epoch`` older / newer than the
+partition's (``metadata.check_leader_epoch``).
 
-acks: 1 and -1 answer once the batch is written under the topic's flush policy (with
-one replica per partition the leader is the whole ISR); 0 sends no response.
-Transactions are not supported.
+acks, as shoal's HTTP ``acks``: ``-1`` is ``all``: refused before the write with
+NOT_ENOUGH_REPLICAS when the ISR is below ``min_insync_replicas``, answered once the
+high watermark covers the batch, or NOT_ENOUGH_REPLICAS_AFTER_APPEND when the ISR
+does not copy it in time (an idempotent retry is then recognised). ``1`` answers after
+the leader's write, ``0`` sends no response. In a static cluster the leader is the
+whole ISR and all three answer after the write. Transactions are not supported.
 """
 
 from __future__ import annotations
@@ -22,25 +28,23 @@ from kio.schema.errors import ErrorCode
 
 from shoal.broker.kafka.codec import millis
 from shoal.broker.kafka.errors import KafkaError, kafka_code
-from shoal.broker.kafka.metadata import partition_state
+from shoal.broker.kafka.metadata import check_leader_epoch
 from shoal.broker.kafka.records import as_kafka_batches, check_batches
-from shoal.client.errors import ShoalError
+from shoal.client.errors import NotEnoughReplicas, ShoalError
+from shoal.client.structs import TopicPartition
 
 if TYPE_CHECKING:
     from shoal.broker.kafka.listener import Connection
 
-PRODUCE, FETCH, LIST_OFFSETS, INIT_PRODUCER_ID = 0, 1, 2, 22
+PRODUCE, FETCH, LIST_OFFSETS, INIT_PRODUCER_ID, OFFSET_FOR_LEADER_EPOCH = 0, 1, 2, 22, 23
 EARLIEST, LATEST = -2, -1
 
 
-def _check_epoch(topology, topic: str, partition: int, epoch: int) -> None:
-    if epoch < 0:
-        return
-    current = partition_state(topology, topic, partition).leader_epoch
-    if epoch < current:
-        raise KafkaError(ErrorCode.fenced_leader_epoch)
-    if epoch > current:
-        raise KafkaError(ErrorCode.unknown_leader_epoch)
+async def _leader_log(conn: Connection, topic: str, partition: int, current_epoch: int):
+    """(leader epoch, log) of a partition led here, checked as Kafka checks a read:
+    the client's epoch first, then leadership."""
+    epoch = check_leader_epoch(conn.broker, topic, partition, current_epoch)
+    return epoch, await conn.broker.partition_log(topic, partition)
 
 
 # -- Produce ---------------------------------------------------------------------------
@@ -60,21 +64,35 @@ async def handle_produce(conn: Connection, request: Any, version: int) -> dict |
         if fail is not None:
             results = [{"index": p.index, "error_code": fail, "base_offset": -1} for p in parts]
         else:
-            results = await asyncio.gather(*(_produce_one(conn, topic.name, p.index, p.records) for p in parts))
+            results = await asyncio.gather(*(_produce_one(conn, topic.name, p.index, p.records, acks) for p in parts))
         responses.append({"name": topic.name, "partition_responses": results})
     if acks == 0:
         return None
     return {"responses": responses, "throttle_time": 0}
 
 
-async def _produce_one(conn: Connection, topic: str, partition: int, records: bytes | None) -> dict:
+async def _produce_one(conn: Connection, topic: str, partition: int, records: bytes | None, acks: int) -> dict:
     broker = conn.broker
+    tp = TopicPartition(topic, partition)
     try:
         broker.check_owner(topic, partition)
+        if broker.replicas is not None and acks == -1:
+            broker.replicas.check_insync(tp)
         body = bytes(records or b"")
         headers = check_batches(body, max_batch_bytes=broker.topology.settings.max_batch_bytes)
         async with broker.writing(topic, partition) as plog:  # a topology install waits for it
             result = await plog.append(body, headers)
+        if broker.replicas is not None:
+            broker.replicas.advance(tp)  # an ISR of the leader alone: the write alone moves the high watermark
+            if acks == -1:
+                try:
+                    await broker.replicas.wait_replicated(tp, plog, result.last_offset)
+                except NotEnoughReplicas as exc:
+                    raise KafkaError(ErrorCode.not_enough_replicas_after_append) from exc
+            # A leader that lost its lease or its leadership meanwhile acknowledges nothing.
+            broker.leadership.check(tp)
+    except KafkaError as exc:
+        return {"index": partition, "error_code": exc.code, "base_offset": -1}
     except ShoalError as exc:
         return {"index": partition, "error_code": kafka_code(exc), "base_offset": -1, "error_message": str(exc)[:200]}
     return {"index": partition, "error_code": 0, "base_offset": result.base_offset, "log_start_offset": plog.log_start_offset}
@@ -113,8 +131,7 @@ async def handle_fetch(conn: Connection, request: Any, version: int) -> dict:
 async def _fetch_once(conn: Connection, request: Any) -> tuple[list[dict], int, list, bool]:
     """One pass over the asked partitions: responses, bytes found, (log, offset) pairs
     to wait on, and whether some partition failed."""
-    broker = conn.broker
-    topology = broker.topology
+    topology = conn.broker.topology
     budget = min(request.max_bytes, topology.settings.max_fetch_bytes)
     total = 0
     waiting = []
@@ -125,16 +142,16 @@ async def _fetch_once(conn: Connection, request: Any) -> tuple[list[dict], int, 
         for p in topic.partitions:
             out = {"partition_index": p.partition, "high_watermark": -1, "aborted_transactions": [], "records": b""}
             try:
-                broker.check_owner(topic.topic, p.partition)
-                _check_epoch(topology, topic.topic, p.partition, getattr(p, "current_leader_epoch", -1))
-                plog = await broker.partition_log(topic.topic, p.partition)
-                out.update(high_watermark=plog.high_watermark, last_stable_offset=plog.high_watermark,
-                           log_start_offset=plog.log_start_offset)
-                if p.fetch_offset == plog.high_watermark:
+                epoch, plog = await _leader_log(conn, topic.topic, p.partition, getattr(p, "current_leader_epoch", -1))
+                hw = plog.high_watermark
+                out.update(high_watermark=hw, last_stable_offset=hw, log_start_offset=plog.log_start_offset)
+                if hw <= p.fetch_offset <= plog.log_end_offset:
+                    # Nothing readable yet. Past the high watermark but within the log (a new
+                    # leader whose followers have not reported yet) is not out of range.
                     waiting.append((plog, p.fetch_offset))
                 elif budget - total > 0 or total == 0:
                     stored = plog.read(p.fetch_offset, max(1, min(p.partition_max_bytes, budget - total)))
-                    out["records"] = as_kafka_batches(stored, leader_epoch=partition_state(topology, topic.topic, p.partition).leader_epoch)
+                    out["records"] = as_kafka_batches(stored, leader_epoch=epoch)
                     total += len(out["records"])
                 out["error_code"] = 0
             except KafkaError as exc:
@@ -152,16 +169,13 @@ async def _fetch_once(conn: Connection, request: Any) -> tuple[list[dict], int, 
 
 
 async def handle_list_offsets(conn: Connection, request: Any, version: int) -> dict:
-    broker = conn.broker
-    topology = broker.topology
     topics = []
     for topic in request.topics:
         parts = []
         for p in topic.partitions:
             out = {"partition_index": p.partition_index, "timestamp": -1, "offset": -1}
             try:
-                _check_epoch(topology, topic.name, p.partition_index, getattr(p, "current_leader_epoch", -1))
-                plog = await broker.partition_log(topic.name, p.partition_index)
+                epoch, plog = await _leader_log(conn, topic.name, p.partition_index, getattr(p, "current_leader_epoch", -1))
                 if p.timestamp == EARLIEST:
                     out["offset"] = plog.log_start_offset
                 elif p.timestamp == LATEST:
@@ -173,7 +187,7 @@ async def handle_list_offsets(conn: Connection, request: Any, version: int) -> d
                 else:
                     raise KafkaError(ErrorCode.unsupported_version)
                 out["error_code"] = 0
-                out["leader_epoch"] = partition_state(topology, topic.name, p.partition_index).leader_epoch
+                out["leader_epoch"] = epoch
             except KafkaError as exc:
                 out["error_code"] = exc.code
             except ShoalError as exc:
@@ -183,9 +197,36 @@ async def handle_list_offsets(conn: Connection, request: Any, version: int) -> d
     return {"throttle_time": 0, "topics": topics}
 
 
+# -- OffsetForLeaderEpoch ------------------------------------------------------------------
+
+
+async def handle_offset_for_leader_epoch(conn: Connection, request: Any, version: int) -> dict:
+    """Where a leader epoch ends in the leader's log (KIP-101/320): a consumer whose
+    partition changed leader asks it for the epoch of its position, and finds out whether
+    the log it read from was truncated below that position. Answered from the
+    leader-epoch cache, as a follower's ``/v1/replica/epoch-end`` is."""
+    topics = []
+    for topic in request.topics:
+        parts = []
+        for p in topic.partitions:
+            out = {"partition": p.partition, "error_code": 0, "leader_epoch": -1, "end_offset": -1}
+            try:
+                _, plog = await _leader_log(conn, topic.topic, p.partition, p.current_leader_epoch)
+                found, end = plog.epochs.end_offset_for(p.leader_epoch, plog.log_end_offset)
+                out.update(leader_epoch=found, end_offset=end)
+            except KafkaError as exc:
+                out["error_code"] = exc.code
+            except ShoalError as exc:
+                out["error_code"] = kafka_code(exc)
+            parts.append(out)
+        topics.append({"topic": topic.topic, "partitions": parts})
+    return {"throttle_time": 0, "topics": topics}
+
+
 APIS = {
     PRODUCE: (3, 9, handle_produce),
     FETCH: (4, 11, handle_fetch),
     LIST_OFFSETS: (1, 7, handle_list_offsets),
     INIT_PRODUCER_ID: (0, 4, handle_init_producer_id),
+    OFFSET_FOR_LEADER_EPOCH: (2, 4, handle_offset_for_leader_epoch),
 }

@@ -9,9 +9,12 @@ from shoal.client.errors import (
     BrokerUnavailable,
     CorruptBatch,
     DuplicateSequence,
+    FencedLeaderEpoch,
     Forbidden,
     IllegalGeneration,
     InvalidRequest,
+    LeaderNotAvailable,
+    NotEnoughReplicas,
     NotOwner,
     OffsetOutOfRange,
     OutOfOrderSequence,
@@ -25,6 +28,9 @@ from shoal.client.errors import (
 
 _CODES: dict[type, ErrorCode] = {
     NotOwner: ErrorCode.not_leader_or_follower,
+    LeaderNotAvailable: ErrorCode.leader_not_available,
+    FencedLeaderEpoch: ErrorCode.fenced_leader_epoch,
+    NotEnoughReplicas: ErrorCode.not_enough_replicas,
     UnknownTopic: ErrorCode.unknown_topic_or_partition,
     UnknownPartition: ErrorCode.unknown_topic_or_partition,
     OffsetOutOfRange: ErrorCode.offset_out_of_range,

@@ -1,11 +1,13 @@
 """Group and offset APIs: FindCoordinator, Join/Sync/Heartbeat/LeaveGroup, OffsetCommit,
 OffsetFetch, DescribeGroups, ListGroups; and CreateTopics/DeleteTopics, refused.
 
-A group's coordinator is the broker shoal's own hashing picks for it
-(``Broker.coordinator_of``); other brokers answer NOT_COORDINATOR. Committed offsets
-are the ones the HTTP API reads and writes: the coordinator stores those of partitions
-it owns and hands the others to their owners over HTTP (after checking the member and
-generation itself), so both protocols see one namespace of ``(group, topic, partition)``.
+A group's coordinator is the broker ``Broker.coordinator_of`` names; other brokers
+answer NOT_COORDINATOR. Committed offsets are the ones the HTTP API reads and writes:
+the coordinator stores those of partitions it leads and hands the others to their
+leaders over HTTP (after checking the member and generation itself), so both protocols
+see one namespace of ``(group, topic, partition)``. A partition without a reachable
+leader (an election under way) answers COORDINATOR_NOT_AVAILABLE, which Kafka clients
+retry, as they would a coordinator moving.
 
 Topics are declared in cluster.yaml and changed with ``shoal topology apply``; the
 Kafka admin APIs that would change them answer POLICY_VIOLATION.
@@ -23,8 +25,8 @@ from kio.schema.errors import ErrorCode
 
 from shoal.broker.kafka.codec import millis
 from shoal.broker.kafka.errors import KafkaError, kafka_code
-from shoal.broker.kafka.metadata import node
-from shoal.client.errors import NotOwner, ShoalError
+from shoal.broker.kafka.metadata import node, partition_state
+from shoal.client.errors import LeaderNotAvailable, NotOwner, ShoalError
 from shoal.client.names import is_valid_name
 
 if TYPE_CHECKING:
@@ -164,22 +166,37 @@ async def _failed(partition: int, code: ErrorCode) -> dict:
     return {"partition_index": partition, "error_code": code}
 
 
+def _leader(conn: Connection, topic: str, partition: int):
+    """The broker that leads ``topic/partition`` (it stores the partition's committed offsets)."""
+    broker = conn.broker
+    leader = partition_state(broker, topic, partition).leader
+    if leader < 0:
+        raise LeaderNotAvailable(f"{topic}/{partition} has no live leader", topic=topic, partition=partition)
+    return broker.topology.broker(leader)
+
+
+def _offset_error(exc: ShoalError) -> int:
+    if isinstance(exc, (NotOwner, LeaderNotAvailable)):  # the leader moved: retriable for a Kafka client
+        return ErrorCode.coordinator_not_available
+    return kafka_code(exc)
+
+
 async def _commit_one(conn: Connection, group: str, topic: str, partition: int, offset: int, metadata: str) -> dict:
     broker = conn.broker
     try:
-        owner = broker.topology.owner(topic, partition)
-        if owner.id == broker.broker_id:
+        leader = _leader(conn, topic, partition)
+        if leader.id == broker.broker_id:
             async with broker.writing(topic, partition):
                 await broker.logs.offsets.commit(group, [(topic, partition, offset, metadata)])
         else:
-            url = owner.url + _offset_path(group, topic, partition)
+            url = leader.url + _offset_path(group, topic, partition)
             async with conn.listener.peers.put(url, json={"offset": offset, "metadata": metadata}) as resp:
                 if resp.status != 200:
                     raise ShoalError.from_problem(await resp.json(content_type=None), status=resp.status)
     except ShoalError as exc:
-        return {"partition_index": partition, "error_code": kafka_code(exc)}
+        return {"partition_index": partition, "error_code": _offset_error(exc)}
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
-        log.warning("kafka group %s: committing %s/%d on its owner failed: %s", group, topic, partition, exc)
+        log.warning("kafka group %s: committing %s/%d on its leader failed: %s", group, topic, partition, exc)
         return {"partition_index": partition, "error_code": ErrorCode.coordinator_not_available}
     return {"partition_index": partition, "error_code": 0}
 
@@ -188,20 +205,20 @@ async def _committed(conn: Connection, group: str, topic: str, partition: int) -
     out = {"partition_index": partition, "committed_offset": -1, "metadata": "", "error_code": 0}
     broker = conn.broker
     try:
-        owner = broker.topology.owner(topic, partition)
-        if owner.id == broker.broker_id:
+        leader = _leader(conn, topic, partition)
+        if leader.id == broker.broker_id:
             found = broker.logs.offsets.get(group, topic, partition)
             if found is not None:
                 out.update(committed_offset=found.offset, metadata=found.metadata)
             return out
-        async with conn.listener.peers.get(owner.url + _offset_path(group, topic, partition)) as resp:
+        async with conn.listener.peers.get(leader.url + _offset_path(group, topic, partition)) as resp:
             body = await resp.json(content_type=None)
             if resp.status != 200:
                 raise ShoalError.from_problem(body, status=resp.status)
         if body.get("offset") is not None:
             out.update(committed_offset=body["offset"], metadata=body.get("metadata") or "")
     except ShoalError as exc:
-        out["error_code"] = kafka_code(exc)
+        out["error_code"] = _offset_error(exc)
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
         out["error_code"] = ErrorCode.coordinator_not_available
     return out

@@ -26,6 +26,7 @@ from bisect import bisect_right
 from pathlib import Path
 from typing import NamedTuple
 
+from shoal.broker.kafka import check_copied_frames
 from shoal.client.errors import InternalError, OffsetOutOfRange
 from shoal.client.records import FrameHeader, validate_frames
 from shoal.client.records import now_ms as current_ms
@@ -318,7 +319,7 @@ class PartitionLog:
         """
         if self._state != "running" or not self._writer.running:
             raise InternalError(f"the log of {self.name} is not open")
-        return await self._writer.submit(body, validate_frames(body), replicated=True)
+        return await self._writer.submit(body, check_copied_frames(body), replicated=True)
 
     def publish(self, leo: int, leo_bytes: int, nbytes: int) -> None:
         """Move the log end (and the high watermark, unless replicated) after a write of
