@@ -127,8 +127,8 @@ def fresh_group(cluster, avoid: int) -> str:
     """A group name whose coordinator is not broker ``avoid``."""
     for i in range(100):
         group = f"failover-{i}"
-        found = call(address(cluster, live(cluster)[0]), FindCoordinatorRequest, {"key_type": 0, "coordinator_keys": [group]})
-        if found.coordinators[0].node_id not in (avoid, -1):
+        found = call(address(cluster, live(cluster)[0]), FindCoordinatorRequest, {"key": group, "key_type": 0})
+        if found.node_id not in (avoid, -1):
             return group
     raise AssertionError("every group lands on the broker to kill")
 
@@ -153,7 +153,7 @@ def test_a_leader_killed_under_an_idempotent_producer_and_a_group_loses_and_repe
     def consume():
         consumer = Consumer({
             "bootstrap.servers": replicated.bootstrap, "group.id": group, "auto.offset.reset": "earliest",
-            "enable.auto.commit": True, "auto.commit.interval.ms": 200, "topic.metadata.refresh.interval.ms": 1000,
+            "enable.auto.commit": False, "topic.metadata.refresh.interval.ms": 1000,
         })
         consumer.subscribe([TOPIC])
         try:
@@ -163,6 +163,8 @@ def test_a_leader_killed_under_an_idempotent_producer_and_a_group_loses_and_repe
                     consumed.append((msg.value(), msg.partition(), msg.offset()))
             consumer.commit(asynchronous=False)
             committed.extend(tp.offset for tp in consumer.committed([CKTopicPartition(TOPIC, p) for p in (0, 1)], timeout=20))
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            committed.append(exc)
         finally:
             consumer.close()
 
@@ -194,7 +196,11 @@ def test_a_leader_killed_under_an_idempotent_producer_and_a_group_loses_and_repe
     values = [v for v, _, _ in consumed]
     assert len(values) == len(set(values)), "a record was consumed twice"
     assert set(values) == set(acked)
-    assert {v: (p, o) for v, p, o in consumed} == acked  # each at the offset its producer was told
+    # each at the offset its producer was told; librdkafka reports no offset for a retried
+    # batch the leader already had beyond the last five it keeps (DUPLICATE_SEQUENCE_NUMBER)
+    assert {v: (p, o) for v, p, o in consumed if acked[v][1] is not None} == {
+        v: po for v, po in acked.items() if po[1] is not None
+    }
     ends = [1 + max(o for _, p, o in consumed if p == partition) for partition in (0, 1)]
     assert committed == ends
     new = until(lambda: (s := etcd_states(replicated, live(replicated)[0], TOPIC)[0])["leader"] not in (-1, victim) and s)
