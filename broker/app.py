@@ -22,10 +22,11 @@ def create_app(topology: Topology, broker_id: int, data_dir: Path) -> web.Applic
     """The broker's application; its logs open and recover when the app starts up."""
     limit = topology.settings.max_request_bytes
     kafka = topology.broker(broker_id).kafka_address
-    if kafka is not None and topology.auth is not None:
+    if kafka is not None and topology.auth is not None and topology.tls is None and not topology.auth.kafka_sasl_plaintext:
         raise TopologyError([
-            f"{topology.source}: brokers[id={broker_id}].kafka: the Kafka listener cannot enforce auth "
-            "(SASL is not implemented); remove kafka: or auth: to start this broker"
+            f"{topology.source}: brokers[id={broker_id}].kafka: with auth: the Kafka listener takes SASL/PLAIN "
+            "passwords (tokens), which plain TCP would carry in clear: add a tls: section, or set "
+            "auth.kafka_sasl_plaintext: true to accept that"
         ])
     broker = Broker(topology, broker_id, data_dir)
     limits = LoadLimits(lambda: broker.topology.settings)

@@ -743,7 +743,10 @@ class _Builder:
 
     def auth(self, value: Any) -> AuthConfig | None:
         path = ("auth",)
-        section = self.mapping(value, path, ("principals",))
+        section = self.mapping(value, path, ("principals", "kafka_sasl_plaintext"))
+        plaintext = section.get("kafka_sasl_plaintext", False)
+        if not isinstance(plaintext, bool):
+            self.problem(path + ("kafka_sasl_plaintext",), f"must be true or false, got {_show(plaintext)}")
         entries = section.get("principals")
         if not isinstance(entries, Mapping) or not entries:
             self.problem(path + ("principals",), "must map at least one principal name to its token_hash and permissions")
@@ -776,7 +779,7 @@ class _Builder:
             patterns = {action: self.patterns(fields.get(action), here + (action,)) for action in ACTIONS}
             if len(self._problems) == before:
                 principals.append(Principal(name, token_hash, **flags, **patterns))
-        return AuthConfig(tuple(principals))
+        return AuthConfig(tuple(principals), kafka_sasl_plaintext=plaintext is True)
 
     def patterns(self, value: Any, path: tuple) -> tuple[str, ...]:
         if value is None:

@@ -64,15 +64,17 @@ def read_head(payload: bytes) -> RequestHead:
 
 
 def decode_request(payload: bytes, api_key: int, api_version: int) -> Any:
-    """The typed request body; raises KafkaFrameError when it does not parse whole."""
+    """The typed request body; raises KafkaFrameError when it does not parse.
+
+    Bytes after the body are ignored, as Kafka's own broker ignores them: librdkafka
+    2.x sends three zero bytes after a Metadata request for all topics.
+    """
     cls = load_request_schema(api_key, api_version)
     try:
         _, at = entity_reader(cls.__header_schema__)(payload, 0)
-        request, size = entity_reader(cls)(payload, at)
+        request, _ = entity_reader(cls)(payload, at)
     except Exception as exc:
         raise KafkaFrameError(f"unreadable {cls.__name__} v{api_version}: {exc}") from None
-    if at + size != len(payload):
-        raise KafkaFrameError(f"{cls.__name__} v{api_version} has {len(payload) - at - size} trailing bytes")
     return request
 
 

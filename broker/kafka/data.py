@@ -30,6 +30,7 @@ from shoal.broker.kafka.codec import millis
 from shoal.broker.kafka.errors import KafkaError, kafka_code
 from shoal.broker.kafka.metadata import check_leader_epoch
 from shoal.broker.kafka.records import as_kafka_batches, check_batches
+from shoal.broker.kafka.sasl import DESCRIBE, may, may_write_idempotently
 from shoal.client.errors import NotEnoughReplicas, ShoalError
 from shoal.client.structs import TopicPartition
 
@@ -40,9 +41,11 @@ PRODUCE, FETCH, LIST_OFFSETS, INIT_PRODUCER_ID, OFFSET_FOR_LEADER_EPOCH = 0, 1, 
 EARLIEST, LATEST = -2, -1
 
 
-async def _leader_log(conn: Connection, topic: str, partition: int, current_epoch: int):
-    """(leader epoch, log) of a partition led here, checked as Kafka checks a read:
-    the client's epoch first, then leadership."""
+async def _leader_log(conn: Connection, topic: str, partition: int, current_epoch: int, *actions: str):
+    """(leader epoch, log) of a partition led here, checked as Kafka checks a read: the
+    principal's permission (one of ``actions``), the client's epoch, then leadership."""
+    if not may(conn, topic, *actions):
+        raise KafkaError(ErrorCode.topic_authorization_failed)
     epoch = check_leader_epoch(conn.broker, topic, partition, current_epoch)
     return epoch, await conn.broker.partition_log(topic, partition)
 
@@ -61,8 +64,9 @@ async def handle_produce(conn: Connection, request: Any, version: int) -> dict |
     responses = []
     for topic in request.topic_data:
         parts = topic.partition_data
-        if fail is not None:
-            results = [{"index": p.index, "error_code": fail, "base_offset": -1} for p in parts]
+        refused = fail or (None if may(conn, topic.name, "produce") else ErrorCode.topic_authorization_failed)
+        if refused is not None:
+            results = [{"index": p.index, "error_code": refused, "base_offset": -1} for p in parts]
         else:
             results = await asyncio.gather(*(_produce_one(conn, topic.name, p.index, p.records, acks) for p in parts))
         responses.append({"name": topic.name, "partition_responses": results})
@@ -101,6 +105,8 @@ async def _produce_one(conn: Connection, topic: str, partition: int, records: by
 async def handle_init_producer_id(conn: Connection, request: Any, version: int) -> dict:
     if request.transactional_id is not None:
         return {"throttle_time": 0, "error_code": ErrorCode.transactional_id_authorization_failed, "producer_id": -1, "producer_epoch": -1}
+    if not may_write_idempotently(conn):
+        return {"throttle_time": 0, "error_code": ErrorCode.cluster_authorization_failed, "producer_id": -1, "producer_epoch": -1}
     # Ids are drawn at random from 2**62 like shoal's own producers'; each partition's
     # sequence checks then apply to it (Kafka's producer epochs are not kept).
     return {"throttle_time": 0, "error_code": 0, "producer_id": random.getrandbits(62), "producer_epoch": 0}
@@ -142,7 +148,7 @@ async def _fetch_once(conn: Connection, request: Any) -> tuple[list[dict], int, 
         for p in topic.partitions:
             out = {"partition_index": p.partition, "high_watermark": -1, "aborted_transactions": [], "records": b""}
             try:
-                epoch, plog = await _leader_log(conn, topic.topic, p.partition, getattr(p, "current_leader_epoch", -1))
+                epoch, plog = await _leader_log(conn, topic.topic, p.partition, getattr(p, "current_leader_epoch", -1), "consume")
                 hw = plog.high_watermark
                 out.update(high_watermark=hw, last_stable_offset=hw, log_start_offset=plog.log_start_offset)
                 if hw <= p.fetch_offset <= plog.log_end_offset:
@@ -175,7 +181,9 @@ async def handle_list_offsets(conn: Connection, request: Any, version: int) -> d
         for p in topic.partitions:
             out = {"partition_index": p.partition_index, "timestamp": -1, "offset": -1}
             try:
-                epoch, plog = await _leader_log(conn, topic.name, p.partition_index, getattr(p, "current_leader_epoch", -1))
+                epoch, plog = await _leader_log(
+                    conn, topic.name, p.partition_index, getattr(p, "current_leader_epoch", -1), *DESCRIBE
+                )
                 if p.timestamp == EARLIEST:
                     out["offset"] = plog.log_start_offset
                 elif p.timestamp == LATEST:
@@ -211,7 +219,7 @@ async def handle_offset_for_leader_epoch(conn: Connection, request: Any, version
         for p in topic.partitions:
             out = {"partition": p.partition, "error_code": 0, "leader_epoch": -1, "end_offset": -1}
             try:
-                _, plog = await _leader_log(conn, topic.topic, p.partition, p.current_leader_epoch)
+                _, plog = await _leader_log(conn, topic.topic, p.partition, p.current_leader_epoch, *DESCRIBE)
                 found, end = plog.epochs.end_offset_for(p.leader_epoch, plog.log_end_offset)
                 out.update(leader_epoch=found, end_offset=end)
             except KafkaError as exc:

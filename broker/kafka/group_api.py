@@ -26,6 +26,7 @@ from kio.schema.errors import ErrorCode
 from shoal.broker.kafka.codec import millis
 from shoal.broker.kafka.errors import KafkaError, kafka_code
 from shoal.broker.kafka.metadata import node, partition_state
+from shoal.broker.kafka.sasl import is_admin, may
 from shoal.client.errors import LeaderNotAvailable, NotOwner, ShoalError
 from shoal.client.names import is_valid_name
 
@@ -40,7 +41,10 @@ _NO_TOPIC_CHANGES = "topics are declared in cluster.yaml and changed with `shoal
 
 
 def _coordinator_error(conn: Connection, group_id: str) -> ErrorCode | None:
-    """NOT_COORDINATOR unless this broker coordinates ``group_id``."""
+    """GROUP_AUTHORIZATION_FAILED unless the principal may use ``group_id``, then
+    NOT_COORDINATOR unless this broker coordinates it."""
+    if not may(conn, group_id, "groups"):
+        return ErrorCode.group_authorization_failed
     if not is_valid_name(group_id):
         return ErrorCode.invalid_group_id
     try:
@@ -58,6 +62,8 @@ async def handle_find_coordinator(conn: Connection, request: Any, version: int) 
         out = {"key": key, "error_code": 0, "error_message": None, "node_id": -1, "host": "", "port": -1}
         if getattr(request, "key_type", 0) != 0:
             out["error_code"] = ErrorCode.invalid_request  # transaction coordinators: no transactions
+        elif not may(conn, key, "groups"):
+            out["error_code"] = ErrorCode.group_authorization_failed
         elif not is_valid_name(key):
             out["error_code"] = ErrorCode.invalid_group_id
         else:
@@ -155,7 +161,8 @@ async def handle_offset_commit(conn: Connection, request: Any, version: int) -> 
     for topic in request.topics:
         parts = await asyncio.gather(*(
             _commit_one(conn, group_id, topic.name, p.partition_index, p.committed_offset, p.committed_metadata or "")
-            if code is None else _failed(p.partition_index, code)
+            if code is None and may(conn, topic.name, "consume")
+            else _failed(p.partition_index, code or ErrorCode.topic_authorization_failed)
             for p in topic.partitions
         ))
         topics.append({"name": topic.name, "partitions": parts})
@@ -190,7 +197,7 @@ async def _commit_one(conn: Connection, group: str, topic: str, partition: int, 
                 await broker.logs.offsets.commit(group, [(topic, partition, offset, metadata)])
         else:
             url = leader.url + _offset_path(group, topic, partition)
-            async with conn.listener.peers.put(url, json={"offset": offset, "metadata": metadata}) as resp:
+            async with conn.listener.peers.put(url, json={"offset": offset, "metadata": metadata}, headers=conn.peer_headers()) as resp:
                 if resp.status != 200:
                     raise ShoalError.from_problem(await resp.json(content_type=None), status=resp.status)
     except ShoalError as exc:
@@ -211,7 +218,8 @@ async def _committed(conn: Connection, group: str, topic: str, partition: int) -
             if found is not None:
                 out.update(committed_offset=found.offset, metadata=found.metadata)
             return out
-        async with conn.listener.peers.get(leader.url + _offset_path(group, topic, partition)) as resp:
+        url = leader.url + _offset_path(group, topic, partition)
+        async with conn.listener.peers.get(url, headers=conn.peer_headers()) as resp:
             body = await resp.json(content_type=None)
             if resp.status != 200:
                 raise ShoalError.from_problem(body, status=resp.status)
@@ -233,7 +241,7 @@ async def _all_committed(conn: Connection, group: str) -> dict[str, list[tuple[i
         if b.id == broker.broker_id:
             return [{"topic": tp.topic, "partition": tp.partition, "offset": c.offset, "metadata": c.metadata}
                     for tp, c in broker.logs.offsets.group_offsets(group).items()]
-        async with conn.listener.peers.get(f"{b.url}/v1/groups/{quote(group, safe='')}") as resp:
+        async with conn.listener.peers.get(f"{b.url}/v1/groups/{quote(group, safe='')}", headers=conn.peer_headers()) as resp:
             return (await resp.json(content_type=None)).get("partitions", []) if resp.status == 200 else []
 
     answers = await asyncio.gather(*(ask(b) for b in broker.topology.brokers), return_exceptions=True)
@@ -252,12 +260,18 @@ async def handle_offset_fetch(conn: Connection, request: Any, version: int) -> d
     topics = []
     if request.topics is None:
         for name, rows in sorted((await _all_committed(conn, group_id)).items()):
+            if not may(conn, name, "consume"):
+                continue
             topics.append({"name": name, "partitions": [
                 {"partition_index": p, "committed_offset": o, "metadata": m, "error_code": 0} for p, o, m in sorted(rows)
             ]})
     else:
         for topic in request.topics:
-            parts = await asyncio.gather(*(_committed(conn, group_id, topic.name, p) for p in topic.partition_indexes))
+            if may(conn, topic.name, "consume"):
+                parts = await asyncio.gather(*(_committed(conn, group_id, topic.name, p) for p in topic.partition_indexes))
+            else:
+                parts = [{"partition_index": p, "committed_offset": -1, "metadata": "",
+                          "error_code": ErrorCode.topic_authorization_failed} for p in topic.partition_indexes]
             topics.append({"name": topic.name, "partitions": parts})
     return {"throttle_time": 0, "topics": topics, "error_code": 0}
 
@@ -281,7 +295,7 @@ async def handle_list_groups(conn: Connection, request: Any, version: int) -> di
     groups = [
         {"group_id": g.group_id, "protocol_type": g.protocol_type, "group_state": g.state}
         for g in conn.listener.groups.groups.values()
-        if not wanted or g.state.lower() in wanted
+        if (not wanted or g.state.lower() in wanted) and may(conn, g.group_id, "groups")
     ]
     return {"throttle_time": 0, "error_code": 0, "groups": groups}
 
@@ -289,18 +303,21 @@ async def handle_list_groups(conn: Connection, request: Any, version: int) -> di
 # -- topic administration: refused -------------------------------------------------------
 
 
+def _topic_change_refused(conn: Connection) -> tuple[ErrorCode, str]:
+    if not is_admin(conn):
+        return ErrorCode.topic_authorization_failed, "changing topics needs the admin permission"
+    return ErrorCode.policy_violation, _NO_TOPIC_CHANGES
+
+
 async def handle_create_topics(conn: Connection, request: Any, version: int) -> dict:
-    return {"throttle_time": 0, "topics": [
-        {"name": t.name, "error_code": ErrorCode.policy_violation, "error_message": _NO_TOPIC_CHANGES}
-        for t in request.topics
-    ]}
+    code, message = _topic_change_refused(conn)
+    return {"throttle_time": 0, "topics": [{"name": t.name, "error_code": code, "error_message": message} for t in request.topics]}
 
 
 async def handle_delete_topics(conn: Connection, request: Any, version: int) -> dict:
     names = list(request.topic_names) if version < 6 else [t.name for t in request.topics]
-    return {"throttle_time": 0, "responses": [
-        {"name": name, "error_code": ErrorCode.policy_violation, "error_message": _NO_TOPIC_CHANGES} for name in names
-    ]}
+    code, message = _topic_change_refused(conn)
+    return {"throttle_time": 0, "responses": [{"name": name, "error_code": code, "error_message": message} for name in names]}
 
 
 APIS = {

@@ -7,7 +7,9 @@ they arrived with their correlation ids. A request larger than ``max_request_byt
 a header or body that does not parse, or an API key or version the listener does not
 serve closes that connection (an ApiVersions request of an unknown version is answered
 with the v0 error response that lists the supported ranges instead, so clients can
-retry with a version the broker knows). A handler that fails unexpectedly is logged and
+retry with a version the broker knows). With ``auth:`` a connection authenticates
+first (``sasl``); with ``tls:`` the listener speaks TLS, with the broker's certificate
+and key from cluster.yaml. A handler that fails unexpectedly is logged and
 closes its connection; nothing a client sends stops the listener or the broker.
 """
 
@@ -21,10 +23,11 @@ import aiohttp
 from kio.schema.errors import ErrorCode
 
 from shoal.broker.broker import Broker
-from shoal.broker.kafka import data, group_api, metadata
+from shoal.broker.kafka import data, group_api, metadata, sasl
 from shoal.broker.kafka.codec import SIZE, KafkaFrameError, decode_request, encode_response, read_head
 from shoal.broker.kafka.groups import ClassicGroups
-from shoal.router.server.tls import client_context
+from shoal.router.server.auth import Principal
+from shoal.router.server.tls import client_context, server_context
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,7 @@ HANDLERS: dict[int, tuple[int, int, Any]] = {
     **metadata.APIS,
     **data.APIS,
     **group_api.APIS,
+    **sasl.APIS,
 }
 
 
@@ -57,6 +61,16 @@ class Connection:
         self.broker = listener.broker
         self.peer = peer
         self.client_id: str | None = None
+        self.mechanism: str | None = None  # the SASL mechanism of a handshake
+        self.principal: Principal | None = None  # once authenticated
+        self.token: str | None = None  # the principal's token, for calls to other brokers on its behalf
+        self.raw_sasl = False  # after a SaslHandshake v0: the next frame is a bare PLAIN message
+        self.close_after = False  # close once the response is sent (a failed authentication)
+
+    def peer_headers(self) -> dict[str, str] | None:
+        """Headers of an HTTP call to another broker made for this client: its token, so
+        the other broker applies the same principal's permissions."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else None
 
 
 class KafkaListener:
@@ -78,14 +92,17 @@ class KafkaListener:
     async def start(self) -> None:
         if self._server is not None:
             return
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
         tls = self.broker.topology.tls
+        ssl = server_context(tls.cert_file, tls.key_file) if tls is not None else None
+        self._server = await asyncio.start_server(self._serve, self.host, self.port, ssl=ssl)
         self.peers = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=10, sock_connect=3),
             connector=aiohttp.TCPConnector(ssl=client_context(tls.ca_file if tls else None) or True),
         )
         await self.groups.start()
-        log.info("broker %d: Kafka listener on %s:%d", self.broker.broker_id, self.host, self.port)
+        auth = "SASL/PLAIN" if self.broker.topology.auth is not None else "no authentication"
+        log.info("broker %d: Kafka listener on %s:%d (%s, %s)", self.broker.broker_id, self.host, self.port,
+                 "TLS" if ssl else "plain TCP", auth)
 
     async def stop(self) -> None:
         if self._server is None:
@@ -124,12 +141,20 @@ class KafkaListener:
                     payload = await reader.readexactly(size)
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
-                response = await self._handle(conn, payload)
+                if conn.raw_sasl:
+                    conn.raw_sasl = False
+                    if not sasl.authenticate(conn, payload):
+                        return
+                    response = SIZE.pack(0)
+                else:
+                    response = await self._handle(conn, payload)
                 if response is False:
                     return
                 if response:
                     writer.write(response)
                     await writer.drain()
+                if conn.close_after:
+                    return
         except asyncio.CancelledError:
             pass
         except ConnectionError:
@@ -160,6 +185,9 @@ class KafkaListener:
                     {"error_code": int(ErrorCode.unsupported_version), "api_keys": supported_ranges()},
                 )
             log.warning("kafka %s: API %d v%d is not supported: closing", conn.peer, head.api_key, head.api_version)
+            return False
+        if conn.principal is None and self.broker.topology.auth is not None and head.api_key not in sasl.OPEN_APIS:
+            log.warning("kafka %s: API %d before SASL authentication: closing", conn.peer, head.api_key)
             return False
         try:
             request = decode_request(payload, head.api_key, head.api_version)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from kio.schema.errors import ErrorCode
 
 from shoal.broker.kafka.errors import KafkaError
+from shoal.broker.kafka.sasl import DESCRIBE, may
 from shoal.client.names import is_valid_name
 from shoal.client.structs import TopicPartition
 from shoal.router.topology import Topology
@@ -102,6 +103,10 @@ def _topic(broker: Broker, name: str) -> dict:
     return {"error_code": 0, "name": name, "topic_id": topic_id(topology, name), "partitions": partitions}
 
 
+def _refused(name: str) -> dict:
+    return {"error_code": ErrorCode.topic_authorization_failed, "name": name, "topic_id": uuid.UUID(int=0), "partitions": []}
+
+
 def _offline(broker: Broker, replicas: list[int]) -> list[int]:
     """Replicas whose broker is not registered in etcd (none in a static cluster)."""
     if broker.leadership is None:
@@ -114,7 +119,7 @@ async def handle_metadata(conn: Connection, request: Any, version: int) -> dict:
     topology = conn.broker.topology
     asked = request.topics
     if asked is None or (version == 0 and not asked):
-        names = sorted(topology.topics)
+        names = [name for name in sorted(topology.topics) if may(conn, name, *DESCRIBE)]
     else:
         names = [t.name for t in asked]
     brokers = [n for b in topology.brokers if (n := node(topology, b.id)) is not None]
@@ -123,7 +128,7 @@ async def handle_metadata(conn: Connection, request: Any, version: int) -> dict:
         "brokers": brokers,
         "cluster_id": topology.cluster,
         "controller_id": min(n["node_id"] for n in brokers),
-        "topics": [_topic(conn.broker, name) for name in names],
+        "topics": [_topic(conn.broker, name) if may(conn, name, *DESCRIBE) else _refused(name) for name in names],
     }
 
 

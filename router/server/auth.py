@@ -153,9 +153,15 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 
 @dataclass(frozen=True)
 class AuthConfig:
-    """The ``auth:`` section: the principals, by name. Immutable."""
+    """The ``auth:`` section: the principals, by name. Immutable.
+
+    ``kafka_sasl_plaintext``: let the Kafka listener take SASL/PLAIN passwords (the
+    tokens) over plain TCP when the broker has no ``tls:``; off, such a broker refuses
+    to start its listener.
+    """
 
     principals: tuple[Principal, ...]
+    kafka_sasl_plaintext: bool = False
 
     def __post_init__(self) -> None:
         by_digest = {bytes.fromhex(p.token_hash.removeprefix(HASH_PREFIX)): p for p in self.principals}
@@ -166,7 +172,10 @@ class AuthConfig:
         return self._by_digest.get(hashlib.sha256(token.encode()).digest())
 
     def to_dict(self) -> dict:
-        return {"principals": {p.name: p.to_dict() for p in self.principals}}
+        out: dict = {"principals": {p.name: p.to_dict() for p in self.principals}}
+        if self.kafka_sasl_plaintext:
+            out["kafka_sasl_plaintext"] = True
+        return out
 
 
 # What a route needs: for each path parameter named, one of the actions on its value.
