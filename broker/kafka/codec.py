@@ -159,7 +159,9 @@ def build(cls: type, values: Mapping[str, Any]) -> Any:
     """An instance of the kio dataclass ``cls`` from ``values``.
 
     Nested entities are given as dicts (or sequences of dicts), error codes as ints,
-    durations as milliseconds. Keys ``cls`` has no field for are ignored.
+    durations as milliseconds. Keys ``cls`` has no field for are ignored; None for a
+    field this version cannot hold null in gives its empty value ("" or 0), so one
+    dict serves versions before and after a field became nullable.
     """
     kwargs = {}
     for f in _plan(cls):
@@ -168,7 +170,7 @@ def build(cls: type, values: Mapping[str, Any]) -> Any:
             continue
         value = values[f.name]
         if value is None:
-            pass
+            value = f.implicit  # None where the version may hold null, else the type's empty value
         elif f.kind == "entities":
             value = tuple(build(f.nested, v) for v in value)
         elif f.kind == "entity":

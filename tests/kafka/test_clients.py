@@ -21,7 +21,6 @@ from kafka import KafkaConsumer, KafkaProducer
 from tests.harness import http_json
 from tests.kafka.helpers import poll_messages
 
-TOPICS = {"confluent": 3, "kpython": 3, "aio": 3, "kcat": 3, "shared": 4}
 N = 60
 
 

@@ -14,7 +14,6 @@ from shoal.client import AsyncConsumer, AsyncProducer, TopicPartition
 from shoal.client.partitioner import partition_for_key
 from tests.kafka.helpers import poll_messages
 
-TOPICS = {"from-shoal": 1, "from-kafka": 1, "gzip": 1, "snappy": 1, "lz4": 1, "zstd": 1, "keys": 7}
 
 
 def kafka_read(cluster, topic: str, n: int, partition: int = 0) -> list:
