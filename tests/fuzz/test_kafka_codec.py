@@ -14,7 +14,7 @@ from shoal.broker.kafka.codec import KafkaFrameError, decode_request, read_head
 from shoal.broker.kafka.listener import HANDLERS
 from shoal.broker.kafka.records import as_kafka_batches, check_batches, to_shoal_frames
 from shoal.client.errors import BatchTooLarge, CorruptBatch
-from shoal.client.records import decode_fetch, encode_batch
+from shoal.client.records import decode_records, encode_batch, iter_frames
 from tests.fuzz.test_frames import _record
 
 SERVED = [(key, version) for key, (low, high, _) in sorted(HANDLERS.items()) for version in range(low, high + 1)]
@@ -62,7 +62,12 @@ _any_batch = st.one_of(_kafka_batch, _kafka_batch.map(_gzipped))
 
 
 def records(body: bytes) -> list[tuple]:
-    return [(r.key, r.value, r.headers, r.timestamp) for r in decode_fetch("t", 0, to_shoal_frames(body))]
+    """What a reader gets (the base offset is the broker's to set: any value is fine)."""
+    return [
+        (r.key, r.value, r.headers, r.timestamp)
+        for h, frame in iter_frames(to_shoal_frames(body))
+        for r in decode_records("t", 0, h, frame, min_offset=h.base_offset)
+    ]
 
 
 @settings(max_examples=120, deadline=None)
