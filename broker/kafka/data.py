@@ -95,9 +95,7 @@ async def _produce_one(conn: Connection, topic: str, partition: int, records: by
                     raise KafkaError(ErrorCode.not_enough_replicas_after_append) from exc
             # A leader that lost its lease or its leadership meanwhile acknowledges nothing.
             broker.leadership.check(tp)
-    except KafkaError as exc:
-        return {"index": partition, "error_code": exc.code, "base_offset": -1}
-    except ShoalError as exc:
+    except (KafkaError, ShoalError) as exc:
         return {"index": partition, "error_code": kafka_code(exc), "base_offset": -1, "error_message": str(exc)[:200]}
     return {"index": partition, "error_code": 0, "base_offset": result.base_offset, "log_start_offset": plog.log_start_offset}
 
@@ -160,10 +158,7 @@ async def _fetch_once(conn: Connection, request: Any) -> tuple[list[dict], int, 
                     out["records"] = as_kafka_batches(stored, leader_epoch=epoch)
                     total += len(out["records"])
                 out["error_code"] = 0
-            except KafkaError as exc:
-                out["error_code"] = exc.code
-                failed = True
-            except ShoalError as exc:
+            except (KafkaError, ShoalError) as exc:
                 out["error_code"] = kafka_code(exc)
                 failed = True
             parts.append(out)
@@ -196,9 +191,7 @@ async def handle_list_offsets(conn: Connection, request: Any, version: int) -> d
                     raise KafkaError(ErrorCode.unsupported_version)
                 out["error_code"] = 0
                 out["leader_epoch"] = epoch
-            except KafkaError as exc:
-                out["error_code"] = exc.code
-            except ShoalError as exc:
+            except (KafkaError, ShoalError) as exc:
                 out["error_code"] = kafka_code(exc)
             parts.append(out)
         topics.append({"name": topic.name, "partitions": parts})
@@ -222,9 +215,7 @@ async def handle_offset_for_leader_epoch(conn: Connection, request: Any, version
                 _, plog = await _leader_log(conn, topic.topic, p.partition, p.current_leader_epoch, *DESCRIBE)
                 found, end = plog.epochs.end_offset_for(p.leader_epoch, plog.log_end_offset)
                 out.update(leader_epoch=found, end_offset=end)
-            except KafkaError as exc:
-                out["error_code"] = exc.code
-            except ShoalError as exc:
+            except (KafkaError, ShoalError) as exc:
                 out["error_code"] = kafka_code(exc)
             parts.append(out)
         topics.append({"topic": topic.topic, "partitions": parts})

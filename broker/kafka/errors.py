@@ -56,8 +56,10 @@ class KafkaError(Exception):
         self.code = code
 
 
-def kafka_code(exc: ShoalError) -> int:
+def kafka_code(exc: ShoalError | KafkaError) -> int:
     """The Kafka error code a client should see for ``exc``."""
+    if isinstance(exc, KafkaError):
+        return int(exc.code)
     for cls in type(exc).__mro__:
         code = _CODES.get(cls)
         if code is not None:
