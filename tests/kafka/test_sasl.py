@@ -8,7 +8,6 @@ import socket
 import ssl
 import struct
 import subprocess
-import sys
 import time
 
 import pytest
@@ -22,9 +21,10 @@ from kio.schema.sasl_authenticate.v2.request import SaslAuthenticateRequest
 from kio.schema.sasl_handshake.v0.request import SaslHandshakeRequest as SaslHandshakeV0
 from kio.schema.sasl_handshake.v1.request import SaslHandshakeRequest
 
+from shoal.broker.app import create_app
 from shoal.broker.kafka.codec import build
 from shoal.router.server.auth import hash_token
-from shoal.router.topology import load_topology
+from shoal.router.topology import TopologyError, load_topology, parse_topology
 from tests.harness import LocalCluster, free_port, http_json
 from tests.kafka.helpers import poll_messages
 from tests.kafka.wire import decode_response, read_frame, request_bytes
@@ -171,18 +171,15 @@ def test_kcat_with_sasl_plain(secured):
 
 
 def test_a_broker_with_auth_and_no_tls_needs_the_plaintext_opt_in(tmp_path):
-    port = free_port()
     config = {
-        "cluster": "c", "brokers": [{"id": 1, "url": f"http://127.0.0.1:{port}", "kafka": f"127.0.0.1:{free_port()}"}],
+        "cluster": "c", "brokers": [{"id": 1, "url": "http://127.0.0.1:9091", "kafka": "127.0.0.1:9191"}],
         "auth": {"principals": PRINCIPALS},
     }
-    path = tmp_path / "cluster.yaml"
-    path.write_text(yaml.safe_dump(config))
-    done = subprocess.run([sys.executable, "-m", "shoal.broker", "--config", str(path), "--id", "1"],
-                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert done.returncode == 1
-    assert "add a tls: section, or set auth.kafka_sasl_plaintext: true" in done.stderr
-    assert not (tmp_path / "data").exists()  # nothing was started or written
+    with pytest.raises(TopologyError, match="add a tls: section, or set auth.kafka_sasl_plaintext: true"):
+        create_app(parse_topology(yaml.safe_dump(config)), 1, tmp_path / "data")
+    assert not (tmp_path / "data").exists()  # nothing was opened or written
+    config["auth"]["kafka_sasl_plaintext"] = True
+    create_app(parse_topology(yaml.safe_dump(config)), 1, tmp_path / "data")
 
 
 def test_sasl_ssl_with_the_broker_s_certificate(tmp_path):
