@@ -100,11 +100,18 @@ def produce(cluster, broker_id: int, topic: str, partition: int, value: bytes, *
 
 
 def test_metadata_fetch_and_epochs_follow_etcd(replicated):
-    parts = until(lambda: leaders_serving(replicated, TOPIC))
-    states = etcd_states(replicated, 1, TOPIC)
-    assert [(p.leader_id, p.leader_epoch, sorted(p.replica_nodes), sorted(p.isr_nodes)) for p in parts] == [
-        (s["leader"], s["leader_epoch"], sorted(s["replicas"]), sorted(s["isr"])) for s in states
-    ]
+    until(lambda: leaders_serving(replicated, TOPIC))
+
+    def agreeing():
+        """Metadata as the state in etcd has it (once no ISR change falls between the two reads)."""
+        parts = metadata(replicated, 1, TOPIC)
+        states = etcd_states(replicated, 1, TOPIC)
+        same = [(p.leader_id, p.leader_epoch, sorted(p.replica_nodes), sorted(p.isr_nodes)) for p in parts] == [
+            (s["leader"], s["leader_epoch"], sorted(s["replicas"]), sorted(s["isr"])) for s in states
+        ]
+        return same and parts
+
+    parts = until(agreeing)
     assert all(len(p.replica_nodes) == 3 and not p.offline_replicas for p in parts)
     leader, epoch = parts[0].leader_id, parts[0].leader_epoch
     follower = next(i for i in (1, 2, 3) if i != leader)
