@@ -7,7 +7,9 @@ leader epoch it asks the leader where its own latest epoch ended there
 wrote alone in an epoch the leader does not share (a zombie leader's appends, a
 crashed leader's unreplicated tail) goes, and never more. Frames come back verbatim
 and are appended unchanged (``PartitionLog.append_replicated``); the follower's high
-watermark is the leader's, capped by its own log end.
+watermark is the leader's, capped by its own log end. A follower whose log end is
+below the leader's log start (retention deleted what it lacks) empties its log and
+starts again at the leader's log start.
 """
 
 from __future__ import annotations
@@ -130,14 +132,21 @@ class Fetcher:
             asks.append([tp.topic, tp.partition, plog.log_end_offset, epoch])
         body = {"replica_id": self.manager.me, "max_wait_ms": FETCH_WAIT_MS, "max_bytes": FETCH_BYTES, "partitions": asks}
         answer = await call(self.manager.session, self.url + "/v1/replica/fetch", body)
-        for (tp, epoch), (error, high_watermark, frames) in zip(asked, answer["partitions"]):
+        for (tp, epoch), (error, high_watermark, frames, log_start) in zip(asked, answer["partitions"]):
             if not self.following(tp, epoch):
                 continue  # the leader changed while the request was out: its answer is stale
+            plog = await logs.get_or_create(tp.topic, tp.partition)
+            if error == "OFFSET_OUT_OF_RANGE" and plog.log_end_offset < log_start:
+                log.warning(
+                    "%s/%d: log end %d is below the log start %d of leader %d: starting again from there",
+                    tp.topic, tp.partition, plog.log_end_offset, log_start, self.source,
+                )
+                await plog.truncate_fully_and_start_at(log_start)
+                continue
             if error is not None:
                 if error == "OFFSET_OUT_OF_RANGE":
                     self.truncated.pop(tp, None)  # ahead of the leader: truncate again
                 continue
-            plog = await logs.get_or_create(tp.topic, tp.partition)
             if frames:
                 await plog.append_replicated(frames)
             plog.advance_high_watermark(min(high_watermark, plog.log_end_offset))

@@ -4,8 +4,8 @@ Both take and give msgpack (``application/msgpack``), per partition in the order
 
 - fetch: ``{"replica_id", "max_wait_ms", "max_bytes", "partitions": [[topic, partition,
   fetch_offset, leader_epoch], ...]}`` -> ``{"partitions": [[error, high_watermark,
-  frames], ...]}``. ``frames`` are the stored frames from ``fetch_offset`` up to the
-  log end, byte for byte. The fetch offset is the follower's log end: the leader
+  frames, log_start_offset], ...]}``. ``frames`` are the stored frames from
+  ``fetch_offset`` up to the log end, byte for byte. The fetch offset is the follower's log end: the leader
   records it, which moves the high watermark and may bring the follower back into the
   ISR. With nothing to send for any partition, the answer waits up to ``max_wait_ms``
   for an append.
@@ -16,7 +16,8 @@ Both take and give msgpack (``application/msgpack``), per partition in the order
 
 ``error`` is None or a code: ``FENCED_LEADER_EPOCH`` (the caller's epoch is not the
 current one), ``NOT_OWNER`` / ``LEADER_NOT_AVAILABLE`` (this broker does not lead it at
-a valid lease), ``OFFSET_OUT_OF_RANGE`` (a fetch offset past the leader's log end).
+a valid lease), ``OFFSET_OUT_OF_RANGE`` (a fetch offset past the leader's log end, or
+below its log start: then ``log_start_offset`` says where the follower starts again).
 
 With ``auth:`` both need a principal with ``replication`` (or ``admin``); the
 authentication middleware refuses anyone else (``router.server.auth``), and followers
@@ -74,16 +75,16 @@ async def replica_fetch(request: web.Request) -> web.Response:
         logs = []
         for topic, partition, offset, epoch in asks:
             plog, error = _leader_log(broker, topic, partition, epoch)
-            if error is None and offset > plog.log_end_offset:
+            if error is None and not plog.log_start_offset <= offset <= plog.log_end_offset:
                 error = "OFFSET_OUT_OF_RANGE"
             if error is not None:
-                out.append([error, -1, b""])
+                out.append([error, -1, b"", plog.log_start_offset if plog is not None else -1])
                 continue
             broker.replicas.follower_fetched(TopicPartition(topic, partition), follower, offset)
             frames = plog.read(offset, max_bytes, to_log_end=True)
-            out.append([None, plog.high_watermark, frames])
+            out.append([None, plog.high_watermark, frames, plog.log_start_offset])
             logs.append((plog, offset))
-        if attempt or any(frames for _, _, frames in out) or not logs or wait_s <= 0:
+        if attempt or any(part[2] for part in out) or not logs or wait_s <= 0:
             break
         waits = [asyncio.ensure_future(plog.wait_for_end(offset, wait_s)) for plog, offset in logs]
         _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)

@@ -82,7 +82,7 @@ class ReplicaManager:
             if self.me not in state.replicas or tp.topic not in topology.topics:
                 continue
             plog = await self.logs.get_or_create(tp.topic, tp.partition)
-            plog.replicated = True
+            plog.start_replicated(self.logs.checkpointed_high_watermark(tp))
             if state.leader == self.me:
                 current = self.leading.get(tp)
                 if current is None or current.leader_epoch != state.leader_epoch:

@@ -30,6 +30,14 @@ CRC-checked and cut at the first bad frame; a partition missing from the file
 running kernel's, the machine did not go down since: the crash was the process's
 alone, the page cache kept every completed write, and only the active segment's tail
 is checked.
+
+``<data dir>/replication-offset-checkpoint`` (Kafka's file of that name): the high
+watermark of every replica's log, written like the recovery points, so that a
+restarted replica starts from the high watermark it had (``PartitionLog.start_replicated``)
+and not from its log end, which may hold records no other replica has. Msgpack
+payload ``{"version": 1, "partitions": [[topic, partition, high_watermark], ...]}``.
+A high watermark read back is at most what was committed (it only ever rises, and
+the file may lag): a missing or unreadable file counts as 0.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ log = logging.getLogger(__name__)
 
 CLEAN_SHUTDOWN = "clean-shutdown"
 RECOVERY_POINTS = "recovery-point-offset-checkpoint"
+HIGH_WATERMARKS = "replication-offset-checkpoint"
 _VERSION = 1
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
@@ -107,3 +116,23 @@ def read_recovery_points(data_dir: Path) -> RecoveryPoints:
 def write_recovery_points(data_dir: Path, points: dict[TopicPartition, int]) -> None:
     entries = [[tp.topic, tp.partition, offset] for tp, offset in sorted(points.items())]
     write_record(data_dir / RECOVERY_POINTS, {"version": _VERSION, "boot_id": boot_id(), "partitions": entries})
+
+
+def read_high_watermarks(data_dir: Path) -> dict[TopicPartition, int]:
+    """The replicas' high watermarks of the last checkpoint; none when unreadable."""
+    path = data_dir / HIGH_WATERMARKS
+    try:
+        state = read_record(path)
+        if state["version"] != _VERSION:
+            raise ValueError(f"version {state['version']}")
+        return {TopicPartition(str(t), int(p)): int(o) for t, p, o in state["partitions"]}
+    except FileNotFoundError:
+        return {}
+    except (ValueError, TypeError, KeyError) as exc:
+        log.warning("ignoring %s (replicas wait for their leader's high watermark): %s", path, exc)
+        return {}
+
+
+def write_high_watermarks(data_dir: Path, marks: dict[TopicPartition, int]) -> None:
+    entries = [[tp.topic, tp.partition, offset] for tp, offset in sorted(marks.items())]
+    write_record(data_dir / HIGH_WATERMARKS, {"version": _VERSION, "partitions": entries})

@@ -5,12 +5,14 @@ Layout of a data dir::
     <data_dir>/<topic>-<partition>/             one PartitionLog (segments, indexes, snapshots)
     <data_dir>/__offsets/                       the OffsetStore
     <data_dir>/recovery-point-offset-checkpoint the recovery point of every log (``checkpoint``)
+    <data_dir>/replication-offset-checkpoint    the high watermark of every replica's log
     <data_dir>/<hex>.deleting/                  a partition being deleted (removed at start-up)
 
 Background work costs nothing when idle: under ``flush="interval"`` each log arms a
 one-shot timer when a write makes it dirty (so there is no flusher loop to wake); one
 task visits the logs every ``retention_check_ms`` (retention, producer expiry) and
-one writes the recovery points every ``checkpoint_interval_ms`` when they moved.
+one writes the recovery points (and the replicas' high watermarks) every
+``checkpoint_interval_ms`` when they moved.
 fsyncs run in the default executor, so 10,000 partitions cost memory and file
 descriptors (one per active segment, plus a shared LRU of sealed ones), not threads.
 
@@ -34,7 +36,7 @@ from shoal.client.errors import InternalError, InvalidRequest
 from shoal.client.names import check_name, is_valid_name
 from shoal.client.structs import TopicPartition
 
-from .checkpoint import read_recovery_points, write_recovery_points
+from .checkpoint import read_high_watermarks, read_recovery_points, write_high_watermarks, write_recovery_points
 from .config import LogConfig
 from .durable import fsync_dir
 from .offsets import OffsetStore
@@ -89,6 +91,8 @@ class LogManager:
         self._retention: asyncio.Task | None = None
         self._checkpointer: asyncio.Task | None = None
         self._checkpointed: dict[TopicPartition, int] = {}
+        self._hw_at_start: dict[TopicPartition, int] = {}  # replication-offset-checkpoint as read at start
+        self._hw_checkpointed: dict[TopicPartition, int] = {}
         self._running = False
         self._real_data_dir: Path | None = None
 
@@ -107,6 +111,8 @@ class LogManager:
         _raise_fd_limit()
         await self.offsets.start()
         checkpoint = await asyncio.to_thread(read_recovery_points, self.data_dir)
+        self._hw_at_start = await asyncio.to_thread(read_high_watermarks, self.data_dir)
+        self._hw_checkpointed = dict(self._hw_at_start)
         found = await asyncio.to_thread(self._scan_data_dir)
         logs = [
             self._new_log(tp, checkpoint.points[tp], same_boot=checkpoint.same_boot) if tp in checkpoint.points
@@ -289,11 +295,24 @@ class LogManager:
         return deleted
 
     async def checkpoint_recovery_points(self) -> None:
-        """Write every log's recovery point to ``recovery-point-offset-checkpoint`` if one moved."""
+        """Write every log's recovery point to ``recovery-point-offset-checkpoint`` and every
+        replica's high watermark to ``replication-offset-checkpoint``, each if one moved."""
         points = {tp: plog.recovery_point for tp, plog in self._logs.items()}
         if points != self._checkpointed:
             await asyncio.to_thread(write_recovery_points, self.data_dir, points)
             self._checkpointed = points
+        marks = {
+            tp: plog.high_watermark if plog.replicated else self._hw_at_start[tp]
+            for tp, plog in self._logs.items()
+            if plog.replicated or tp in self._hw_at_start
+        }
+        if marks != self._hw_checkpointed:
+            await asyncio.to_thread(write_high_watermarks, self.data_dir, marks)
+            self._hw_checkpointed = marks
+
+    def checkpointed_high_watermark(self, tp: TopicPartition) -> int | None:
+        """The high watermark ``replication-offset-checkpoint`` held for ``tp`` at start-up."""
+        return self._hw_at_start.get(tp)
 
     async def _checkpoint_loop(self) -> None:
         while True:

@@ -337,12 +337,26 @@ class PartitionLog:
         moved, self._hw_moved = self._hw_moved, asyncio.Event()
         moved.set()
 
+    def start_replicated(self, checkpointed_hw: int | None) -> None:
+        """Make this a replica's log: from now on the high watermark moves only by
+        ``advance_high_watermark``. It restarts at the checkpointed one (Kafka's
+        replication-offset-checkpoint; the log start when none was kept), never at the
+        log end: a restarted leader may hold records no follower has."""
+        if self.replicated:
+            return
+        self.replicated = True
+        self._place_high_watermark(max(self._log_start, min(checkpointed_hw or 0, self._leo)))
+
     def advance_high_watermark(self, hw: int) -> bool:
         """Move the high watermark of a replicated log up to ``hw`` (at most the log end,
         at a frame boundary: a replica's log end). Returns True if it moved."""
         hw = min(hw, self._leo)
         if hw <= self._hw:
             return False
+        self._place_high_watermark(hw)
+        return True
+
+    def _place_high_watermark(self, hw: int) -> None:
         view = self._view
         seg = view.segments[bisect_right(view.bases, hw) - 1]
         if hw == self._leo and seg is view.segments[-1]:
@@ -357,7 +371,6 @@ class PartitionLog:
         self._readable_base = seg.base_offset
         self._readable_end = pos
         self._wake()
-        return True
 
     def roll(self) -> Segment:
         """Seal the active segment and start a new one at the next offset (the writer calls it).
@@ -548,10 +561,29 @@ class PartitionLog:
                 keep.recover(check_from=keep.base_offset + (1 << 62))  # reopen it read-write (headers only)
             end = keep.truncate_to_offset(offset)
             segments = view.segments[: i + 1]
+            hw = self._hw
             self._set_view(segments)
+            if self.replicated and hw < end:  # a follower's cut: what it had not seen committed stays unreadable
+                self._place_high_watermark(hw)
             delete_snapshots(self.directory, above=end)
             self.producers = rebuild_producers(list(segments), current_ms())
             self.epochs.truncate_from(end)
             self.flusher.truncated(end, self.directory)
         log.warning("truncated %s to offset %d", self.name, end)
         return end
+
+    async def truncate_fully_and_start_at(self, offset: int) -> None:
+        """Delete every segment and start empty at ``offset`` (a follower below its leader's
+        log start, which retention moved past it: Kafka's truncateFullyAndStartAt)."""
+        async with self._writer.exclusive(), self.flusher.exclusive():
+            for seg in self._view.segments:
+                self._open_segments.discard(seg)
+                seg.delete_files()
+            delete_snapshots(self.directory, above=-1)
+            fresh = Segment(self.directory, offset, index_interval_bytes=self._config.index_interval_bytes)
+            fresh.create()
+            self._set_view([fresh])
+            self.producers = ProducerTable()
+            self.epochs.truncate_from(0)
+            self.flusher.truncated(offset, self.directory)
+        log.warning("emptied %s: it starts again at offset %d", self.name, offset)
