@@ -1,5 +1,6 @@
 """Shared fixtures: ``cluster_factory`` starts real brokers from a temporary cluster.yaml;
-``etcd_server`` is one real etcd for the session, ``etcd_prefix`` a key prefix of a test's own."""
+``etcd_server`` is one real etcd for the session, ``etcd_prefix`` a key prefix and
+``cluster_name`` a cluster name of a test's own."""
 
 from __future__ import annotations
 
@@ -45,3 +46,9 @@ def etcd_server(tmp_path_factory):
 def etcd_prefix(request) -> bytes:
     """A key prefix no other test uses, so tests can share ``etcd_server``."""
     return f"/test/{request.node.name}/{uuid.uuid4().hex[:8]}/".encode()
+
+
+@pytest.fixture
+def cluster_name() -> str:
+    """A cluster name no other test uses, so tests can share ``etcd_server``."""
+    return f"t-{uuid.uuid4().hex[:10]}"

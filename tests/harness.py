@@ -99,6 +99,14 @@ class LocalCluster:
         self.config_path = root / "cluster.yaml"
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         self.procs: dict[int, subprocess.Popen] = {}
+        self._config_paths: dict[int, Path] = {}
+
+    def write_broker_config(self, broker_id: int, config: dict) -> None:
+        """Give broker ``broker_id`` a cluster.yaml of its own from its next start (a fault
+        test routes a peer's url or the etcd endpoint through a proxy this way)."""
+        path = self.root / f"cluster-{broker_id}.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self._config_paths[broker_id] = path
 
     @property
     def urls(self) -> list[str]:
@@ -120,7 +128,7 @@ class LocalCluster:
         for i in ids:
             logf = open(self.log_path(i), "ab")
             self.procs[i] = subprocess.Popen(
-                [sys.executable, "-m", "shoal.broker", "--config", str(self.config_path), "--id", str(i)],
+                [sys.executable, "-m", "shoal.broker", "--config", str(self._config_paths.get(i, self.config_path)), "--id", str(i)],
                 stdout=logf, stderr=subprocess.STDOUT, cwd=self.root,
             )
             logf.close()

@@ -7,6 +7,7 @@ import urllib.error
 import urllib.request
 
 from shoal.client.records import decode_fetch
+from shoal.client.structs import Record
 
 BATCH = "application/vnd.shoal.batch"
 
@@ -24,15 +25,22 @@ def post_batch(url: str, body: bytes) -> tuple[int, dict | bytes]:
 def read_all(url: str, offset: int, max_bytes: int = 256 * 1024) -> list[bytes]:
     """Every record value of the partition at ``url`` (.../partitions/P) from ``offset`` to the
     high watermark, fetch by fetch; with ``max_bytes=1``, only the first fetch's."""
-    values: list[bytes] = []
+    return [r.value for r in read_records(url, offset, max_bytes)]
+
+
+def read_records(url: str, offset: int, max_bytes: int = 256 * 1024) -> list[Record]:
+    """``read_all``, as records (with their offsets)."""
+    out: list[Record] = []
     while True:
         req = urllib.request.Request(f"{url}/records?offset={offset}&max_bytes={max_bytes}", headers={"Accept": BATCH})
         with urllib.request.urlopen(req, timeout=10) as resp:
             frames = resp.read()
             hw = int(resp.headers["Shoal-High-Watermark"])
+        if offset >= hw:
+            return out
         records = list(decode_fetch("t", 0, frames, min_offset=offset))
         assert records and records[0].offset == offset, (offset, hw)
-        values += [r.value for r in records]
+        out += records
         offset = records[-1].offset + 1
         if offset >= hw or max_bytes == 1:
-            return values
+            return out
