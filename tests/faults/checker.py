@@ -68,7 +68,7 @@ async def in_sync(cluster, via: int = 1, partition: int = 0, topic: str = TOPIC)
 
     def full():
         s = state_of(cluster.url(via), partition, topic)
-        return s if s and s["leader"] >= 0 and s["isr"] == list(s["replicas"]) else None
+        return s if s and s["leader"] >= 0 and sorted(s["isr"]) == sorted(s["replicas"]) else None
 
     return await poll(lambda: asyncio.to_thread(full), timeout=30)
 
@@ -84,6 +84,7 @@ async def leader_answering(cluster, partition: int = 0, topic: str = TOPIC) -> d
 class History:
     """What the clients saw, for ``check_history``."""
 
+    sent: set[bytes] = field(default_factory=set)  # every value sent (each once)
     acked: list[tuple[int, bytes]] = field(default_factory=list)  # (offset, value) acknowledged
     seen: dict[int, bytes] = field(default_factory=dict)  # offset -> the value a consumer read there
     conflicts: list[tuple[int, bytes, bytes]] = field(default_factory=list)  # (offset, first, then)
@@ -105,7 +106,7 @@ async def check_history(cluster, history: History, *, leader: int | None = None,
     at = {r.offset: r.value for r in records}
     for offset, value in history.acked:
         assert at.get(offset) == value, f"acknowledged {value!r} at {offset}, found {at.get(offset)!r}"
-    values = [r.value for r in records if not r.value.startswith(b"probe")]
+    values = [r.value for r in records if r.value in history.sent]
     assert len(values) == len(set(values)), "a record is stored twice"
     assert not history.conflicts, f"a consumer saw two records at one offset: {history.conflicts[:5]}"
     for offset, value in history.seen.items():
@@ -168,6 +169,7 @@ class Workload:
             while not self._stopping.is_set():
                 value = b"r%06d" % self.sent
                 self.sent += 1
+                self.history.sent.add(value)
                 pending.append((value, await producer.send(self.tp.topic, value, partition=self.tp.partition)))
                 for done in [p for p in pending if p[1].done()]:
                     self._settle(*done)
