@@ -4,7 +4,10 @@ Each follower fetch carries the follower's log end offset (its ``fetch_offset``:
 has everything below). The leader keeps the latest per follower and moves the high
 watermark to the least log end over the ISR (its own included). A follower that has
 not caught up with the leader's log end for ``replica_lag_time_max_ms`` leaves the
-ISR; one whose log end reaches the high watermark rejoins. Both changes are
+ISR; one whose log end reaches the high watermark rejoins. A follower that reports a
+log end below the high watermark lost records it had acknowledged (its disk lost an
+unflushed tail): it leaves the ISR at once, so that it cannot be elected with a log
+that lacks committed records. Both changes are
 compare-and-swap transitions in etcd from the state this leader last read
 (``MetadataStore.shrink_isr`` / ``expand_isr``); a failed one means the state moved
 (another leader, or a concurrent change): the mirrored state will show it.
@@ -42,6 +45,11 @@ class LeaderState:
         self.follower_leo[follower] = fetch_offset
         if fetch_offset >= self.plog.log_end_offset:
             self.caught_up_at[follower] = time.monotonic()
+
+    def lost_committed(self, follower: int, isr) -> bool:
+        """Is ``follower`` in ``isr`` with a log end below the high watermark (it had
+        every record below it, so it lost some)?"""
+        return follower in isr and follower != self.me and self.follower_leo[follower] < self.plog.high_watermark
 
     def high_watermark(self, isr) -> int:
         """The least log end over ``isr`` (a follower not heard from yet counts as 0)."""

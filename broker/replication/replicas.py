@@ -115,8 +115,15 @@ class ReplicaManager:
     def follower_fetched(self, tp: TopicPartition, follower: int, fetch_offset: int) -> None:
         lead = self.leading[tp]
         lead.fetched(follower, fetch_offset)
-        self.advance(tp)
         state = self.membership.states.get(tp)
+        if state is not None and lead.lost_committed(follower, state.isr):
+            log.warning(
+                "broker %d: follower %d of %s/%d is back with log end %d, below the high watermark %d",
+                self.me, follower, tp.topic, tp.partition, fetch_offset, lead.plog.high_watermark,
+            )  # fmt: skip
+            self._tasks.append(asyncio.create_task(self._change_isr(tp, "shrink", follower)))
+            return
+        self.advance(tp)
         if state is not None and follower in lead.caught_up(state.replicas, state.isr):
             self._tasks.append(asyncio.create_task(self._change_isr(tp, "expand", follower)))
 

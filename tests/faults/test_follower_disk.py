@@ -3,7 +3,12 @@ back to an earlier byte (mid-frame), start it again. It recovers (the torn frame
 truncates by the epoch-end protocol, fetches again, and every replica holds the same
 frames below the high watermark; nothing acknowledged with ``acks=all`` is lost
 (factor 3, ``min_insync_replicas`` 2). Short by default; ``SHOAL_SOAK=1`` does it five
-times, each time to another follower."""
+times, each time to another follower.
+
+A follower that comes back with less than the high watermark leaves the ISR at once
+(not after ``replica_lag_time_max_ms``), so that it cannot be elected with a log that
+lacks acknowledged records.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.checker import BROKERS, TOPIC, Workload, check_history, in_sync
+from tests.faults.checker import BROKERS, TOPIC, History, Workload, check_history, in_sync, produce, state_of
 from tests.harness import env_flag
+from tests.metadata.helpers import poll
 
 
 @pytest.fixture
@@ -65,3 +71,45 @@ async def test_a_follower_that_lost_its_unflushed_tail_recovers_and_refetches(re
 @pytest.mark.skipif(not env_flag("SHOAL_SOAK"), reason="SHOAL_SOAK=1 runs it; the default run cuts one tail")
 async def test_lost_tail_loop(replicated, capsys):
     await lost_tails(replicated, 5, capsys)
+
+
+@pytest.fixture
+def slow_to_shrink(cluster_factory, etcd_server, cluster_name):
+    """As ``replicated``, with a lag time no test waits out."""
+    return cluster_factory(
+        3, {TOPIC: 1}, name=cluster_name,
+        metadata={"etcd": [etcd_server.url], "lease_ttl_ms": 2000, "replica_lag_time_max_ms": 60000},
+        replication_factor=3, min_insync_replicas=2, flush="never",
+    )  # fmt: skip
+
+
+async def test_a_follower_back_below_the_high_watermark_leaves_the_isr_and_is_not_elected(slow_to_shrink):
+    c = slow_to_shrink
+    leader = (await in_sync(c))["leader"]
+    follower, other = [b for b in BROKERS if b != leader]
+    history = History()
+    for i in range(40):
+        value = f"v{i:03d}"
+        status, ack = await asyncio.to_thread(produce, c.url(leader), value, acks="all")
+        assert status == 200, ack
+        history.sent.add(value.encode())
+        history.acked.append((ack["base_offset"], value.encode()))
+    c.kill(follower)
+    lose_tail(c, follower, 0.3)
+    await asyncio.to_thread(c.start, follower)
+
+    def isr_without_follower():
+        s = state_of(c.url(leader))
+        return s if s and follower not in s["isr"] else None
+
+    await poll(lambda: asyncio.to_thread(isr_without_follower), timeout=20)
+    assert "below the high watermark" in c.tail(leader, 100)
+    c.kill(leader)  # only the replica that has everything may take over
+
+    def elected():
+        s = state_of(c.url(other))
+        return s if s and s["leader"] not in (leader, -1) else None
+
+    assert (await poll(lambda: asyncio.to_thread(elected), timeout=30))["leader"] == other
+    await asyncio.to_thread(c.start, leader)
+    await check_history(c, history, leader=other)
