@@ -14,10 +14,8 @@ import urllib.request
 import pytest
 
 from shoal.client.records import iter_frames
-from tests.harness import http_json
+from tests.faults.checker import TOPIC, leader_answering, produce, state_of
 from tests.metadata.helpers import poll
-
-TOPIC = "orders"
 
 
 @pytest.fixture
@@ -27,29 +25,6 @@ def replicated(cluster_factory, etcd_server, cluster_name):
         3, {TOPIC: 2}, name=cluster_name, metadata={"etcd": [etcd_server.url], "lease_ttl_ms": 2000},
         replication_factor=3, min_insync_replicas=1,
     )  # fmt: skip
-
-
-def state_of(url: str, partition: int = 0):
-    """The partition's state in a broker's GET /v1/cluster, or None (unknown, or unreachable)."""
-    try:
-        status, body = http_json("GET", url + "/v1/cluster", timeout=2)
-    except OSError:
-        return None
-    states = body.get("partitions", {}).get(TOPIC) if status == 200 else None
-    return states[partition] if states else None
-
-
-def produce(url: str, value: str, partition: int = 0, **params):
-    query = "&".join(f"{k}={v}" for k, v in params.items())
-    target = f"{url}/v1/topics/{TOPIC}/partitions/{partition}/records" + (f"?{query}" if query else "")
-    return http_json("POST", target, {"records": [{"value": value}]})
-
-
-async def leader_answering(cluster):
-    """The leader of partition 0 once it answers produces (it has seen every broker live)."""
-    state = await poll(lambda: asyncio.to_thread(state_of, cluster.urls[0]), timeout=20)
-    status, _ = await asyncio.to_thread(produce, cluster.url(state["leader"]), "probe")
-    return state if status == 200 else None
 
 
 async def test_only_the_leader_answers_and_a_stale_epoch_is_fenced(replicated):

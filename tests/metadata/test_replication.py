@@ -8,20 +8,16 @@ import asyncio
 import json
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
 from shoal.client import AsyncProducer
-from shoal.client.records import decode_fetch, iter_frames, read_header
-from shoal.client.structs import TopicPartition
-from tests.client.helpers import read_exactly
-from tests.harness import env_flag, http_json
+from shoal.client.records import decode_fetch, read_header
+from tests.faults.checker import BROKERS, TOPIC, History, check_history, in_sync, state_of, stored_frames
+from tests.faults.checker import produce as produce_to
+from tests.harness import env_flag
 from tests.metadata.helpers import poll
 from tests.router.test_cli_topic_group import ok, shoal
-
-TOPIC = "orders"
-BROKERS = (1, 2, 3)
 
 
 @pytest.fixture
@@ -35,24 +31,7 @@ def replicated(cluster_factory, etcd_server, cluster_name):
 
 
 def state(cluster, via: int):
-    try:
-        status, body = http_json("GET", cluster.url(via) + "/v1/cluster", timeout=2)
-    except OSError:
-        return None
-    states = body.get("partitions", {}).get(TOPIC) if status == 200 else None
-    return states[0] if states else None
-
-
-def stored_frames(cluster, broker: int) -> list[bytes]:
-    """The frames of orders/0 in broker ``broker``'s segment files, in offset order."""
-    d = Path(cluster.config["brokers"][broker - 1]["data_dir"]) / f"{TOPIC}-0"
-    data = b"".join(p.read_bytes() for p in sorted(d.glob("*.log")))
-    return [bytes(frame) for _, frame in iter_frames(data)]
-
-
-def high_watermark(cluster, leader: int) -> int:
-    _, body = http_json("GET", f"{cluster.url(leader)}/v1/topics/{TOPIC}/partitions/0/offsets")
-    return body["high_watermark"]
+    return state_of(cluster.url(via))
 
 
 async def produce_through_kills(cluster, kills: int, per_round: int):
@@ -75,7 +54,7 @@ async def produce_through_kills(cluster, kills: int, per_round: int):
             for value, fut in futures:
                 acked.append(((await fut).offset, value))
 
-        await poll(lambda: asyncio.to_thread(lambda: (s := state(cluster, 1)) and s["isr"] == list(s["replicas"])), 20)
+        await in_sync(cluster)
         await send_round()
         for _ in range(kills):
             old = (await asyncio.to_thread(state, cluster, 1) or await asyncio.to_thread(state, cluster, 2))["leader"]
@@ -99,29 +78,9 @@ async def produce_through_kills(cluster, kills: int, per_round: int):
     return acked, failovers
 
 
-async def check_no_loss_and_identical_replicas(cluster, acked):
-    leader = (await asyncio.to_thread(state, cluster, 1))["leader"]
-    records = await read_exactly(cluster.urls, [TopicPartition(TOPIC, 0)], len({v for _, v in acked}), timeout=60)
-    at = {r.offset: r.value for r in records}
-    values = [r.value for r in records]
-    for offset, value in acked:
-        assert at.get(offset) == value, f"acknowledged {value!r} at {offset}, found {at.get(offset)!r}"
-    assert len(values) == len(set(values)), "a record is stored twice"
-    hw = high_watermark(cluster, leader)
-
-    def below_hw(broker):
-        frames = [f for f in stored_frames(cluster, broker) if int.from_bytes(f[:8], "big") < hw]
-        return frames
-
-    reference = below_hw(leader)
-    assert sum(int.from_bytes(f[22:26], "big") for f in reference) == hw
-    for broker in BROKERS:  # followers copy up to the high watermark within moments
-        await poll(lambda: asyncio.to_thread(lambda: below_hw(broker) == reference), timeout=20)
-
-
 async def test_a_killed_leader_loses_no_acknowledged_record(replicated, capsys):
     acked, failovers = await produce_through_kills(replicated, kills=1, per_round=150)
-    await check_no_loss_and_identical_replicas(replicated, acked)
+    await check_history(replicated, History(sent={v for _, v in acked}, acked=acked))
     elected, first_ack = failovers[0]
     with capsys.disabled():
         print(f"\nreplication: {len(acked)} acknowledged, 0 lost, 0 duplicated; after the SIGKILL a new leader "
@@ -132,7 +91,7 @@ async def test_a_killed_leader_loses_no_acknowledged_record(replicated, capsys):
 @pytest.mark.skipif(not env_flag("SHOAL_SOAK"), reason="SHOAL_SOAK=1 runs it; the default run kills one leader above")
 async def test_leader_kill_loop(replicated, capsys):
     acked, failovers = await produce_through_kills(replicated, kills=8, per_round=300)
-    await check_no_loss_and_identical_replicas(replicated, acked)
+    await check_history(replicated, History(sent={v for _, v in acked}, acked=acked))
     with capsys.disabled():
         print(f"\nreplication soak: {len(acked)} acknowledged over 8 leader kills, 0 lost, 0 duplicated; "
               f"(leader elected s, first ack s): {', '.join(f'({e:.2f}, {a:.2f})' for e, a in failovers)}")
@@ -149,9 +108,7 @@ def unclean(cluster_factory, etcd_server, cluster_name):
 
 
 def produce(cluster, broker: int, value: str, acks: str = "all"):
-    return http_json(
-        "POST", f"{cluster.url(broker)}/v1/topics/{TOPIC}/partitions/0/records?acks={acks}", {"records": [{"value": value}]}
-    )
+    return produce_to(cluster.url(broker), value, acks=acks)
 
 
 async def test_what_a_zombie_leader_wrote_alone_is_truncated(unclean):
@@ -160,7 +117,7 @@ async def test_what_a_zombie_leader_wrote_alone_is_truncated(unclean):
     writes Y; woken (SIGCONT), the zombie truncates X by the epoch-end protocol and
     copies Y: all three logs are the same frames, without X."""
     c = unclean
-    await poll(lambda: asyncio.to_thread(lambda: (s := state(c, 1)) and s["isr"] == list(s["replicas"])), 20)
+    await in_sync(c)
     zombie = (await asyncio.to_thread(state, c, 1))["leader"]
     status, _ = await asyncio.to_thread(produce, c, zombie, "A")
     assert status == 200
@@ -198,8 +155,7 @@ async def test_what_a_zombie_leader_wrote_alone_is_truncated(unclean):
 
 
 async def test_topic_describe_shows_leader_epoch_replicas_isr(replicated):
-    await poll(lambda: asyncio.to_thread(lambda: (s := state(replicated, 1)) and s["isr"] == list(s["replicas"])), 20)
-    s = await asyncio.to_thread(state, replicated, 1)
+    s = await in_sync(replicated)
     await poll(lambda: asyncio.to_thread(lambda: produce(replicated, s["leader"], "a")[0] == 200), 20)
     done = await asyncio.to_thread(shoal, replicated, "topic", "describe", TOPIC, "-o", "json")
     [row] = json.loads(ok(done).stdout)[0]["partitions"]
