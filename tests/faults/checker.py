@@ -11,7 +11,8 @@ Jepsen-style analysis of a Kafka-like log asks:
 - every replica holds the same frames, byte for byte, below the high watermark.
 
 ``Workload`` runs the clients (an idempotent ``acks=all`` producer and a consumer
-that commits) in the background of a test.
+that commits) in the background of a test: ``async with Workload(urls) as work: ...
+history = await work.stop()``.
 """
 
 from __future__ import annotations
@@ -142,9 +143,15 @@ class Workload:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
 
-    def start(self) -> Workload:
+    async def __aenter__(self) -> Workload:
         self._tasks = [asyncio.create_task(self._produce()), asyncio.create_task(self._consume())]
         return self
+
+    async def __aexit__(self, *exc) -> None:
+        """Cancel what still runs (a test that failed before ``stop()``)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def acked_count(self, at_least: int, timeout: float = 30) -> None:
         """Wait until ``at_least`` more records are acknowledged than now."""
@@ -162,9 +169,10 @@ class Workload:
         return self.history
 
     async def _produce(self) -> None:
-        async with AsyncProducer(
+        producer = AsyncProducer(
             self.bootstrap, acks="all", retry_backoff_ms=50, retry_backoff_max_ms=200, request_timeout_ms=REQUEST_TIMEOUT_MS
-        ) as producer:
+        )
+        try:
             pending = []
             while not self._stopping.is_set():
                 value = b"r%06d" % self.sent
@@ -178,6 +186,8 @@ class Workload:
             await asyncio.gather(*(fut for _, fut in pending), return_exceptions=True)
             for value, fut in pending:
                 self._settle(value, fut)
+        finally:
+            await producer.close(timeout=1)
 
     def _settle(self, value: bytes, fut: asyncio.Future) -> None:
         if fut.exception() is None:

@@ -59,9 +59,9 @@ async def kill_etcd(cluster, etcd: EtcdServer, work: Workload) -> tuple[float, f
 
 async def etcd_kills(cluster, etcd, rounds: int, capsys) -> None:
     await in_sync(cluster)
-    work = Workload(cluster.urls).start()
-    times = [await kill_etcd(cluster, etcd, work) for _ in range(rounds)]
-    history = await work.stop()
+    async with Workload(cluster.urls) as work:
+        times = [await kill_etcd(cluster, etcd, work) for _ in range(rounds)]
+        history = await work.stop()
     await check_history(cluster, history)
     with capsys.disabled():
         print(f"\netcd SIGKILL x{rounds}: {len(history.acked)} acknowledged, 0 lost, 0 duplicated; (leader refusing "

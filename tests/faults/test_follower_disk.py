@@ -47,17 +47,17 @@ def lose_tail(cluster, broker: int, fraction: float = 0.5) -> tuple[int, int]:
 async def lost_tails(cluster, rounds: int, capsys) -> None:
     leader = (await in_sync(cluster))["leader"]
     followers = [b for b in BROKERS if b != leader]
-    work = Workload(cluster.urls).start()
     cuts = []
-    for i in range(rounds):
-        follower = followers[i % 2]
-        await work.acked_count(100)
-        cluster.kill(follower)
-        cuts.append(lose_tail(cluster, follower))
-        await asyncio.to_thread(cluster.start, follower)
-        await work.acked_count(100)
-        await in_sync(cluster, leader)
-    history = await work.stop()
+    async with Workload(cluster.urls) as work:
+        for i in range(rounds):
+            follower = followers[i % 2]
+            await work.acked_count(100)
+            cluster.kill(follower)
+            cuts.append(lose_tail(cluster, follower))
+            await asyncio.to_thread(cluster.start, follower)
+            await work.acked_count(100)
+            await in_sync(cluster, leader)
+        history = await work.stop()
     await check_history(cluster, history, leader=leader)
     with capsys.disabled():
         print(f"\nfollower lost its tail x{rounds}: {len(history.acked)} acknowledged, 0 lost, 0 duplicated; "

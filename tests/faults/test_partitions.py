@@ -9,6 +9,12 @@
 After each, ``check_history``: nothing acknowledged lost or doubled, no consumer saw two
 records at one offset, committed offsets never went back, replicas byte-identical.
 Short by default; ``SHOAL_SOAK=1`` runs the loops (each fault five times).
+
+Links between brokers are cut (connections reset, new ones refused), the leader's link
+to etcd blackholed (its lease renewals hang). A client that learnt a broker's url from
+a peer shares that peer's proxied link to it; a blackholed link would hold the
+client's requests too, and the client retries a request that got no answer at the same
+broker without asking the cluster again.
 """
 
 from __future__ import annotations
@@ -49,11 +55,10 @@ class Mesh:
                     config["brokers"][b - 1]["url"] = self.link[a, b].url
             cluster.write_broker_config(a, config)
 
-    def isolation(self, leader: int) -> list[Proxy]:
-        """The links that cut ``leader`` off etcd and its followers' fetches. (Its own
-        links to the others stay: they carry nothing while it leads, and a client that
-        learnt the others' urls from it shares them.)"""
-        return [self.etcd[leader]] + [p for (a, b), p in self.link.items() if b == leader]
+    def into(self, broker: int) -> list[Proxy]:
+        """The other brokers' links to ``broker`` (their fetches while it leads). Its own
+        links to them stay: they carry nothing while it leads."""
+        return [p for (a, b), p in self.link.items() if b == broker]
 
     def stop(self) -> None:
         for proxy in [*self.etcd.values(), *self.link.values()]:
@@ -88,9 +93,9 @@ async def isr_is(cluster, via: int, wanted) -> float:
 
 
 async def cut_follower(cluster, leader: int, follower: int, link: Proxy, work: Workload) -> tuple[float, float]:
-    """Blackhole ``follower``'s fetches, see it leave the ISR, acks=all go on, heal, see it rejoin."""
+    """Cut ``follower``'s link to its leader, see it leave the ISR, acks=all go on, heal, see it rejoin."""
     await work.acked_count(30)
-    link.blackhole()
+    link.cut()
     left = await isr_is(cluster, leader, [b for b in (1, 2, 3) if b != follower])
     await work.acked_count(50)  # acks=all with the two replicas left
     link.heal()
@@ -113,9 +118,9 @@ async def follower_cuts(mesh, rounds: int, capsys) -> None:
     cluster = mesh.cluster
     leader = (await in_sync(cluster))["leader"]
     follower = next(b for b in (1, 2, 3) if b != leader)
-    work = Workload(cluster.urls).start()
-    times = [await cut_follower(cluster, leader, follower, mesh.link[follower, leader], work) for _ in range(rounds)]
-    history = await work.stop()
+    async with Workload(cluster.urls) as work:
+        times = [await cut_follower(cluster, leader, follower, mesh.link[follower, leader], work) for _ in range(rounds)]
+        history = await work.stop()
     await check_history(cluster, history, leader=leader)
     with capsys.disabled():
         print(f"\nfollower cut x{rounds}: {len(history.acked)} acknowledged, 0 lost, 0 duplicated, "
@@ -154,15 +159,17 @@ class Prober:
         self._thread.join(15)
 
 
-async def isolate_leader(cluster, leader: int, links: list[Proxy], work: Workload) -> dict:
-    """Cut ``leader`` off etcd and the other brokers while a client still reaches it; heal
-    once another replica leads; return what was measured."""
+async def isolate_leader(cluster, leader: int, mesh: Mesh, work: Workload) -> dict:
+    """Blackhole ``leader``'s link to etcd and cut its followers' links to it while a
+    client still reaches it; heal once another replica leads; return what was measured."""
     survivor = next(b for b in (1, 2, 3) if b != leader)
+    links = [mesh.etcd[leader], *mesh.into(leader)]
     await work.acked_count(30)
     with Prober(cluster.url(leader)) as prober:
         cut_at = time.monotonic()
-        for link in links:
-            link.blackhole()
+        mesh.etcd[leader].blackhole()
+        for link in mesh.into(leader):
+            link.cut()
 
         def elected():
             s = state_of(cluster.url(survivor))
@@ -199,14 +206,14 @@ async def test_leader_isolation_loop(mesh, capsys):
 
 async def leader_isolations(mesh, rounds: int, capsys) -> None:
     cluster = mesh.cluster
-    work = Workload(cluster.urls).start()
     measured, alone, old_leaders = [], set(), []
-    for _ in range(rounds):
-        leader = (await in_sync(cluster))["leader"]
-        old_leaders.append(leader)
-        measured.append(await isolate_leader(cluster, leader, mesh.isolation(leader), work))
-        alone |= set(measured[-1]["alone"])
-    history = await work.stop()
+    async with Workload(cluster.urls) as work:
+        for _ in range(rounds):
+            leader = (await in_sync(cluster))["leader"]
+            old_leaders.append(leader)
+            measured.append(await isolate_leader(cluster, leader, mesh, work))
+            alone |= set(measured[-1]["alone"])
+        history = await work.stop()
     log = await check_history(cluster, history, leader=measured[-1]["new"])
     assert not {value for _, value in log} & alone, "what an isolated leader wrote alone was not truncated"
     for old in old_leaders:
