@@ -129,3 +129,40 @@ async def test_a_segment_of_the_old_frame_format_is_refused(tmp_path):
         await plog.start()
     assert segment.read_bytes() == old
     assert read_header(encode_batch([(None, b"x", None, 1)])).magic == 3
+
+
+async def test_a_follower_emptied_below_its_leaders_log_start_copies_from_there_and_reopens(tmp_path):
+    """``truncate_fully_and_start_at``: every segment, snapshot and epoch goes; the log starts
+    empty at the leader's log start, takes the leader's frames from there, and reopens so."""
+    leader = PartitionLog(tmp_path / "a", "t", 0, LogConfig(segment_bytes=300, retention_bytes=1))
+    follower = PartitionLog(tmp_path / "b", "t", 0, LogConfig())
+    await leader.start()
+    await follower.start()
+    try:
+        for i in range(12):
+            leader.leader_epoch = i // 4
+            await leader.append(batch(2, producer_id=9, base_sequence=2 * i))
+        await follower.append_replicated(leader.read(0, 100))  # the follower has the first batch only
+        await leader.enforce_retention()
+        start = leader.log_start_offset
+        assert start > follower.log_end_offset
+        follower.start_replicated(None)
+        await follower.truncate_fully_and_start_at(start)
+        assert (follower.log_start_offset, follower.log_end_offset, follower.epochs.entries()) == (start, start, [])
+        while follower.log_end_offset < leader.log_end_offset:
+            await follower.append_replicated(leader.read(follower.log_end_offset, 1 << 20, to_log_end=True))
+        follower.advance_high_watermark(leader.log_end_offset)
+        assert follower.epochs.entries() == [(2, start)] and start > 16  # epoch 2 began at 16 on the leader
+    finally:
+        await leader.stop()
+        await follower.stop()
+    def stored(d):
+        return b"".join(p.read_bytes() for p in sorted(d.glob("*.log")))
+
+    assert stored(tmp_path / "b") == stored(tmp_path / "a")
+    again = PartitionLog(tmp_path / "b", "t", 0, LogConfig())
+    await again.start()
+    try:
+        assert (again.log_start_offset, again.log_end_offset) == (start, 24)
+    finally:
+        await again.stop()

@@ -26,7 +26,7 @@ import time
 
 import pytest
 
-from tests.faults.checker import TOPIC, Workload, check_history, in_sync, produce, state_of, stored_frames
+from tests.faults.checker import TOPIC, CommittedOffsetWentBack, Workload, check_history, in_sync, produce, state_of, stored_frames
 from tests.faults.proxy import Proxy
 from tests.harness import env_flag
 from tests.metadata.helpers import poll
@@ -200,6 +200,11 @@ async def test_an_isolated_leader_stops_acknowledging_and_truncates_what_it_wrot
 
 @pytest.mark.soak
 @soak_only
+@pytest.mark.xfail(
+    raises=CommittedOffsetWentBack, strict=False,
+    reason="committed offsets live on the partition's leader, unreplicated: a leader elected again "
+    "serves the offset it stored when it last led (docs/replication.md, What is left)",
+)  # fmt: skip
 async def test_leader_isolation_loop(mesh, capsys):
     await leader_isolations(mesh, SOAK_ROUNDS, capsys)
 
@@ -214,7 +219,7 @@ async def leader_isolations(mesh, rounds: int, capsys) -> None:
             measured.append(await isolate_leader(cluster, leader, mesh, work))
             alone |= set(measured[-1]["alone"])
         history = await work.stop()
-    log = await check_history(cluster, history, leader=measured[-1]["new"])
+    log = await check_history(cluster, history, leader=measured[-1]["new"], committed=False)
     assert not {value for _, value in log} & alone, "what an isolated leader wrote alone was not truncated"
     for old in old_leaders:
         assert "truncating from" in cluster.tail(old, 2000)
@@ -225,3 +230,4 @@ async def leader_isolations(mesh, rounds: int, capsys) -> None:
               f"{len(alone)} acks=1 records written alone, all truncated; (refusing s, new leader in etcd s, "
               "back in the ISR after the heal s): "
               + ", ".join(f"({r['refused_s']:.2f}, {r['elected_s']:.2f}, {r['rejoined_s']:.2f})" for r in measured))  # fmt: skip
+    check_committed(history)
