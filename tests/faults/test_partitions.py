@@ -26,7 +26,9 @@ import time
 
 import pytest
 
-from tests.faults.checker import TOPIC, CommittedOffsetWentBack, Workload, check_history, in_sync, produce, state_of, stored_frames
+from tests.faults.checker import (
+    TOPIC, CommittedOffsetWentBack, Workload, check_committed, check_history, in_sync, produce, state_of, stored_frames,
+)  # fmt: skip
 from tests.faults.proxy import Proxy
 from tests.harness import env_flag
 from tests.metadata.helpers import poll
