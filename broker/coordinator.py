@@ -120,8 +120,10 @@ class GroupCoordinator:
         settings: Callable[[], Settings] = Settings,
         state_dir: Path | None = None,
         clock=None,
+        generation_floor: Callable[[str], int] = lambda group: 0,
     ):
         self._counts = partition_counts
+        self._floor = generation_floor  # a new group's generations continue from here
         self._snapshot = state_dir / SNAPSHOT if state_dir is not None else None
         self._settings = settings
         self._clock = clock or (lambda: asyncio.get_running_loop().time())
@@ -227,7 +229,7 @@ class GroupCoordinator:
         now = self._clock()
         group = self.groups.get(group_name)
         if group is None:
-            group = self.groups[group_name] = Group(group_name, assignor)
+            group = self.groups[group_name] = Group(group_name, assignor, self._floor(group_name))
         if not group.members:
             group.assignor = assignor
         elif group.assignor != assignor:
