@@ -38,6 +38,8 @@ from .structs import TopicPartition
 
 log = logging.getLogger(__name__)
 
+JOIN_TIMEOUT_S = 30.0  # how long start() retries a join that fails with a retriable error
+
 Listener = Callable[[set[TopicPartition]], Awaitable[None]]
 
 
@@ -110,7 +112,18 @@ class GroupMembership:
     async def start(self) -> None:
         """Join the group and keep heartbeating until ``stop()``."""
         if self._task is None:
-            await self._join()
+            attempt = 0
+            deadline = time.monotonic() + JOIN_TIMEOUT_S
+            while True:  # the coordinator may be moving or loading (503): retry a while
+                try:
+                    await self._join()
+                    break
+                except ShoalError as exc:
+                    attempt += 1
+                    if not exc.retriable or time.monotonic() > deadline:
+                        raise
+                    self.coordinator_url = None
+                    await asyncio.sleep(backoff_seconds(attempt, self._backoff_ms, 2000))
             self._task = asyncio.create_task(self._run(), name=f"heartbeat-{self.group}")
 
     async def stop(self, *, leave: bool = True) -> None:

@@ -15,8 +15,8 @@ The in-memory state follows the log below the high watermark (``_catch_up``), in
 order, so what a read shows is on every in-sync replica. Generations continue from the
 highest one the log holds (commits carry it).
 
-Every ``SNAPSHOT_EVERY`` records the coordinator appends a snapshot of the partition's
-whole state; every replica (leader or follower) deletes its segments that lie wholly
+Once half a segment of records followed the last snapshot, the coordinator appends a
+snapshot of the partition's whole state; every replica (leader or follower) deletes its segments that lie wholly
 before the latest snapshot below its high watermark.
 
 A broker that does not coordinate a group forwards to the one that does over HTTP:
@@ -36,7 +36,9 @@ from shoal.broker.coordinator import GroupCoordinator
 from shoal.client.errors import BrokerUnavailable, LeaderNotAvailable, NotOwner, ShoalError
 from shoal.client.structs import OffsetAndMetadata, TopicPartition
 
-from .offsets_topic import COMMIT, DELETE, OFFSETS_TOPIC, PARTITIONS, SNAPSHOT, SNAPSHOT_EVERY, OffsetsState, encode, partition_for, records
+from .offsets_topic import (
+    COMMIT, DELETE, OFFSETS_TOPIC, PARTITIONS, SNAPSHOT, OffsetsState, encode, offsets_topic_config, partition_for, records,
+)
 
 if TYPE_CHECKING:
     from shoal.broker.broker import Broker
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECONCILE_S = 0.5  # also look at the roles this often (the replica manager applies them after us)
-CLEANUP_S = 5.0  # how often replicas look for snapshots and delete what lies before
+CLEANUP_S = 2.0  # how often replicas look for snapshots and delete what lies before
 
 
 @dataclass(eq=False)
@@ -147,7 +149,8 @@ class GroupOffsets:
         while plog.high_watermark < end:
             await plog.wait_for(end - 1, 1.0)
         self._catch_up(slot)
-        slot.coordinator.took_over()
+        if slot.leader_epoch > 0:  # at epoch 0 this is the partition's first leader: nobody coordinated before
+            slot.coordinator.took_over()
         await slot.coordinator.start()
         slot.ready = True
         log.warning(
@@ -160,8 +163,8 @@ class GroupOffsets:
         """Apply the records below the high watermark that the state lacks."""
         plog = self.broker.logs.get(OFFSETS_TOPIC, slot.partition)
         hw = plog.high_watermark
-        for offset, key, value in records(plog, slot.applied, hw):
-            slot.state.apply(key, value)
+        for _, key, value, size in records(plog, slot.applied, hw):
+            slot.state.apply(key, value, size)
         slot.applied = max(slot.applied, hw)
 
     # --- answering ----------------------------------------------------------------------
@@ -234,8 +237,9 @@ class GroupOffsets:
         broker.leadership.check(tp, slot.leader_epoch)  # a deposed coordinator acknowledges nothing
         if self.slots.get(slot.partition) is slot:
             self._catch_up(slot)
-            if slot.state.since_snapshot >= SNAPSHOT_EVERY and not slot.snapshotting:
+            if slot.state.due(offsets_topic_config(broker.topology).segment_bytes) and not slot.snapshotting:
                 slot.snapshotting = True
+                self._tasks = [t for t in self._tasks if not t.done()]
                 self._tasks.append(asyncio.create_task(self._snapshot(slot)))
 
     async def _snapshot(self, slot: Slot) -> None:
@@ -246,8 +250,8 @@ class GroupOffsets:
         try:
             async with slot.lock, broker.writing(*tp) as plog:
                 state = slot.state.copy()
-                for _, key, value in records(plog, slot.applied, plog.log_end_offset, to_log_end=True):
-                    state.apply(key, value)
+                for _, key, value, size in records(plog, slot.applied, plog.log_end_offset, to_log_end=True):
+                    state.apply(key, value, size)
                 result = await plog.append(encode(SNAPSHOT, state.snapshot()))
             broker.replicas.advance(tp)
             await broker.replicas.wait_replicated(tp, plog, result.last_offset)
@@ -279,7 +283,7 @@ class GroupOffsets:
             hw = plog.high_watermark
             if scanned > hw:  # truncated below what was scanned: scan again
                 scanned, latest = 0, -1
-            for offset, key, _ in records(plog, scanned, hw):
+            for offset, key, _, _ in records(plog, scanned, hw):
                 if key == SNAPSHOT:
                     latest = offset
             self._snapshots[p] = (hw, latest)

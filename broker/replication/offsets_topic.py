@@ -16,8 +16,9 @@ Each batch holds one record; its key says what it is, its value is msgpack:
 - key ``s``: a snapshot, value ``[[group, generation, [[topic, partition, offset, metadata], ...]], ...]``:
   the whole state of the partition at that offset, which replaces what came before.
 
-Snapshots bound the topic's size: every replica deletes the segments that lie wholly
-before the latest snapshot below its high watermark (``snapshot_offset``).
+Snapshots bound the topic's size: the coordinator writes one once half a segment of
+records followed the last (and at least the last one's size), and every replica deletes
+the segments that lie wholly before the latest snapshot below its high watermark.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Iterator
 import msgpack
 
 from shoal.client.partitioner import partition_for_key
-from shoal.client.records import decode_batch, encode_batch
+from shoal.client.records import decode_records, encode_batch, iter_frames
 from shoal.client.structs import OffsetAndMetadata, TopicPartition
 from shoal.router.topology import TopicConfig, Topology
 
@@ -36,7 +37,6 @@ OFFSETS_TOPIC = "__consumer_offsets"
 PARTITIONS = 8  # fixed for good: a group's partition is its hash modulo this (Kafka: offsets.topic.num.partitions)
 MAX_FACTOR = 3
 MAX_SEGMENT_BYTES = 16 * 1024 * 1024
-SNAPSHOT_EVERY = 1000  # records after the last snapshot before the coordinator writes one
 
 COMMIT, DELETE, SNAPSHOT = b"c", b"d", b"s"
 _READ_BYTES = 1 << 20
@@ -77,19 +77,20 @@ def encode(key: bytes, value) -> bytes:
     return encode_batch([(key, msgpack.packb(value), None, None)])
 
 
-def records(plog, start: int, end: int, *, to_log_end: bool = False) -> Iterator[tuple[int, bytes, object]]:
-    """``(offset, key, value)`` of the records of ``plog`` in ``[start, end)``; ``end`` at
-    most the high watermark, or the log end with ``to_log_end``."""
+def records(plog, start: int, end: int, *, to_log_end: bool = False) -> Iterator[tuple[int, bytes, object, int]]:
+    """``(offset, key, value, frame size)`` of the records of ``plog`` in ``[start, end)``;
+    ``end`` at most the high watermark, or the log end with ``to_log_end``."""
     offset = max(start, plog.log_start_offset)
     while offset < end:
         buf = plog.read(offset, _READ_BYTES, to_log_end=to_log_end)
         if not buf:
             return
-        batch, offset = decode_batch(plog.topic, plog.partition, buf, min_offset=offset)
-        for r in batch.tolist():
-            if r.offset >= end:
-                return
-            yield r.offset, r.key, msgpack.unpackb(r.value)
+        for header, frame in iter_frames(buf):
+            for r in decode_records(plog.topic, plog.partition, header, frame, min_offset=offset):
+                if r.offset >= end:
+                    return
+                yield r.offset, r.key, msgpack.unpackb(r.value), header.size
+            offset = max(offset, header.next_offset)
 
 
 @dataclasses.dataclass
@@ -98,16 +99,22 @@ class OffsetsState:
 
     groups: dict[str, dict[TopicPartition, OffsetAndMetadata]] = dataclasses.field(default_factory=dict)
     generations: dict[str, int] = dataclasses.field(default_factory=dict)
-    since_snapshot: int = 0  # records applied after the last snapshot
+    since_snapshot: int = 0  # bytes of the records after the last snapshot
+    snapshot_bytes: int = 0  # the size of the last snapshot
 
-    def apply(self, key: bytes, value) -> None:
+    def due(self, segment_bytes: int) -> bool:
+        """Time for a snapshot: half a segment of records since the last one, and at least
+        as much as it took (so a large state is not written again and again)."""
+        return self.since_snapshot >= max(segment_bytes // 2, self.snapshot_bytes)
+
+    def apply(self, key: bytes, value, size: int) -> None:
         if key == COMMIT:
             group, generation, entries = value
             offsets = self.groups.setdefault(group, {})
             for topic, partition, offset, metadata in entries:
                 offsets[TopicPartition(topic, partition)] = OffsetAndMetadata(offset, metadata)
             self.generations[group] = max(generation or 0, self.generations.get(group, 0))
-            self.since_snapshot += 1
+            self.since_snapshot += size
         elif key == DELETE:
             group, parts = value
             if parts is None:
@@ -119,14 +126,14 @@ class OffsetsState:
                     offsets.pop(TopicPartition(topic, partition), None)
                 if not offsets:
                     self.groups.pop(group, None)
-            self.since_snapshot += 1
+            self.since_snapshot += size
         elif key == SNAPSHOT:
             self.groups.clear()
             self.generations.clear()
             for group, generation, entries in value:
                 self.generations[group] = generation
                 self.groups[group] = {TopicPartition(t, p): OffsetAndMetadata(o, m) for t, p, o, m in entries}
-            self.since_snapshot = 0
+            self.since_snapshot, self.snapshot_bytes = 0, size
 
     def snapshot(self) -> list:
         names = sorted(set(self.groups) | set(self.generations))
@@ -137,4 +144,6 @@ class OffsetsState:
         ]
 
     def copy(self) -> OffsetsState:
-        return OffsetsState({g: dict(o) for g, o in self.groups.items()}, dict(self.generations), self.since_snapshot)
+        return OffsetsState(
+            {g: dict(o) for g, o in self.groups.items()}, dict(self.generations), self.since_snapshot, self.snapshot_bytes
+        )
