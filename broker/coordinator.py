@@ -134,9 +134,11 @@ class GroupCoordinator:
         self._due: list[tuple[float, int, str, str | None]] = []
         self._seq = itertools.count()
 
-    async def start(self) -> None:
+    async def start(self, *, took_over: bool = True) -> None:
+        """Start the sweep. Unless a clean stop's snapshot is loaded, the groups are taken
+        over (held back) when ``took_over``: False for a first coordinator, which nobody preceded."""
         if self._sweeper is None:
-            if not self._load_snapshot():
+            if not self._load_snapshot() and took_over:
                 self.took_over()
             self._sweeper = asyncio.create_task(self._sweep_forever(), name="group-sweeper")
 

@@ -149,9 +149,8 @@ class GroupOffsets:
         while plog.high_watermark < end:
             await plog.wait_for(end - 1, 1.0)
         self._catch_up(slot)
-        if slot.leader_epoch > 0:  # at epoch 0 this is the partition's first leader: nobody coordinated before
-            slot.coordinator.took_over()
-        await slot.coordinator.start()
+        # at leader epoch 0 this is the partition's first leader: nobody coordinated before
+        await slot.coordinator.start(took_over=slot.leader_epoch > 0)
         slot.ready = True
         log.warning(
             "broker %d coordinates the groups of %s/%d at leader epoch %d: loaded %d group(s) up to offset %d in %.2fs",

@@ -29,7 +29,7 @@ SEGMENT_BYTES = 1024  # also the offsets topic's: a snapshot every ~6 commits, s
 @pytest.fixture
 def replicated(cluster_factory, etcd_server, cluster_name):
     return cluster_factory(
-        3, {TOPIC: 2}, name=cluster_name, metadata={"etcd": [etcd_server.url], "lease_ttl_ms": 2000},
+        3, {TOPIC: 2}, name=cluster_name, metadata={"etcd": [etcd_server.url], "lease_ttl_ms": 2000, "replica_lag_time_max_ms": 3000},
         replication_factor=3, min_insync_replicas=2, segment_bytes=SEGMENT_BYTES,
     )  # fmt: skip
 
