@@ -1,7 +1,9 @@
 """Consumer group coordination: membership, generations, assignment and fencing.
 
 The coordinator of a group is the broker that wins the rendezvous hash of the group
-name. It keeps the group in memory (a restarted coordinator makes members rejoin, as
+name; in a replicated cluster, the leader of the group's ``__consumer_offsets``
+partition, with one ``GroupCoordinator`` per partition it leads
+(``broker/replication/group_offsets.py``). It keeps the group in memory (a restarted coordinator makes members rejoin, as
 their next heartbeat gets UNKNOWN_MEMBER_ID) and runs the assignor itself.
 
 Take-over: a coordinator that has just started after a crash (or has just become
