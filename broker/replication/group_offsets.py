@@ -7,6 +7,9 @@ has what it has), replays the records from the log start, and only then answers 
 the partition's groups with a fresh ``GroupCoordinator`` that holds assignments back
 for a session (members of the previous coordinator let go first, see
 ``broker/coordinator.py``). Until loaded it answers 503 ``LEADER_NOT_AVAILABLE``.
+A coordinator that finds the log empty is the partition's first (any coordinator
+before it would have left a record): it appends an ``f`` mark with ``acks=all`` and
+holds nothing back.
 
 A commit is fenced by that coordinator (member, generation, held partitions), then
 appended with ``acks=all`` through the normal replicated write path and acknowledged
@@ -37,7 +40,7 @@ from shoal.client.errors import BrokerUnavailable, LeaderNotAvailable, NotOwner,
 from shoal.client.structs import OffsetAndMetadata, TopicPartition
 
 from .offsets_topic import (
-    COMMIT, DELETE, OFFSETS_TOPIC, PARTITIONS, SNAPSHOT, OffsetsState, encode, offsets_topic_config, partition_for, records,
+    COMMIT, DELETE, FIRST, OFFSETS_TOPIC, PARTITIONS, SNAPSHOT, OffsetsState, encode, offsets_topic_config, partition_for, records,
 )
 
 if TYPE_CHECKING:
@@ -149,8 +152,15 @@ class GroupOffsets:
         while plog.high_watermark < end:
             await plog.wait_for(end - 1, 1.0)
         self._catch_up(slot)
-        # at leader epoch 0 this is the partition's first leader: nobody coordinated before
-        await slot.coordinator.start(took_over=slot.leader_epoch > 0)
+        first = end == 0
+        while first:  # the mark that a coordinator was here (see the module doc)
+            try:
+                await self._append(slot, FIRST, [self.broker.broker_id, slot.leader_epoch])
+                break
+            except ShoalError as exc:
+                log.info("%s/%d: the first coordinator's mark is not replicated yet (%s)", OFFSETS_TOPIC, slot.partition, exc)
+                await asyncio.sleep(1.0)
+        await slot.coordinator.start(took_over=not first)
         slot.ready = True
         log.warning(
             "broker %d coordinates the groups of %s/%d at leader epoch %d: loaded %d group(s) up to offset %d in %.2fs",

@@ -13,6 +13,7 @@ Each batch holds one record; its key says what it is, its value is msgpack:
 
 - key ``c``: a commit, value ``[group, generation, [[topic, partition, offset, metadata], ...]]``
 - key ``d``: a deletion, value ``[group, [[topic, partition], ...] | None]`` (None: the group)
+- key ``f``: the first coordinator of the partition was here, value ``[broker id, leader epoch]``
 - key ``s``: a snapshot, value ``[[group, generation, [[topic, partition, offset, metadata], ...]], ...]``:
   the whole state of the partition at that offset, which replaces what came before.
 
@@ -38,7 +39,7 @@ PARTITIONS = 8  # fixed for good: a group's partition is its hash modulo this (K
 MAX_FACTOR = 3
 MAX_SEGMENT_BYTES = 16 * 1024 * 1024
 
-COMMIT, DELETE, SNAPSHOT = b"c", b"d", b"s"
+COMMIT, DELETE, SNAPSHOT, FIRST = b"c", b"d", b"s", b"f"
 _READ_BYTES = 1 << 20
 
 
@@ -126,6 +127,8 @@ class OffsetsState:
                     offsets.pop(TopicPartition(topic, partition), None)
                 if not offsets:
                     self.groups.pop(group, None)
+            self.since_snapshot += size
+        elif key == FIRST:
             self.since_snapshot += size
         elif key == SNAPSHOT:
             self.groups.clear()
