@@ -257,24 +257,14 @@ class Broker:
             await self.fence(group, member_id, generation, [TopicPartition(t, p) for t, p, _, _ in entries],
                              authorization=authorization)
             await self.logs.offsets.commit(group, entries)
-        elif self.groups.coordinator_id(group) == self.broker_id:
-            await self.groups.commit(group, member_id, generation, entries)
         else:
-            body = {"member_id": member_id, "generation": generation,
-                    "offsets": [{"topic": t, "partition": p, "offset": o, "metadata": m} for t, p, o, m in entries]}
-            await self.groups.forward("POST", group, body, authorization)
+            await self.groups.commit_at_coordinator(group, member_id, generation, entries, authorization)
 
     async def committed(self, group: str, topic: str, partition: int, *, authorization: str | None = None) -> OffsetAndMetadata | None:
         """A group's committed offset of a partition (asked of the coordinator when replicated)."""
         if self.groups is None:
             return self.logs.offsets.get(group, topic, partition)
-        if self.groups.coordinator_id(group) == self.broker_id:
-            offsets = self.groups.offsets(group)
-        else:
-            answer = await self.groups.forward("GET", group, None, authorization)
-            offsets = {TopicPartition(r["topic"], r["partition"]): OffsetAndMetadata(r["offset"], r.get("metadata") or "")
-                       for r in answer["offsets"]}
-        return offsets.get(TopicPartition(topic, partition))
+        return (await self.groups.offsets_at_coordinator(group, authorization)).get(TopicPartition(topic, partition))
 
     async def delete_group_offsets(self, group: str) -> None:
         """Forget a group's committed offsets held here (replicated: only its coordinator

@@ -302,6 +302,25 @@ class GroupOffsets:
 
     # --- forwarding ---------------------------------------------------------------------
 
+    async def commit_at_coordinator(
+        self, group: str, member_id: str | None, generation: int | None, entries: list[tuple[str, int, int, str]],
+        authorization: str | None,
+    ) -> None:
+        """``commit`` here if this broker coordinates ``group``, else at the broker that does."""
+        if self.coordinator_id(group) == self.broker.broker_id:
+            return await self.commit(group, member_id, generation, entries)
+        body = {"member_id": member_id, "generation": generation,
+                "offsets": [{"topic": t, "partition": p, "offset": o, "metadata": m} for t, p, o, m in entries]}
+        await self.forward("POST", group, body, authorization)
+
+    async def offsets_at_coordinator(self, group: str, authorization: str | None) -> dict[TopicPartition, OffsetAndMetadata]:
+        """``offsets`` here if this broker coordinates ``group``, else from the broker that does."""
+        if self.coordinator_id(group) == self.broker.broker_id:
+            return self.offsets(group)
+        answer = await self.forward("GET", group, None, authorization)
+        return {TopicPartition(r["topic"], r["partition"]): OffsetAndMetadata(r["offset"], r.get("metadata") or "")
+                for r in answer["offsets"]}
+
     async def forward(self, method: str, group: str, body: dict | None, authorization: str | None) -> dict:
         """Send a request to ``group``'s coordinator (another broker); its answer, or its error."""
         broker = self.broker

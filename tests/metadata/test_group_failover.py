@@ -149,6 +149,10 @@ async def group_commits_then_loses(cluster, victim_of) -> None:
     )
     assert (status, body.get("code")) == (409, "UNKNOWN_MEMBER_ID"), body
     assert await read_back() == acked  # and nothing went back
+    bad = {"offsets": [{"topic": TOPIC, "partition": 0, "offset": -1}]}
+    status, body = await asyncio.to_thread(ask, cluster, "POST", f"/v1/groups/{GROUP}/offsets", bad, skip={victim})
+    assert (status, body.get("code")) == (400, "INVALID_REQUEST"), body
+    assert await read_back() == acked
 
     alive = [cluster.url(i) for i in cluster.ports if i != victim]
     second = AsyncConsumer(bootstrap=alive, group=GROUP, session_timeout_ms=SESSION_MS)
