@@ -102,7 +102,6 @@ async def members(request: web.Request) -> web.Response:
 
 async def fence(request: web.Request) -> web.Response:
     """Asked by partition owners before they store a group's commit."""
-    broker = request.app[BROKER]
     group, coordinator = _group(request)
     body = await json_object(request)
     tps = parse_partition_map(body.get("partitions"), "partitions")
@@ -114,7 +113,7 @@ async def commit_offsets(request: web.Request) -> web.Response:
     """A replicated cluster's commit, forwarded by a partition leader to the coordinator:
     fenced, appended to __consumer_offsets, answered once on every in-sync replica."""
     broker = _replicated(request)
-    group, coordinator = _group(request)
+    group, _ = _group(request)
     body = await json_object(request)
     offsets = body.get("offsets")
     if not isinstance(offsets, list) or not offsets or not all(isinstance(o, dict) for o in offsets):
@@ -135,7 +134,7 @@ async def commit_offsets(request: web.Request) -> web.Response:
 async def get_offsets(request: web.Request) -> web.Response:
     """Every committed offset of a group, from its replicated coordinator."""
     broker = _replicated(request)
-    group, coordinator = _group(request)
+    group, _ = _group(request)
     rows = [{"topic": tp.topic, "partition": tp.partition, "offset": c.offset, "metadata": c.metadata}
             for tp, c in sorted(broker.groups.offsets(group).items())]
     return web.json_response({"group": group, "coordinator": broker.broker_id, "offsets": rows})
