@@ -30,8 +30,10 @@ from typing import Any
 import aiohttp
 
 from shoal.broker.coordinator import GroupCoordinator
+from shoal.broker.replication.group_offsets import GroupOffsets
 from shoal.broker.replication.leadership import Leadership
 from shoal.broker.replication.membership import Membership
+from shoal.broker.replication.offsets_topic import OFFSETS_TOPIC, offsets_topic_config
 from shoal.broker.replication.replicas import ReplicaManager
 from shoal.client.membership import partition_map
 from shoal.broker.storage import LogConfig, LogManager, PartitionLog
@@ -47,7 +49,7 @@ from shoal.client.errors import (
     TopologyConflict,
 )
 from shoal.client.names import check_name
-from shoal.client.structs import TopicPartition
+from shoal.client.structs import OffsetAndMetadata, TopicPartition
 from shoal.router.hashing import group_coordinator
 from shoal.router.server.auth import broker_token
 from shoal.router.server.tls import client_context
@@ -104,6 +106,8 @@ class Broker:
         self.membership = Membership(topology, broker_id) if topology.replicated else None
         self.leadership = Leadership(self.membership) if self.membership is not None else None
         self.replicas: ReplicaManager | None = None  # started with the broker when replicated
+        # replicated: groups are coordinated by the leaders of __consumer_offsets
+        self.groups = GroupOffsets(self) if self.membership is not None else None
         self._installing: Topology | None = None  # the epoch being installed, while its moves are frozen
         self._install_lock = asyncio.Lock()
         self._writes: Counter[TopicPartition] = Counter()  # admitted appends and commits not yet answered
@@ -111,7 +115,10 @@ class Broker:
         self._ahead_task: asyncio.Task | None = None
 
     def _config_for(self, topic: str) -> LogConfig:
-        config = self.topology.topics.get(topic, self.topology.defaults)
+        if topic == OFFSETS_TOPIC and self.topology.replicated:
+            config = offsets_topic_config(self.topology)
+        else:
+            config = self.topology.topics.get(topic, self.topology.defaults)
         settings = self.topology.settings
         return log_config(config, settings.max_queue_bytes, settings.producer_expiry_ms)
 
@@ -143,6 +150,7 @@ class Broker:
             self.leadership.start()
             self.replicas = ReplicaManager(self.leadership, self.logs, self._peers)
             self.replicas.start()
+            self.groups.start()
         if self.ahead is not None:
             await self._adopt_ahead()
             if self.ahead is not None:
@@ -153,6 +161,7 @@ class Broker:
             self._ahead_task.cancel()
             await asyncio.gather(self._ahead_task, return_exceptions=True)
         if self.membership is not None:
+            await self.groups.stop()
             if self.replicas is not None:
                 await self.replicas.stop()
             await self.leadership.stop()
@@ -172,7 +181,7 @@ class Broker:
         FENCED_LEADER_EPOCH when ``leader_epoch`` is given and is not the current one)."""
         check_name(topic, "topic")
         for topology in (self.topology, self._installing, self.ahead):
-            if topology is None:
+            if topology is None or (topic == OFFSETS_TOPIC and self.leadership is not None):
                 continue
             owner = topology.owner(topic, partition)
             if self.leadership is not None:
@@ -210,23 +219,75 @@ class Broker:
                 self._writes_done.set()
 
     def coordinator_of(self, group: str) -> BrokerSpec:
+        """The broker that coordinates ``group``: the hashed one, or in a replicated cluster
+        the leader of the group's ``__consumer_offsets`` partition (its preferred leader
+        while it has none)."""
         check_name(group, "group")
+        if self.groups is not None:
+            leader = self.groups.coordinator_id(group)
+            return self.topology.broker(leader if leader >= 0 else self.groups.preferred(group))
         return self.topology.broker(group_coordinator(group, self.topology.broker_ids))
 
     def check_coordinator(self, group: str) -> None:
-        """Raise NOT_OWNER (naming the coordinator) unless this broker coordinates ``group``."""
+        """Raise NOT_OWNER (naming the coordinator) unless this broker coordinates ``group``
+        (and in a replicated cluster LEADER_NOT_AVAILABLE while it has none or is loading)."""
+        self.group_coordinator(group)
+
+    def group_coordinator(self, group: str) -> GroupCoordinator:
+        """This broker's coordinator of ``group``, or raise as ``check_coordinator``."""
+        if self.groups is not None:
+            check_name(group, "group")
+            return self.groups.coordinator(group)
         coordinator = self.coordinator_of(group)
         if coordinator.id != self.broker_id:
             raise NotOwner(
                 f"broker {self.broker_id} does not coordinate group {group}; broker {coordinator.id} does",
                 owner_id=coordinator.id, owner_url=coordinator.url, epoch=self.topology.epoch,
             )
+        return self.coordinator
+
+    async def commit_offsets(
+        self, group: str, member_id: str | None, generation: int | None, entries: list[tuple[str, int, int, str]],
+        *, authorization: str | None = None,
+    ) -> None:
+        """Store a group's committed offsets once its coordinator accepts the member: here
+        (static: the partition owner's store; replicated: appended to __consumer_offsets),
+        or forwarded to the coordinator (``POST /v1/groups/{group}/offsets``)."""
+        if self.groups is None:
+            await self.fence(group, member_id, generation, [TopicPartition(t, p) for t, p, _, _ in entries],
+                             authorization=authorization)
+            await self.logs.offsets.commit(group, entries)
+        else:
+            await self.groups.commit_at_coordinator(group, member_id, generation, entries, authorization)
+
+    async def committed(self, group: str, topic: str, partition: int, *, authorization: str | None = None) -> OffsetAndMetadata | None:
+        """A group's committed offset of a partition (asked of the coordinator when replicated)."""
+        if self.groups is None:
+            return self.logs.offsets.get(group, topic, partition)
+        return (await self.groups.offsets_at_coordinator(group, authorization)).get(TopicPartition(topic, partition))
+
+    async def delete_group_offsets(self, group: str) -> None:
+        """Forget a group's committed offsets held here (replicated: only its coordinator
+        holds them, and appends the deletion)."""
+        if self.groups is None:
+            await self.logs.offsets.delete(group)
+        elif self.groups.coordinator_id(group) == self.broker_id:
+            await self.groups.delete(group)
+
+    def local_group_offsets(self) -> dict[str, dict[TopicPartition, OffsetAndMetadata]]:
+        """Every group's committed offsets this broker holds (static: of the partitions it
+        owns; replicated: of the groups it coordinates)."""
+        if self.groups is not None:
+            return self.groups.local_groups()
+        store = self.logs.offsets
+        return {g: store.group_offsets(g) for g in store.groups()}
 
     async def fence(
         self, group: str, member_id: str | None, generation: int | None, tps: list[TopicPartition],
         *, authorization: str | None = None,
     ) -> None:
-        """Ask the group's coordinator (maybe this broker) whether a commit may be stored.
+        """Ask the group's coordinator (maybe this broker) whether a commit may be stored
+        (static clusters; a replicated coordinator fences its own commits).
 
         The committing client's ``Authorization`` goes along: the coordinator asks the
         same principal's permission. A commit without a member id is let through when
@@ -365,7 +426,7 @@ class Broker:
     async def _switch(self, new: Topology) -> None:
         local = self.topology  # auth, tls and metadata are never sent over the wire
         new = dataclasses.replace(new, auth=local.auth, tls=local.tls, metadata=local.metadata)
-        dropped = sorted({tp.topic for tp in self.logs.partitions()} - set(new.topics))
+        dropped = sorted({tp.topic for tp in self.logs.partitions()} - set(new.topics) - {OFFSETS_TOPIC})
         await asyncio.to_thread(_save_installed, self.data_dir, new)
         if new.broker_ids != self.topology.broker_ids:
             self.coordinator.took_over()  # groups may have moved here from another broker

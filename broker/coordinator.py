@@ -1,7 +1,9 @@
 """Consumer group coordination: membership, generations, assignment and fencing.
 
 The coordinator of a group is the broker that wins the rendezvous hash of the group
-name. It keeps the group in memory (a restarted coordinator makes members rejoin, as
+name; in a replicated cluster, the leader of the group's ``__consumer_offsets``
+partition, with one ``GroupCoordinator`` per partition it leads
+(``broker/replication/group_offsets.py``). It keeps the group in memory (a restarted coordinator makes members rejoin, as
 their next heartbeat gets UNKNOWN_MEMBER_ID) and runs the assignor itself.
 
 Take-over: a coordinator that has just started after a crash (or has just become
@@ -120,8 +122,10 @@ class GroupCoordinator:
         settings: Callable[[], Settings] = Settings,
         state_dir: Path | None = None,
         clock=None,
+        generation_floor: Callable[[str], int] = lambda group: 0,
     ):
         self._counts = partition_counts
+        self._floor = generation_floor  # a new group's generations continue from here
         self._snapshot = state_dir / SNAPSHOT if state_dir is not None else None
         self._settings = settings
         self._clock = clock or (lambda: asyncio.get_running_loop().time())
@@ -132,9 +136,11 @@ class GroupCoordinator:
         self._due: list[tuple[float, int, str, str | None]] = []
         self._seq = itertools.count()
 
-    async def start(self) -> None:
+    async def start(self, *, took_over: bool = True) -> None:
+        """Start the sweep. Unless a clean stop's snapshot is loaded, the groups are taken
+        over (held back) when ``took_over``: False for a first coordinator, which nobody preceded."""
         if self._sweeper is None:
-            if not self._load_snapshot():
+            if not self._load_snapshot() and took_over:
                 self.took_over()
             self._sweeper = asyncio.create_task(self._sweep_forever(), name="group-sweeper")
 
@@ -227,7 +233,7 @@ class GroupCoordinator:
         now = self._clock()
         group = self.groups.get(group_name)
         if group is None:
-            group = self.groups[group_name] = Group(group_name, assignor)
+            group = self.groups[group_name] = Group(group_name, assignor, self._floor(group_name))
         if not group.members:
             group.assignor = assignor
         elif group.assignor != assignor:

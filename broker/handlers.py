@@ -190,7 +190,7 @@ async def get_committed(request: web.Request) -> web.Response:
     group = check_name(request.match_info["group"], "group")
     topic, partition = path_partition(request)
     plog = await broker.partition_log(topic, partition)
-    committed = broker.logs.offsets.get(group, topic, partition)
+    committed = await broker.committed(group, topic, partition, authorization=request.headers.get("Authorization"))
     return web.json_response(
         {
             "group": group,
@@ -231,17 +231,16 @@ async def put_committed(request: web.Request) -> web.Response:
                 f"{plog.log_start_offset}..{plog.high_watermark}",
                 offset=offset, log_start_offset=plog.log_start_offset, high_watermark=plog.high_watermark,
             )
-        await broker.fence(
-            group, member_id, generation, [TopicPartition(topic, partition)],
+        await broker.commit_offsets(
+            group, member_id, generation, [(topic, partition, offset, metadata)],
             authorization=request.headers.get("Authorization"),
         )
-        await broker.logs.offsets.commit(group, [(topic, partition, offset, metadata)])
     return web.json_response({"group": group, "topic": topic, "partition": partition, "offset": offset, "metadata": metadata})
 
 
-def _group_view(broker, group: str) -> dict:
+def _group_view(broker, group: str, offsets: dict) -> dict:
     rows = []
-    for tp, committed in sorted(broker.logs.offsets.group_offsets(group).items()):
+    for tp, committed in sorted(offsets.items()):
         plog = broker.logs.get(tp.topic, tp.partition)
         hw = plog.high_watermark if plog else None
         rows.append(
@@ -259,19 +258,20 @@ def _group_view(broker, group: str) -> dict:
 
 async def list_groups(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
-    return web.json_response({"groups": [_group_view(broker, g) for g in sorted(broker.logs.offsets.groups())]})
+    held = broker.local_group_offsets()
+    return web.json_response({"groups": [_group_view(broker, g, held[g]) for g in sorted(held)]})
 
 
 async def describe_group(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
     group = check_name(request.match_info["group"], "group")
-    return web.json_response(_group_view(broker, group))
+    return web.json_response(_group_view(broker, group, broker.local_group_offsets().get(group, {})))
 
 
 async def delete_group(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
     group = check_name(request.match_info["group"], "group")
-    await broker.logs.offsets.delete(group)
+    await broker.delete_group_offsets(group)
     return web.json_response({"group": group, "deleted": True})
 
 

@@ -1,6 +1,8 @@
 """``GroupMembership``: one consumer's membership in a consumer group.
 
-It joins the group at its coordinator (any broker redirects there with NOT_OWNER),
+It joins the group at its coordinator (any broker redirects there with NOT_OWNER; in a
+replicated cluster the coordinator moves with the leader of the group's offsets partition,
+and the members follow the same way),
 then heartbeats from a background task, so a consumer whose application is busy
 between polls stays in the group. Each heartbeat reports the partitions the consumer
 holds and gets back the ones it should hold: partitions that disappear from that set
@@ -30,11 +32,13 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from .cluster import Cluster, backoff_seconds
-from .errors import NotOwner, ShoalError, UnknownMemberId
+from .errors import BrokerUnreachable, NotOwner, ShoalError, UnknownMemberId
 from .http import BrokerClient
 from .structs import TopicPartition
 
 log = logging.getLogger(__name__)
+
+JOIN_TIMEOUT_S = 30.0  # how long start() retries a join that fails with a retriable error
 
 Listener = Callable[[set[TopicPartition]], Awaitable[None]]
 
@@ -94,6 +98,7 @@ class GroupMembership:
         self.generation: int | None = None
         self.assignment: set[TopicPartition] = set()
         self.coordinator_url: str | None = None
+        self._turn = -1  # which broker _any_broker asks next
         self.last_heartbeat: float | None = None  # time.time() of the last answered heartbeat
         self.last_poll = time.monotonic()
         self._interval = session_timeout_ms / 3000
@@ -107,7 +112,18 @@ class GroupMembership:
     async def start(self) -> None:
         """Join the group and keep heartbeating until ``stop()``."""
         if self._task is None:
-            await self._join()
+            attempt = 0
+            deadline = time.monotonic() + JOIN_TIMEOUT_S
+            while True:  # the coordinator may be moving or loading (503): retry a while
+                try:
+                    await self._join()
+                    break
+                except ShoalError as exc:
+                    attempt += 1
+                    if not exc.retriable or time.monotonic() > deadline:
+                        raise
+                    self.coordinator_url = None
+                    await asyncio.sleep(backoff_seconds(attempt, self._backoff_ms, 2000))
             self._task = asyncio.create_task(self._run(), name=f"heartbeat-{self.group}")
 
     async def stop(self, *, leave: bool = True) -> None:
@@ -147,18 +163,27 @@ class GroupMembership:
     # --- protocol -------------------------------------------------------------------------
 
     async def _call(self, method: str, path: str, body: dict | None = None) -> Any:
-        """One call to the coordinator, following NOT_OWNER to the right broker."""
-        for _ in range(3):
+        """One call to the coordinator, following NOT_OWNER to the right broker; a broker
+        that cannot be reached is left for the next one (the coordinator may have moved
+        with a broker's death: the others name the new one)."""
+        for attempt in range(3):
             url = self.coordinator_url or await self._any_broker()
             try:
                 return await self._http.request_json(method, url, path, json_body=body)
             except NotOwner as exc:
                 self.coordinator_url = exc.owner_url
+            except BrokerUnreachable:
+                self.coordinator_url = None
+                if attempt == 2:
+                    raise
         raise NotOwner(f"could not find the coordinator of group {self.group}")
 
     async def _any_broker(self) -> str:
+        """The brokers in turn, so that a dead one is not asked again and again."""
         meta = self._cluster.metadata or await self._cluster.refresh()
-        return next(iter(meta.brokers.values()))
+        urls = list(meta.brokers.values())
+        self._turn += 1
+        return urls[self._turn % len(urls)]
 
     async def _join(self) -> None:
         body = {

@@ -28,6 +28,8 @@ from shoal.router.metadata.partition import PartitionState
 from shoal.router.metadata.store import MetadataStore, StaleTopology
 from shoal.router.topology import Topology
 
+from .offsets_topic import with_offsets_topic
+
 log = logging.getLogger(__name__)
 
 RETRY_S = 0.5  # between attempts while etcd is unreachable
@@ -44,7 +46,8 @@ class Membership:
         metadata = topology.metadata
         if metadata is None:
             raise ValueError("the topology has no metadata: section")
-        self.topology = topology
+        self.declared = topology  # what etcd's topology key holds
+        self.topology = with_offsets_topic(topology)  # plus __consumer_offsets: what the replicas serve
         self.broker_id = broker_id
         self.etcd = EtcdClient(metadata.etcd, tls=metadata.tls)
         self.store = MetadataStore(self.etcd, topology.cluster)
@@ -76,7 +79,8 @@ class Membership:
 
     def update(self, topology: Topology) -> None:
         """A newer topology was installed: make sure etcd holds it and its new partitions."""
-        self.topology = topology
+        self.declared = topology
+        self.topology = with_offsets_topic(topology)
         self._tasks = [t for t in self._tasks if not t.done()]
         self._tasks.append(asyncio.create_task(self._apply(), name="etcd-apply-topology"))
 
@@ -105,11 +109,11 @@ class Membership:
                 await asyncio.sleep(RETRY_S)
 
     async def _apply(self) -> None:
-        topology = self.topology
+        declared, topology = self.declared, self.topology
 
         async def apply() -> None:
             try:
-                await self.store.apply_topology(topology)
+                await self.store.apply_topology(declared)
             except StaleTopology as exc:
                 log.info("etcd keeps its own topology: %s", exc)
             created = await self.store.create_partitions(topology)

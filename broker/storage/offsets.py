@@ -1,4 +1,6 @@
-"""Committed offsets of consumer groups, for the partitions this broker owns.
+"""Committed offsets of consumer groups, for the partitions this broker owns (static
+clusters; a replicated cluster keeps them in ``__consumer_offsets``, see
+``broker/replication/group_offsets.py``).
 
 Two files in the store's directory, each a sequence of records framed as::
 

@@ -520,7 +520,15 @@ class PartitionLog:
         if cfg.retention_ms is None and cfg.retention_bytes is None:
             return 0
         now = current_ms() if now_ms is None else now_ms
-        k = expired_count(self._view.segments[:-1], self._size_bytes, cfg, now)
+        return await self._delete_oldest(expired_count(self._view.segments[:-1], self._size_bytes, cfg, now), "retention")
+
+    async def delete_segments_before(self, offset: int) -> int:
+        """Delete the sealed segments that lie wholly below ``offset`` (the offsets topic's
+        snapshots: what comes before the latest is not needed). Returns how many."""
+        bases = self._view.bases
+        return await self._delete_oldest(max(0, bisect_right(bases, min(offset, self._hw)) - 1), "a snapshot")
+
+    async def _delete_oldest(self, k: int, why: str) -> int:
         if k == 0:
             return 0
         view = self._view  # a roll may only have appended to it
@@ -531,7 +539,7 @@ class PartitionLog:
         for seg in doomed:
             self._open_segments.discard(seg)
         await asyncio.to_thread(delete_segments, doomed, self._log_start)
-        log.info("retention deleted %d segments of %s; log start offset is now %d", k, self.name, self._log_start)
+        log.info("%s deleted %d segments of %s; log start offset is now %d", why, k, self.name, self._log_start)
         return k
 
     async def truncate_to(self, offset: int) -> int:

@@ -205,6 +205,8 @@ _RULES: dict[tuple[str, str], Need] = {
     ("POST", "/v1/groups/{group}/members/{member}/heartbeat"): (_GROUP,),
     ("DELETE", "/v1/groups/{group}/members/{member}"): (_GROUP,),
     ("POST", "/v1/groups/{group}/fence"): (_GROUP,),
+    ("POST", "/v1/groups/{group}/offsets"): (_GROUP,),
+    ("GET", "/v1/groups/{group}/offsets"): (_GROUP,),
     # The console lists only what the principal may see (shoal.router.console).
     ("GET", _CONSOLE + "/overview"): (),
     ("GET", _CONSOLE + "/brokers"): (),

@@ -51,7 +51,10 @@ async def test_brokers_register_and_show_partition_states(replicated, etcd_serve
             assert audit["replicas"] == [hashing.owner("audit", 0, [1, 2, 3])] == [audit["leader"]]
         # Created once: three brokers raced to create them, every state is at version 1.
         kvs, _ = await etcd.range(store.prefix + b"partitions/")
-        assert len(kvs) == 5 and {kv.version for kv in kvs} == {1}
+        # 5 declared partitions, and the 8 of the internal __consumer_offsets topic
+        topics = [kv.key[len(store.prefix + b"partitions/"):].split(b"/")[0] for kv in kvs]
+        assert sorted(set(topics)) == [b"__consumer_offsets", b"audit", b"orders"] and len(kvs) == 5 + 8
+        assert {kv.version for kv in kvs} == {1}
         assert (await store.topology()).epoch == 1
 
 
