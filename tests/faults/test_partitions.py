@@ -27,7 +27,7 @@ import time
 import pytest
 
 from tests.faults.checker import (
-    TOPIC, CommittedOffsetWentBack, Workload, check_committed, check_history, in_sync, produce, state_of, stored_frames,
+    TOPIC, Workload, check_committed, check_history, in_sync, produce, state_of, stored_frames,
 )  # fmt: skip
 from tests.faults.proxy import Proxy
 from tests.harness import env_flag
@@ -202,11 +202,6 @@ async def test_an_isolated_leader_stops_acknowledging_and_truncates_what_it_wrot
 
 @pytest.mark.soak
 @soak_only
-@pytest.mark.xfail(
-    raises=CommittedOffsetWentBack, strict=False,
-    reason="committed offsets live on the partition's leader, unreplicated: a leader elected again "
-    "serves the offset it stored when it last led (docs/replication.md, What is left)",
-)  # fmt: skip
 async def test_leader_isolation_loop(mesh, capsys):
     await leader_isolations(mesh, SOAK_ROUNDS, capsys)
 
