@@ -23,7 +23,9 @@ def test_initial_state_and_json_round_trip():
     assert state.to_json() == b'{"replicas":[2,3,1],"leader":2,"leader_epoch":0,"isr":[2,3,1]}'
     again = PartitionState.from_json(state.to_json(), 9)
     assert again == state and again.mod_revision == 9
-    assert state.to_dict() == {"leader": 2, "leader_epoch": 0, "replicas": [2, 3, 1], "isr": [2, 3, 1]}
+    assert state.to_dict() == {
+        "leader": 2, "leader_epoch": 0, "replicas": [2, 3, 1], "isr": [2, 3, 1], "adding": [], "removing": [],
+    }
     with pytest.raises(TransitionError):
         initial_state([1, 1])
 
