@@ -69,9 +69,11 @@ async def replica_fetch(request: web.Request) -> web.Response:
     max_bytes = int(body.get("max_bytes", 1 << 20))
     wait_s = min(int(body.get("max_wait_ms", 0)), MAX_WAIT_MS) / 1000
     asks = [(str(t), int(p), int(o), int(e)) for t, p, o, e in body["partitions"]]
+    throttle = broker.replicas.reassigner.throttle
     for attempt in (0, 1):
         out = []
         logs = []
+        throttled = False
         for topic, partition, offset, epoch in asks:
             plog, error = _leader_log(broker, topic, partition, epoch)
             if error is None and offset > plog.log_end_offset:
@@ -79,10 +81,20 @@ async def replica_fetch(request: web.Request) -> web.Response:
             if error is not None:
                 out.append([error, -1, b""])
                 continue
-            broker.replicas.follower_fetched(TopicPartition(topic, partition), follower, offset)
-            frames = plog.read(offset, max_bytes, to_log_end=True)
+            tp = TopicPartition(topic, partition)
+            broker.replicas.follower_fetched(tp, follower, offset)
+            budget = throttle.budget(tp, follower, max_bytes)  # a replica being added copies at the throttle
+            if budget <= 0:
+                throttled = True
+                out.append([None, plog.high_watermark, b""])
+                continue
+            frames = plog.read(offset, budget, to_log_end=True)
+            throttle.spent(tp, follower, len(frames))
             out.append([None, plog.high_watermark, frames])
             logs.append((plog, offset))
+        if throttled and not any(frames for _, _, frames in out):
+            await asyncio.sleep(min(wait_s, throttle.refill_s()))  # not a busy loop while the throttle is spent
+            break
         if attempt or any(frames for _, _, frames in out) or not logs or wait_s <= 0:
             break
         waits = [asyncio.ensure_future(plog.wait_for_end(offset, wait_s)) for plog, offset in logs]

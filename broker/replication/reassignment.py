@@ -38,6 +38,7 @@ from shoal.router.metadata.etcd import EtcdError
 from shoal.router.metadata.partition import PartitionState, TransitionError
 
 from .fetcher import FETCH_WAIT_MS
+from .throttle import Throttle
 
 if TYPE_CHECKING:
     from .replicas import ReplicaManager
@@ -63,6 +64,7 @@ class Reassigner:
         self.handoff_ms: list[float] = []  # how long each hand-off refused appends
         self.deleted = 0  # dropped replicas deleted here
         self.writes_in_flight: Callable[[TopicPartition], int] = lambda tp: 0  # set by the broker
+        self.throttle = Throttle(self._adding)
         self._busy: set[TopicPartition] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -80,6 +82,10 @@ class Reassigner:
     def poke(self) -> None:
         """The partition states changed: look at the moves again."""
         self._wake.set()
+
+    def _adding(self, tp: TopicPartition, follower: int) -> bool:
+        state = self.membership.states.get(tp)
+        return state is not None and follower in state.adding
 
     def check_writable(self, tp: TopicPartition) -> None:
         """Refuse an append while ``tp`` is being handed to another broker."""
@@ -99,7 +105,11 @@ class Reassigner:
                 pass
             self._wake.clear()
             try:
+                if any(s.moving and s.leader == self.me for s in self.membership.states.values()):
+                    self.throttle.set_rate(await self.membership.store.throttle())
                 self._schedule()
+            except EtcdError as exc:
+                log.info("broker %d could not read the reassignment throttle: %s", self.me, exc)
             except Exception:
                 log.exception("broker %d could not look at the reassignments", self.me)
 

@@ -150,7 +150,12 @@ def status(opts: Options, wait: bool) -> None:
       shoal topology status --wait -o json
     """
     topology = opts.load()
-    emit(opts.output, asyncio.run(_status(topology, wait, opts.output)), lambda v: render_moving(v["moving"]))
+    emit(opts.output, asyncio.run(_status(topology, wait, opts.output)), _render_status)
+
+
+def _render_status(view: dict[str, Any]) -> str:
+    rate = view["throttle_bytes_per_s"]
+    return render_moving(view["moving"]) + f"throttle: {human_bytes(rate) + '/s per leader' if rate else 'none'}\n"
 
 
 async def _status(topology: Topology, wait: bool, output: str) -> dict[str, Any]:
@@ -158,11 +163,12 @@ async def _status(topology: Topology, wait: bool, output: str) -> dict[str, Any]
     async with ClusterSession([b.url for b in topology.brokers]) as session, open_store(topology) as store:
         if wait:
             await wait_moves(session, store, topology, output)
+        throttle = await store.throttle()
         first = await status_rows(session, store)
-        if not first:
-            return {"moving": []}
-        await asyncio.sleep(WAIT_INTERVAL_S)
-        return {"moving": await status_rows(session, store, first, WAIT_INTERVAL_S)}
+        if first:
+            await asyncio.sleep(WAIT_INTERVAL_S)
+            first = await status_rows(session, store, first, WAIT_INTERVAL_S)
+        return {"throttle_bytes_per_s": throttle, "moving": first}
 
 
 @click.command("drain")
@@ -170,8 +176,10 @@ async def _status(topology: Topology, wait: bool, output: str) -> dict[str, Any]
 @click.option("--id", "broker_id", type=int, required=True, help="The broker to move every replica off.")
 @click.option("--undo", is_flag=True, help="Let the broker hold replicas again (moves them back).")
 @click.option("--wait", is_flag=True, help="Follow the moves until the broker holds nothing.")
+@click.option("--throttle", type=click.IntRange(0), metavar="BYTES_PER_S",
+              help="The bytes/s each leader may send to replicas being added (0: no limit).")
 @action("drain broker")
-def drain(opts: Options, broker_id: int, undo: bool, wait: bool) -> None:
+def drain(opts: Options, broker_id: int, undo: bool, wait: bool, throttle: int | None) -> None:
     """Move every replica off a broker, keeping each topic's replication factor
 
     Replicated clusters only. The broker is left out of the placement (the rendezvous
@@ -186,11 +194,13 @@ def drain(opts: Options, broker_id: int, undo: bool, wait: bool) -> None:
 
       shoal broker drain --id 1 --undo
     """
-    view = asyncio.run(_drain(opts.load(), broker_id, undo, wait, opts.output))
+    view = asyncio.run(_drain(opts.load(), broker_id, undo, wait, opts.output, throttle))
     emit(opts.output, view, _render_drain)
 
 
-async def _drain(config: Topology, broker_id: int, undo: bool, wait: bool, output: str) -> dict[str, Any]:
+async def _drain(
+    config: Topology, broker_id: int, undo: bool, wait: bool, output: str, throttle: int | None
+) -> dict[str, Any]:
     await _store_or_fail(config)
     async with ClusterSession([b.url for b in config.brokers]) as session, open_store(config) as store:
         topology = await store.topology()
@@ -209,6 +219,8 @@ async def _drain(config: Topology, broker_id: int, undo: bool, wait: bool, outpu
                 break
         else:
             raise CliError("the drained brokers kept changing; try again")
+        if throttle is not None:
+            await store.set_throttle(throttle or None)
         started = await store.reassign_all(topology)
         if wait:
             await wait_moves(session, store, topology, output)

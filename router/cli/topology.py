@@ -331,8 +331,10 @@ def render_plan(view: dict[str, Any]) -> str:
 @click.argument("file", required=False)
 @click.option("--delete-topics", is_flag=True, help="Allow deleting topics that hold data (their data is lost).")
 @click.option("--wait", is_flag=True, help="Replicated: follow the moves until every partition is in place.")
+@click.option("--throttle", type=click.IntRange(0), metavar="BYTES_PER_S",
+              help="Replicated: the bytes/s each leader may send to replicas being added (0: no limit).")
 @action("apply topology")
-def apply(opts: Options, file: str | None, delete_topics: bool, wait: bool) -> None:
+def apply(opts: Options, file: str | None, delete_topics: bool, wait: bool, throttle: int | None) -> None:
     """Push a topology file's new epoch to every broker, without restarts
 
     First plans the change (see `shoal topology plan`); refuses, naming them, changes
@@ -353,15 +355,19 @@ def apply(opts: Options, file: str | None, delete_topics: bool, wait: bool) -> N
       shoal topology apply
 
       shoal topology apply with-broker-4.yaml --wait
+
+      shoal topology apply --throttle 50000000
     """
     candidate = load_topology(file or opts.config)
-    view = asyncio.run(_apply(bootstrap_urls(opts, candidate), candidate, delete_topics, wait, opts.output))
+    view = asyncio.run(_apply(bootstrap_urls(opts, candidate), candidate, delete_topics, wait, opts.output, throttle))
     emit(opts.output, view, render_apply)
     if any(not row["status"].startswith("OK") for row in view["brokers"]):
         raise CliError("some brokers did not install the topology; fix them and apply again")
 
 
-async def _apply(urls: list[str], candidate: Topology, delete_topics: bool, wait: bool, output: str) -> dict[str, Any]:
+async def _apply(
+    urls: list[str], candidate: Topology, delete_topics: bool, wait: bool, output: str, throttle: int | None
+) -> dict[str, Any]:
     async with ClusterSession(urls) as session, open_store(candidate) as store:
         result = await survey(session, candidate, delete_topics=delete_topics, store=store)
         if result.refusals:
@@ -369,6 +375,8 @@ async def _apply(urls: list[str], candidate: Topology, delete_topics: bool, wait
         view = result.view()
         view["brokers"] = await push(session, candidate, result.plan)
         if store is not None and all(row["status"].startswith("OK") for row in view["brokers"]):
+            if throttle is not None:
+                await store.set_throttle(throttle or None)
             view["started"] = await start_moves(store, candidate)
             if wait:
                 await wait_moves(session, store, candidate, output)

@@ -12,6 +12,7 @@ Key layout, under ``/shoal/<cluster>/`` (values are JSON, readable with ``etcdct
   change was computed from.
 - ``drained``: ``[ids]``, the brokers ``shoal broker drain`` emptied; placement leaves
   them out (``router.reassign.placement``).
+- ``throttle``: bytes/s a leader may send to the replicas it is adding (absent: no limit).
 
 Every change is computed from a read and written with a transaction that compares the
 read's ``mod_revision``: if anything wrote the key in between, the transaction fails,
@@ -249,6 +250,18 @@ class MetadataStore:
         value = json.dumps(sorted(ids)).encode()
         result = await self.etcd.txn([mod_revision_is(key, expected_revision)], [put_op(key, value)])
         return result.succeeded
+
+    async def throttle(self) -> int | None:
+        """The reassignment throttle in bytes/s, or None for no limit."""
+        kv = await self.etcd.get(self.prefix + b"throttle")
+        return int(json.loads(kv.value)) if kv else None
+
+    async def set_throttle(self, rate: int | None) -> None:
+        """Set (or with None remove) the reassignment throttle."""
+        if rate is None:
+            await self.etcd.delete(self.prefix + b"throttle")
+        else:
+            await self.etcd.put(self.prefix + b"throttle", json.dumps(rate).encode())
 
     async def reassign_all(self, topology: Topology) -> dict[TopicPartition, PartitionState]:
         """Give every partition whose replica set is not where ``topology`` and the

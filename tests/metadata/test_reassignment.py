@@ -27,10 +27,7 @@ from tests.metadata.helpers import poll
 from tests.router.test_cli_topic_group import ok, shoal
 
 TOPIC = "orders"
-SOAK = env_flag("SHOAL_SOAK")
-PARTITIONS = 6 if SOAK else 3
-RATE_S = 0.002 if SOAK else 0.01  # between sends
-VALUE = b"x" * (2000 if SOAK else 200)
+PARTITIONS = 3
 
 
 def write_config(cluster: LocalCluster, epoch: int, brokers: list[int]) -> None:
@@ -91,8 +88,10 @@ def a_group() -> str:
 class Traffic:
     """A steady acks=all stream over every partition and a consumer reading and committing."""
 
-    def __init__(self, cluster: LocalCluster):
+    def __init__(self, cluster: LocalCluster, *, pause_s: float, value: bytes):
         self.cluster = cluster
+        self.pause_s = pause_s  # between sends
+        self.value = value
         self.acked: list[tuple[int, int, bytes]] = []  # (partition, offset, value)
         self.errors: list[str] = []
         self.seen: dict[tuple[int, int], bytes] = {}
@@ -109,14 +108,14 @@ class Traffic:
             pending = []
             while not self._stop.is_set():
                 p = n % PARTITIONS
-                value = b"r%07d-" % n + VALUE
+                value = b"r%07d-" % n + self.value
                 n += 1
                 pending.append((p, value, await producer.send(TOPIC, value, partition=p)))
                 done = [x for x in pending if x[2].done()]
                 pending = [x for x in pending if not x[2].done()]
                 for part, v, fut in done:
                     self._acked(part, v, fut, last)
-                await asyncio.sleep(RATE_S)
+                await asyncio.sleep(self.pause_s)
             for part, v, fut in pending:
                 try:
                     await fut
@@ -168,13 +167,23 @@ def the_cluster(cluster_factory, etcd_server, cluster_name) -> LocalCluster:
 
 
 async def test_grow_drain_and_shrink_under_traffic(cluster_factory, etcd_server, cluster_name, capsys):
+    await grow_drain_and_shrink(cluster_factory, etcd_server, cluster_name, capsys, pause_s=0.01, value=b"x" * 200, warmup_s=2)
+
+
+@pytest.mark.soak
+@pytest.mark.skipif(not env_flag("SHOAL_SOAK"), reason="SHOAL_SOAK=1 runs it; the default run is the short one above")
+async def test_grow_drain_and_shrink_under_heavy_traffic(cluster_factory, etcd_server, cluster_name, capsys):
+    await grow_drain_and_shrink(cluster_factory, etcd_server, cluster_name, capsys, pause_s=0.002, value=b"x" * 4000, warmup_s=30)
+
+
+async def grow_drain_and_shrink(cluster_factory, etcd_server, cluster_name, capsys, *, pause_s, value, warmup_s):
     cluster = the_cluster(cluster_factory, etcd_server, cluster_name)
     await poll(lambda: asyncio.to_thread(placed, cluster, [1, 2, 3], [1, 2, 3], leaders=False), 30)
     ok(await asyncio.to_thread(shoal, cluster, "cluster", "rebalance-leaders"))  # brokers started one by one
     await poll(lambda: asyncio.to_thread(placed, cluster, [1, 2, 3], [1, 2, 3]), 20)
-    traffic = Traffic(cluster)
+    traffic = Traffic(cluster, pause_s=pause_s, value=value)
     tasks = [asyncio.create_task(traffic.produce()), asyncio.create_task(traffic.consume(a_group()))]
-    await asyncio.sleep(2 if not SOAK else 20)
+    await asyncio.sleep(warmup_s)
     marks = {}
 
     # 1. a fourth broker: start it with the new file, apply; kill broker 2 mid-move, apply again
@@ -195,7 +204,12 @@ async def test_grow_drain_and_shrink_under_traffic(cluster_factory, etcd_server,
     ok(await asyncio.to_thread(shoal, cluster, "cluster", "rebalance-leaders"))
     await poll(lambda: asyncio.to_thread(placed, cluster, [3, 4], [1, 2, 3, 4]), 20, 0.2)
 
-    # 2. drain broker 1: its replicas go where the ranking of 2, 3, 4 puts them
+    # 2. removing broker 1 while it holds replicas is refused; drain it: its replicas go
+    # where the ranking of 2, 3, 4 puts them
+    write_config(cluster, 3, [2, 3, 4])
+    refused = await asyncio.to_thread(shoal, cluster, "topology", "apply")
+    assert refused.returncode == 1 and "drain it first (shoal broker drain --id 1)" in refused.stderr, refused.stderr
+    write_config(cluster, 2, [1, 2, 3, 4])
     started = time.monotonic()
     drained = ok(await asyncio.to_thread(shoal, cluster, "broker", "drain", "--id", "1", "--wait"))
     assert "holds no replica" in drained.stdout, drained.stdout
