@@ -41,7 +41,7 @@ async def open_store(topology: Topology) -> AsyncIterator[MetadataStore | None]:
         yield MetadataStore(etcd, topology.cluster)
 
 
-async def _store_or_fail(topology: Topology):
+def _need_replicated(topology: Topology) -> None:
     if topology.metadata is None:
         raise CliError(f"{topology.source} has no metadata: section: the cluster is not replicated")
 
@@ -159,7 +159,7 @@ def _render_status(view: dict[str, Any]) -> str:
 
 
 async def _status(topology: Topology, wait: bool, output: str) -> dict[str, Any]:
-    await _store_or_fail(topology)
+    _need_replicated(topology)
     async with ClusterSession([b.url for b in topology.brokers]) as session, open_store(topology) as store:
         if wait:
             await wait_moves(session, store, topology, output)
@@ -201,7 +201,7 @@ def drain(opts: Options, broker_id: int, undo: bool, wait: bool, throttle: int |
 async def _drain(
     config: Topology, broker_id: int, undo: bool, wait: bool, output: str, throttle: int | None
 ) -> dict[str, Any]:
-    await _store_or_fail(config)
+    _need_replicated(config)
     async with ClusterSession([b.url for b in config.brokers]) as session, open_store(config) as store:
         topology = await store.topology()
         if topology is None:
@@ -267,7 +267,7 @@ def rebalance_leaders(opts: Options, batch: int) -> None:
 
 
 async def _rebalance(config: Topology, batch: int) -> dict[str, Any]:
-    await _store_or_fail(config)
+    _need_replicated(config)
     async with ClusterSession([b.url for b in config.brokers]) as session, open_store(config) as store:
         states, _ = await store.partitions()
         live, _ = await store.live_brokers()
