@@ -84,8 +84,9 @@ class Reassigner:
         self._wake.set()
 
     def _adding(self, tp: TopicPartition, follower: int) -> bool:
+        """Is ``follower`` an added replica still copying ``tp`` (the throttle's target)?"""
         state = self.membership.states.get(tp)
-        return state is not None and follower in state.adding
+        return state is not None and follower in state.adding and follower not in state.isr
 
     def check_writable(self, tp: TopicPartition) -> None:
         """Refuse an append while ``tp`` is being handed to another broker."""

@@ -3,10 +3,11 @@
 Kafka's ``leader.replication.throttled.rate`` for KIP-455 moves: the rate is stored in
 etcd (``/shoal/<cluster>/throttle``, set by ``shoal topology apply --throttle`` or
 ``shoal broker drain --throttle``; absent: no limit) and applies to each leader broker as
-a whole, over every replica it is adding. Replicas already in the replica set (the ISR
-and those catching up after a restart) are never throttled. A token bucket one second
-deep: a fetch by an added replica gets at most the bytes in the bucket (at least one
-whole batch once the bucket is positive), and nothing while it is empty.
+a whole, over every replica it is adding until that replica is in sync. Replicas in the
+ISR, and replicas of the replica set catching up after a restart, are never throttled.
+A token bucket one second deep: a fetch by an added replica gets at most the bytes in
+the bucket (at least one whole batch once the bucket is positive), nothing while it is
+empty.
 """
 
 from __future__ import annotations
