@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
 from shoal.client.errors import LeaderNotAvailable
 from shoal.client.structs import TopicPartition
 from shoal.router.metadata.etcd import EtcdError
@@ -251,3 +253,27 @@ class Reassigner:
                 "log_start_offset": start, "log_end_offset": end, "bytes": size, "copies": replicas,
             })
         return out
+
+
+class ReassignmentCollector:
+    """Prometheus view of the moves led by this broker (registered by ``BrokerMetrics``)."""
+
+    def __init__(self, broker):
+        self._broker = broker
+
+    def collect(self):
+        replicas = self._broker.replicas
+        if replicas is None:
+            return []
+        r = replicas.reassigner
+        moving = GaugeMetricFamily("shoal_reassigning_partitions", "Partitions led here with a move under way")
+        moving.add_metric([], len(r.progress()))
+        sent = CounterMetricFamily("shoal_reassignment_bytes_sent", "Bytes sent to replicas being added")
+        sent.add_metric([], r.throttle.sent)
+        handoffs = CounterMetricFamily("shoal_leader_handoffs", "Controlled leader hand-offs done by this broker")
+        handoffs.add_metric([], len(r.handoff_ms))
+        refused = GaugeMetricFamily("shoal_leader_handoff_refused_seconds_max", "Longest time a hand-off refused appends")
+        refused.add_metric([], max(r.handoff_ms, default=0.0) / 1000)
+        deleted = CounterMetricFamily("shoal_dropped_replicas_deleted", "Copies deleted after leaving a replica set")
+        deleted.add_metric([], r.deleted)
+        return [moving, sent, handoffs, refused, deleted]

@@ -11,6 +11,7 @@ import asyncio
 import json
 import re
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -258,6 +259,13 @@ async def grow_drain_and_shrink(cluster_factory, etcd_server, cluster_name, caps
         reference = below(leader)
         for broker in s["replicas"]:
             await poll(lambda broker=broker: asyncio.to_thread(lambda: below(broker) == reference), 20)
+    sent = 0.0
+    for b in (2, 3, 4):  # the leaders count what they sent to the replicas they added
+        with urllib.request.urlopen(cluster.url(b) + "/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        assert "shoal_reassigning_partitions 0.0" in text and "shoal_leader_handoffs_total" in text
+        sent += sum(float(v) for v in re.findall(r"^shoal_reassignment_bytes_sent_total (\S+)$", text, re.M))
+    assert sent > 0
     with capsys.disabled():
         gaps = sorted(traffic.ack_gaps.values())
         print(
