@@ -35,7 +35,8 @@ def topology() -> None:
     follow from rendezvous hashing over the broker ids, so adding a broker moves only
     the partitions it now wins. `plan` shows what `apply` would do; `apply` pushes the
     new epoch to every broker, without restarts, and refuses a change that would move
-    or drop a partition holding data.
+    or drop a partition holding data. A replicated cluster (metadata:) moves such
+    partitions by replication instead: `apply` starts the moves, `status` follows them.
     """
 
 
