@@ -10,6 +10,7 @@ from aiohttp import web
 from shoal.broker.broker import Broker
 from shoal.broker.handlers import add_routes
 from shoal.broker.replication.handlers import add_replica_routes
+from shoal.broker.replication.handoff_api import add_handoff_route
 from shoal.broker.metrics import BrokerMetrics
 from shoal.broker.state import BROKER, JSON_THREADS, METRICS
 from shoal.router.server.auth import authenticate
@@ -61,5 +62,6 @@ def create_app(topology: Topology, broker_id: int, data_dir: Path) -> web.Applic
     app.cleanup_ctx.append(storage)
     add_routes(app)
     add_replica_routes(app)
+    add_handoff_route(app)
     app.router.add_get("/v1/openapi.json", serve_openapi)
     return app

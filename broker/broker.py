@@ -149,6 +149,7 @@ class Broker:
             await self.membership.start()
             self.leadership.start()
             self.replicas = ReplicaManager(self.leadership, self.logs, self._peers)
+            self.replicas.reassigner.writes_in_flight = self._writes.__getitem__  # a hand-off waits for them
             self.replicas.start()
             self.groups.start()
         if self.ahead is not None:
@@ -209,6 +210,8 @@ class Broker:
         plog = await self.partition_log(topic, partition)
         tp = TopicPartition(topic, partition)
         self.check_owner(topic, partition)  # again: an install may have begun while the log opened
+        if self.replicas is not None:
+            self.replicas.reassigner.check_writable(tp)  # no appends while leadership is handed off
         self._writes[tp] += 1
         try:
             yield plog
@@ -331,6 +334,8 @@ class Broker:
                 name: [s["leader"] if s is not None and s["leader"] >= 0 else o for s, o in zip(parts[name], owners)]
                 for name, owners in view["owners"].items()
             }
+            if self.replicas is not None:
+                view["reassignments"] = self.replicas.reassigner.progress()
         return view
 
     async def partition_log(self, topic: str, partition: int) -> PartitionLog:
@@ -340,7 +345,10 @@ class Broker:
 
     def _moves_away(self, new: Topology, tp: TopicPartition) -> bool:
         config = new.topics.get(tp.topic)
-        return config is None or tp.partition >= config.partitions or new.owner(*tp).id != self.broker_id
+        if config is None or tp.partition >= config.partitions:
+            return True
+        # replicated: data moves by replication (router.metadata.store.reassign_all), not by install
+        return self.leadership is None and new.owner(*tp).id != self.broker_id
 
     def conflicts(self, new: Topology) -> list[str]:
         """Partitions holding data (any offset ever written) that ``new`` would move

@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from shoal.broker.replication.reassignment import ReassignmentCollector
+
 
 class _PartitionCollector:
     def __init__(self, broker):
@@ -108,6 +110,7 @@ class BrokerMetrics:
         self.fetches = Counter("shoal_fetch_requests", "Fetch requests served", ["topic"], registry=self.registry)
         self.registry.register(_PartitionCollector(broker))
         self.registry.register(_ReplicationCollector(broker))
+        self.registry.register(ReassignmentCollector(broker))
 
     def appended(self, topic: str, records: int, nbytes: int) -> None:
         self.records_in.labels(topic).inc(records)

@@ -1,9 +1,11 @@
 """What applying a new topology to a running cluster would change, and what it must refuse.
 
-A partition's data stays on the broker that owns it: there is no replication to move
-it. So a change may add topics, partitions, brokers and config freely, but it must not
-give a partition that holds records (high watermark > 0) to another broker, nor drop
-one by lowering a partition count; deleting a topic with data needs consent. ``diff``
+In a static cluster (no ``metadata:``) a partition's data stays on the broker that owns
+it: there is no replication to move it. So a change may add topics, partitions, brokers
+and config freely, but it must not give a partition that holds records (high watermark
+> 0) to another broker, nor drop one by lowering a partition count; deleting a topic
+with data needs consent. A replicated cluster moves partitions by replication
+(``router.reassign``); the CLI then keeps only the dropped partitions in ``moves``. ``diff``
 computes the plan (pure); the caller asks the current owners for the high watermarks
 of ``plan.checks(...)`` and passes them to ``refusals``.
 """
@@ -61,6 +63,20 @@ class Plan:
     def same(self) -> bool:
         """The candidate is what runs already (data dirs aside)."""
         return self.old.to_dict() == self.new.to_dict()
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the change does that producers should know: a topic with more
+        partitions sends keyed records to other partitions than before (as in Kafka)."""
+        out = []
+        for name in sorted(self.old.topics.keys() & self.new.topics.keys()):
+            before, after = self.old.topics[name].partitions, self.new.topics[name].partitions
+            if after > before:
+                out.append(
+                    f"topic {name} grows from {before} to {after} partitions: records with a key now go to "
+                    "other partitions than before, so per-key order holds only among records sent after the change"
+                )
+        return out
 
     def checks(self, *, delete_topics: bool) -> dict[TopicPartition, int]:
         """The partitions whose high watermark decides the plan, with their current
@@ -122,6 +138,7 @@ class Plan:
                 }
                 for m in self.moves
             ],
+            "warnings": self.warnings,
             "refusals": refusals,
         }
 

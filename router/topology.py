@@ -326,7 +326,7 @@ class Topology:
     def from_dict(cls, data: Any, *, source: str = "<request>") -> Topology:
         """Validate and build from ``to_dict()`` output or parsed YAML.
 
-        ``owners`` and ``partitions`` (a replicated broker's view of etcd) are accepted
+        ``owners``, ``partitions`` and ``reassignments`` (a replicated broker's view of etcd) are accepted
         and ignored: owners are always recomputed, partition states live in etcd.
 
         Raises:
@@ -598,8 +598,10 @@ class _Builder:
         if not isinstance(data, Mapping):
             self.problem((), f"must be a mapping with {', '.join(_TOP_KEYS)}, got {_show(data)}")
             raise self.fail()
-        # a replicated cluster's view: leaders, ISR and, from the gateway, their health
-        allowed = _TOP_KEYS + (("owners", "partitions", "under_replicated", "offline") if self.accept_owners else ())
+        # a replicated cluster's view: leaders, ISR, moves and, from the gateway, their health
+        allowed = _TOP_KEYS + (
+            ("owners", "partitions", "reassignments", "under_replicated", "offline") if self.accept_owners else ()
+        )
         top = self.mapping(data, (), allowed)
 
         cluster = top.get("cluster", "local")

@@ -70,9 +70,11 @@ async def replica_fetch(request: web.Request) -> web.Response:
     max_bytes = int(body.get("max_bytes", 1 << 20))
     wait_s = min(int(body.get("max_wait_ms", 0)), MAX_WAIT_MS) / 1000
     asks = [(str(t), int(p), int(o), int(e)) for t, p, o, e in body["partitions"]]
+    throttle = broker.replicas.reassigner.throttle
     for attempt in (0, 1):
         out = []
         logs = []
+        throttled = False
         for topic, partition, offset, epoch in asks:
             plog, error = _leader_log(broker, topic, partition, epoch)
             if error is None and not plog.log_start_offset <= offset <= plog.log_end_offset:
@@ -80,10 +82,20 @@ async def replica_fetch(request: web.Request) -> web.Response:
             if error is not None:
                 out.append([error, -1, b"", plog.log_start_offset if plog is not None else -1])
                 continue
-            broker.replicas.follower_fetched(TopicPartition(topic, partition), follower, offset)
-            frames = plog.read(offset, max_bytes, to_log_end=True)
+            tp = TopicPartition(topic, partition)
+            broker.replicas.follower_fetched(tp, follower, offset)
+            budget = throttle.budget(tp, follower, max_bytes)  # a replica being added copies at the throttle
+            if budget <= 0:
+                throttled = True
+                out.append([None, plog.high_watermark, b"", plog.log_start_offset])
+                continue
+            frames = plog.read(offset, budget, to_log_end=True)
+            throttle.spent(tp, follower, len(frames))
             out.append([None, plog.high_watermark, frames, plog.log_start_offset])
             logs.append((plog, offset))
+        if throttled and not any(part[2] for part in out):
+            await asyncio.sleep(min(wait_s, throttle.refill_s()))  # not a busy loop while the throttle is spent
+            break
         if attempt or any(part[2] for part in out) or not logs or wait_s <= 0:
             break
         waits = [asyncio.ensure_future(plog.wait_for_end(offset, wait_s)) for plog, offset in logs]

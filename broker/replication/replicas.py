@@ -23,6 +23,7 @@ from shoal.router.metadata.partition import TransitionError
 
 from .fetcher import Fetcher
 from .leader_state import LeaderState
+from .reassignment import Reassigner
 
 if TYPE_CHECKING:
     from shoal.broker.storage import LogManager
@@ -47,6 +48,7 @@ class ReplicaManager:
         self.isr_expands = 0
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self.reassigner = Reassigner(self)
 
     @property
     def lag_s(self) -> float:
@@ -59,11 +61,13 @@ class ReplicaManager:
             asyncio.create_task(self._reconcile_loop(), name="shoal-replica-roles"),
             asyncio.create_task(self._isr_loop(), name="shoal-isr"),
         ]
+        self.reassigner.start()
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.reassigner.stop()
         await asyncio.gather(*(f.stop() for f in self.fetchers.values()))
 
     async def _reconcile_loop(self) -> None:
@@ -104,6 +108,7 @@ class ReplicaManager:
                 fetcher = self.fetchers[source] = Fetcher(self, source)
                 fetcher.start()
             fetcher.assign(wanted.get(source, {}))
+        self.reassigner.poke()
 
     def advance(self, tp: TopicPartition) -> None:
         """Move the high watermark of a partition led here to the least log end of its ISR."""

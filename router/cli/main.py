@@ -19,6 +19,7 @@ from shoal.router.cli.bench import bench
 from shoal.router.cli.cluster import broker, cluster
 from shoal.router.cli.group import group
 from shoal.router.cli.output import fail
+from shoal.router.cli.reassign import drain, rebalance_leaders
 from shoal.router.cli.router import router
 from shoal.router.cli.topic import topic
 from shoal.router.cli.topology import topology
@@ -47,6 +48,8 @@ def cli() -> None:
 
 for _command in (cluster, broker, router, topology, topic, group, bench, auth):
     cli.add_command(_command)
+broker.add_command(drain)
+cluster.add_command(rebalance_leaders)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,6 +38,16 @@ class AdminClient(BrokerClient):
         """``PUT /v1/cluster``: install a newer topology; answers the installed one."""
         return await self.request_json("PUT", url, "/v1/cluster", json_body=topology)
 
+    async def metrics(self, url: str) -> str:
+        """``GET /metrics``: the broker's Prometheus text."""
+        body, _ = await self._call("GET", url, "/metrics")
+        return body.decode()
+
+    async def hand_off(self, url: str, topic: str, partition: int, to: int | None = None) -> dict[str, Any]:
+        """``POST .../hand-off`` at the partition's leader: a controlled leader change."""
+        path = f"/v1/topics/{topic}/partitions/{partition}/hand-off"
+        return await self.request_json("POST", url, path, json_body={} if to is None else {"to": to}, timeout=30)
+
     async def groups(self, url: str) -> list[dict[str, Any]]:
         """``GET /v1/groups``: the groups with committed offsets on this broker."""
         return (await self.request_json("GET", url, "/v1/groups"))["groups"]

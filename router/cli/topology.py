@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any
 
 import click
@@ -13,8 +14,11 @@ from shoal.client.structs import TopicPartition
 
 from shoal.router.cli.base import Options, action, global_options
 from shoal.router.cli.output import CliError, emit, key_values, sections, table
+from shoal.router.cli.reassign import open_store, plan_moves, start_moves, status, wait_moves
 from shoal.router.cli.session import BrokerState, ClusterSession, newest, reason
+from shoal.router.metadata.store import MetadataStore
 from shoal.router.plan import Plan, diff
+from shoal.router.reassign.progress import human_bytes
 from shoal.router.server.params import TopologyChange
 from shoal.router.topology import Topology, load_topology
 
@@ -31,8 +35,12 @@ def topology() -> None:
     follow from rendezvous hashing over the broker ids, so adding a broker moves only
     the partitions it now wins. `plan` shows what `apply` would do; `apply` pushes the
     new epoch to every broker, without restarts, and refuses a change that would move
-    or drop a partition holding data.
+    or drop a partition holding data. A replicated cluster (metadata:) moves such
+    partitions by replication instead: `apply` starts the moves, `status` follows them.
     """
+
+
+topology.add_command(status)
 
 
 @topology.command("show")
@@ -123,17 +131,25 @@ class Survey:
     plan: Plan
     high_watermarks: dict[TopicPartition, int | str]
     refusals: list[str]
+    reassignments: list[dict[str, Any]] | None = field(default=None)  # replicated: the replica sets that change
 
     def view(self) -> dict[str, Any]:
-        return self.plan.to_dict(self.high_watermarks, self.refusals)
+        view = self.plan.to_dict(self.high_watermarks, self.refusals)
+        if self.reassignments is not None:
+            view["reassignments"] = self.reassignments
+        return view
 
 
-async def survey(session: ClusterSession, candidate: Topology, *, delete_topics: bool) -> Survey:
+async def survey(
+    session: ClusterSession, candidate: Topology, *, delete_topics: bool, store: MetadataStore | None = None
+) -> Survey:
     """Plan ``candidate`` against what the cluster runs, and check it against the data.
 
     The plan starts from the newest topology among brokers still *behind* the
     candidate: a new broker started with the candidate file already reports its epoch,
-    but the data sits on the brokers that have not installed it yet.
+    but the data sits on the brokers that have not installed it yet. A replicated
+    cluster (``store`` given) moves partitions holding data by replication: the plan
+    then lists the replica sets that change instead of refusing those moves.
     """
     states = await session.survey()
     known = {s.url for s in states}
@@ -141,13 +157,19 @@ async def survey(session: ClusterSession, candidate: Topology, *, delete_topics:
     behind = [s for s in states if s.topology is not None and s.topology.epoch < candidate.epoch]
     base = newest(behind or states)
     plan = diff(base, candidate)
+    if store is not None:
+        plan = dataclasses.replace(plan, moves=[m for m in plan.moves if m.target is None])
     checks = plan.checks(delete_topics=delete_topics)
     high_watermarks = await _high_watermarks(session, base, checks)
     refusals = plan.refusals(high_watermarks, delete_topics=delete_topics)
     if behind:  # else plan.refusals has compared the epochs already
         refusals += _ahead_or_different(candidate, states)
     refusals += _unreachable(candidate, states) + _removed_but_running(plan, states)
-    return Survey(plan, high_watermarks, refusals)
+    moves = None
+    if store is not None:
+        moves, refused = await plan_moves(session, store, candidate)
+        refusals += refused
+    return Survey(plan, high_watermarks, refusals, moves)
 
 
 def _ahead_or_different(candidate: Topology, states: list[BrokerState]) -> list[str]:
@@ -248,6 +270,11 @@ def plan_command(opts: Options, file: str | None, delete_topics: bool) -> None:
     current owner. Changes that `apply` would refuse are listed under REFUSED.
     Nothing is changed. FILE defaults to --config.
 
+    In a replicated cluster (metadata: in the file) partitions move by replication:
+    REASSIGNMENTS lists each partition whose replica set changes, before and after,
+    the bytes the new replicas must copy, and the leader move. A broker removed from
+    the file must not hold replicas any more (shoal broker drain --id N first).
+
     EXAMPLES
 
       shoal topology plan
@@ -260,8 +287,23 @@ def plan_command(opts: Options, file: str | None, delete_topics: bool) -> None:
 
 
 async def _survey(urls: list[str], candidate: Topology, delete_topics: bool) -> Survey:
-    async with ClusterSession(urls) as session:
-        return await survey(session, candidate, delete_topics=delete_topics)
+    async with ClusterSession(urls) as session, open_store(candidate) as store:
+        return await survey(session, candidate, delete_topics=delete_topics, store=store)
+
+
+def render_moves(rows: list[dict[str, Any]]) -> str:
+    def ids(xs: list[int]) -> str:
+        return ",".join(map(str, xs)) or "-"
+
+    total = sum(r["bytes_to_copy"] or 0 for r in rows)
+    leaders = sum(1 for r in rows if r["leader_before"] != r["leader_after"])
+    return table(
+        ["partition", "replicas-before", "replicas-after", "adding", "removing", "copy", "leader"],
+        ([f"{r['topic']}/{r['partition']}", ids(r["before"]), ids(r["after"]), ids(r["adding"]), ids(r["removing"]),
+          human_bytes(r["bytes_to_copy"]),
+          f"{r['leader_before']} -> {r['leader_after']}" if r["leader_before"] != r["leader_after"] else r["leader_before"]]
+         for r in rows),
+    ) + f"{len(rows)} partitions move, {human_bytes(total)} to copy, {leaders} leader changes\n"
 
 
 def render_plan(view: dict[str, Any]) -> str:
@@ -276,7 +318,12 @@ def render_plan(view: dict[str, Any]) -> str:
           m["high_watermark"]] for m in view["moves"]),
     ) if view["moves"] else ""
     refused = "".join(f"{r}\n" for r in view["refusals"])
-    parts = [("CHANGES", changes or "no changes\n"), ("MOVES", moves), ("REFUSED", refused)]
+    warnings = "".join(f"{w}\n" for w in view.get("warnings", []))
+    reassignments = render_moves(view["reassignments"]) if view.get("reassignments") else ""
+    parts = [
+        ("CHANGES", changes or "no changes\n"), ("MOVES", moves), ("REASSIGNMENTS", reassignments),
+        ("WARNINGS", warnings), ("REFUSED", refused),
+    ]
     return head + "\n" + "\n".join(f"{title}\n{body}" for title, body in parts if body)
 
 
@@ -284,8 +331,11 @@ def render_plan(view: dict[str, Any]) -> str:
 @global_options
 @click.argument("file", required=False)
 @click.option("--delete-topics", is_flag=True, help="Allow deleting topics that hold data (their data is lost).")
+@click.option("--wait", is_flag=True, help="Replicated: follow the moves until every partition is in place.")
+@click.option("--throttle", type=click.IntRange(0), metavar="BYTES_PER_S",
+              help="Replicated: the bytes/s each leader may send to replicas being added (0: no limit).")
 @action("apply topology")
-def apply(opts: Options, file: str | None, delete_topics: bool) -> None:
+def apply(opts: Options, file: str | None, delete_topics: bool, wait: bool, throttle: int | None) -> None:
     """Push a topology file's new epoch to every broker, without restarts
 
     First plans the change (see `shoal topology plan`); refuses, naming them, changes
@@ -295,30 +345,49 @@ def apply(opts: Options, file: str | None, delete_topics: bool) -> None:
     Start a new broker (with the new file) before applying a topology that adds it.
     FILE defaults to --config.
 
+    In a replicated cluster, apply then writes each moving partition's target replicas
+    to etcd and the partitions' leaders carry the moves out: new replicas copy the log,
+    join the ISR, leadership is handed over where the preferred leader changes, old
+    replicas are dropped and delete their copy. Applying again resumes an interrupted
+    apply. --wait follows the moves until they are done (see shoal topology status).
+
     EXAMPLES
 
       shoal topology apply
 
-      shoal topology apply with-broker-4.yaml
+      shoal topology apply with-broker-4.yaml --wait
+
+      shoal topology apply --throttle 50000000
     """
     candidate = load_topology(file or opts.config)
-    view = asyncio.run(_apply(bootstrap_urls(opts, candidate), candidate, delete_topics))
+    view = asyncio.run(_apply(bootstrap_urls(opts, candidate), candidate, delete_topics, wait, opts.output, throttle))
     emit(opts.output, view, render_apply)
     if any(not row["status"].startswith("OK") for row in view["brokers"]):
         raise CliError("some brokers did not install the topology; fix them and apply again")
 
 
-async def _apply(urls: list[str], candidate: Topology, delete_topics: bool) -> dict[str, Any]:
-    async with ClusterSession(urls) as session:
-        result = await survey(session, candidate, delete_topics=delete_topics)
+async def _apply(
+    urls: list[str], candidate: Topology, delete_topics: bool, wait: bool, output: str, throttle: int | None
+) -> dict[str, Any]:
+    async with ClusterSession(urls) as session, open_store(candidate) as store:
+        result = await survey(session, candidate, delete_topics=delete_topics, store=store)
         if result.refusals:
             raise CliError("refused:\n  " + "\n  ".join(result.refusals))
         view = result.view()
         view["brokers"] = await push(session, candidate, result.plan)
+        if store is not None and all(row["status"].startswith("OK") for row in view["brokers"]):
+            if throttle is not None:
+                await store.set_throttle(throttle or None)
+            view["started"] = await start_moves(store, candidate)
+            if wait:
+                await wait_moves(session, store, candidate, output)
     return view
 
 
 def render_apply(view: dict[str, Any]) -> str:
-    return render_plan(view) + "\nBROKERS\n" + table(
+    out = render_plan(view) + "\nBROKERS\n" + table(
         ["id", "url", "status"], ([b["id"], b["url"], b["status"]] for b in view["brokers"])
     )
+    if "started" in view:
+        out += f"\nstarted moving {view['started']} partitions (shoal topology status follows them)\n"
+    return out

@@ -4,6 +4,10 @@ The state lives in etcd under ``partitions/<topic>/<partition>`` as JSON::
 
     {"replicas": [2, 3, 1], "leader": 2, "leader_epoch": 4, "isr": [2, 3]}
 
+and, while the partition moves (Kafka's KIP-455 shape), ``"adding": [4]`` and
+``"removing": [1]``: ``replicas`` is then the target set followed by the replicas
+being removed, so the target is ``replicas`` without ``removing``.
+
 - ``replicas``: the brokers holding the partition, preferred leader first (the head of
   the rendezvous ranking, ``Topology.replicas``).
 - ``leader``: the broker that takes appends, or ``NO_LEADER`` (-1) when there is none.
@@ -11,6 +15,10 @@ The state lives in etcd under ``partitions/<topic>/<partition>`` as JSON::
   carries it, and a stale one is refused (Kafka's KIP-101/KIP-320).
 - ``isr``: the in-sync replicas, the leader always among them. An acknowledged
   (``acks=all``) record is on every one of them.
+- ``adding`` / ``removing``: a reassignment under way. The added replicas copy the log
+  as followers and join the ISR when caught up (``expand_isr``); then the leader hands
+  leadership over if it is being removed or the target's preferred leader is in sync
+  (``hand_off``), and ``finish_reassignment`` drops the removed replicas.
 
 The functions below compute the next state or refuse with ``TransitionError``; they
 never write. ``router.metadata.store`` applies a result only by compare-and-swap on the
@@ -24,7 +32,10 @@ import json
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field, replace
 
-__all__ = ["NO_LEADER", "PartitionState", "TransitionError", "initial_state", "elect", "shrink_isr", "expand_isr"]
+__all__ = [
+    "NO_LEADER", "PartitionState", "TransitionError", "initial_state", "elect", "shrink_isr", "expand_isr",
+    "reassign", "hand_off", "finish_reassignment",
+]
 
 NO_LEADER = -1
 
@@ -46,21 +57,38 @@ class PartitionState:
     leader_epoch: int
     isr: tuple[int, ...]
     mod_revision: int = field(default=0, compare=False)
+    adding: tuple[int, ...] = ()
+    removing: tuple[int, ...] = ()
+
+    @property
+    def target(self) -> tuple[int, ...]:
+        """The replica set once the reassignment under way (if any) is done."""
+        return tuple(r for r in self.replicas if r not in self.removing)
+
+    @property
+    def moving(self) -> bool:
+        return bool(self.adding or self.removing)
 
     def to_json(self) -> bytes:
-        return json.dumps(
-            {"replicas": list(self.replicas), "leader": self.leader, "leader_epoch": self.leader_epoch, "isr": list(self.isr)},
-            separators=(",", ":"),
-        ).encode()
+        body = {"replicas": list(self.replicas), "leader": self.leader, "leader_epoch": self.leader_epoch, "isr": list(self.isr)}
+        if self.moving:
+            body |= {"adding": list(self.adding), "removing": list(self.removing)}
+        return json.dumps(body, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, raw: bytes, mod_revision: int = 0) -> PartitionState:
         data = json.loads(raw)
-        return cls(tuple(data["replicas"]), int(data["leader"]), int(data["leader_epoch"]), tuple(data["isr"]), mod_revision)
+        return cls(
+            tuple(data["replicas"]), int(data["leader"]), int(data["leader_epoch"]), tuple(data["isr"]), mod_revision,
+            tuple(data.get("adding", ())), tuple(data.get("removing", ())),
+        )
 
     def to_dict(self) -> dict[str, object]:
         """The ``GET /v1/cluster`` view of this partition."""
-        return {"leader": self.leader, "leader_epoch": self.leader_epoch, "replicas": list(self.replicas), "isr": list(self.isr)}
+        return {
+            "leader": self.leader, "leader_epoch": self.leader_epoch, "replicas": list(self.replicas), "isr": list(self.isr),
+            "adding": list(self.adding), "removing": list(self.removing),
+        }
 
 
 def initial_state(replicas: Iterable[int]) -> PartitionState:
@@ -133,3 +161,64 @@ def expand_isr(state: PartitionState, leader: int, leader_epoch: int, follower: 
     if follower in state.isr:
         raise TransitionError(f"broker {follower} is already in the ISR")
     return replace(state, isr=(*state.isr, follower))
+
+
+def reassign(state: PartitionState, target: Iterable[int]) -> PartitionState:
+    """Start moving to replica set ``target`` (preferred leader first), or change the
+    target of a move under way (moving back to the original set cancels it).
+
+    Replicas that ``target`` adds are ``adding``: they follow the leader from now on.
+    Replicas it drops are ``removing``: they stay replicas (and in the ISR) until
+    ``finish_reassignment``. A replica being added by an earlier, unfinished move that
+    ``target`` no longer wants is removed like any other.
+
+    Raises:
+        TransitionError: ``target`` is empty or names a broker twice.
+    """
+    target = tuple(target)
+    if not target or len(set(target)) != len(target):
+        raise TransitionError(f"target replicas must be distinct broker ids, got {list(target)}")
+    original = [r for r in state.replicas if r not in state.adding]
+    adding = tuple(r for r in target if r not in original)
+    removing = tuple(r for r in state.replicas if r not in target)
+    if not adding and not removing:  # back to (or already at) the original set, maybe reordered
+        return replace(state, replicas=target, adding=(), removing=())
+    return replace(state, replicas=target + removing, adding=adding, removing=removing)
+
+
+def hand_off(state: PartitionState, leader: int, leader_epoch: int, successor: int) -> PartitionState:
+    """The leader gives leadership to ``successor``, an in-sync replica that stays: a
+    controlled hand-off (leader epoch + 1, the ISR unchanged). The caller has stopped
+    taking appends and seen ``successor`` reach its log end before.
+
+    Raises:
+        TransitionError: not the current leadership, or ``successor`` is not an in-sync
+            replica of the target set.
+    """
+    _check_leader(state, leader, leader_epoch)
+    if successor == leader:
+        raise TransitionError(f"broker {leader} leads already")
+    if successor not in state.target or successor not in state.isr:
+        raise TransitionError(f"broker {successor} is not an in-sync replica of {list(state.target)} (ISR {list(state.isr)})")
+    return replace(state, leader=successor, leader_epoch=leader_epoch + 1)
+
+
+def finish_reassignment(state: PartitionState, leader: int, leader_epoch: int) -> PartitionState:
+    """The leader completes a move: every added replica is in sync and the leader is
+    not being removed, so the removed replicas leave ``replicas`` and the ISR (and then
+    delete their copy).
+
+    Raises:
+        TransitionError: not the current leadership, no move under way, an added
+            replica is not in sync yet, or the leader is being removed.
+    """
+    _check_leader(state, leader, leader_epoch)
+    if not state.moving:
+        raise TransitionError("no reassignment is under way")
+    behind = [r for r in state.adding if r not in state.isr]
+    if behind:
+        raise TransitionError(f"added replicas {behind} are not in sync yet (ISR {list(state.isr)})")
+    if leader in state.removing:
+        raise TransitionError(f"the leader {leader} is being removed: hand leadership off first")
+    target = state.target
+    return replace(state, replicas=target, isr=tuple(r for r in state.isr if r in target), adding=(), removing=())

@@ -7,8 +7,12 @@ Key layout, under ``/shoal/<cluster>/`` (values are JSON, readable with ``etcdct
 - ``brokers/<id>``: ``{"id", "url"}``, attached to the broker's lease
   (``router.metadata.lease``): present exactly while the broker is live.
 - ``partitions/<topic>/<partition>``: ``{"replicas", "leader", "leader_epoch", "isr"}``
-  (``router.metadata.partition``), created once and then changed only by
-  compare-and-swap on the ``mod_revision`` the change was computed from.
+  and, while it moves, ``"adding"``/``"removing"`` (``router.metadata.partition``),
+  created once and then changed only by compare-and-swap on the ``mod_revision`` the
+  change was computed from.
+- ``drained``: ``[ids]``, the brokers ``shoal broker drain`` emptied; placement leaves
+  them out (``router.reassign.placement``).
+- ``throttle``: bytes/s a leader may send to the replicas it is adding (absent: no limit).
 
 Every change is computed from a read and written with a transaction that compares the
 read's ``mod_revision``: if anything wrote the key in between, the transaction fails,
@@ -28,7 +32,10 @@ from dataclasses import dataclass
 
 from shoal.client.structs import TopicPartition
 from shoal.router.metadata.etcd import EtcdClient, WatchEvent, mod_revision_is, put_op, range_op
-from shoal.router.metadata.partition import PartitionState, TransitionError, elect, expand_isr, initial_state, shrink_isr
+from shoal.router.metadata.partition import (
+    PartitionState, TransitionError, elect, expand_isr, finish_reassignment, hand_off, initial_state, reassign, shrink_isr,
+)
+from shoal.router.reassign.placement import target_replicas
 from shoal.router.topology import Topology
 
 __all__ = ["MetadataStore", "StaleTopology", "PartitionChange", "cluster_prefix"]
@@ -138,9 +145,11 @@ class MetadataStore:
         every replica in sync. Existing states are left alone. Returns those created."""
         wanted = [TopicPartition(name, p) for name in sorted(topology.topics) for p in range(topology.topics[name].partitions)]
         limit = asyncio.Semaphore(_CREATE_CONCURRENCY)
+        drained, _ = await self.drained()
+        drained &= set(topology.broker_ids)
 
         async def create(tp: TopicPartition) -> bool:
-            state = initial_state(topology.replicas(tp.topic, tp.partition))
+            state = initial_state(target_replicas(topology, tp, drained))
             async with limit:
                 result = await self.etcd.txn([mod_revision_is(self._key(tp), 0)], [put_op(self._key(tp), state.to_json())])
             return result.succeeded
@@ -211,6 +220,97 @@ class MetadataStore:
             TransitionError: refused (see ``partition.expand_isr``) or ``tp`` changed since ``expected``.
         """
         return await self._transition(tp, lambda s: expand_isr(s, expected.leader, expected.leader_epoch, follower), expected)
+
+    async def hand_off(self, tp: TopicPartition, expected: PartitionState, successor: int) -> PartitionState:
+        """The leader of ``expected`` gives ``tp`` to ``successor`` (``partition.hand_off``).
+
+        Raises:
+            TransitionError: refused, or ``tp`` changed since ``expected``.
+        """
+        return await self._transition(tp, lambda s: hand_off(s, expected.leader, expected.leader_epoch, successor), expected)
+
+    async def finish_reassignment(self, tp: TopicPartition, expected: PartitionState) -> PartitionState:
+        """The leader of ``expected`` drops the removed replicas (``partition.finish_reassignment``).
+
+        Raises:
+            TransitionError: refused, or ``tp`` changed since ``expected``.
+        """
+        return await self._transition(tp, lambda s: finish_reassignment(s, expected.leader, expected.leader_epoch), expected)
+
+    # -- reassignment ----------------------------------------------------------
+
+    async def drained(self) -> tuple[set[int], int]:
+        """The drained broker ids, and the key's ``mod_revision`` (0: none drained yet)."""
+        kv = await self.etcd.get(self.prefix + b"drained")
+        return (set(json.loads(kv.value)), kv.mod_revision) if kv else (set(), 0)
+
+    async def set_drained(self, ids: Collection[int], expected_revision: int) -> bool:
+        """Store the drained set if the key is still at ``expected_revision``."""
+        key = self.prefix + b"drained"
+        value = json.dumps(sorted(ids)).encode()
+        result = await self.etcd.txn([mod_revision_is(key, expected_revision)], [put_op(key, value)])
+        return result.succeeded
+
+    async def throttle(self) -> int | None:
+        """The reassignment throttle in bytes/s, or None for no limit."""
+        kv = await self.etcd.get(self.prefix + b"throttle")
+        return int(json.loads(kv.value)) if kv else None
+
+    async def set_throttle(self, rate: int | None) -> None:
+        """Set (or with None remove) the reassignment throttle."""
+        if rate is None:
+            await self.etcd.delete(self.prefix + b"throttle")
+        else:
+            await self.etcd.put(self.prefix + b"throttle", json.dumps(rate).encode())
+
+    async def reassign_all(self, topology: Topology) -> dict[TopicPartition, PartitionState]:
+        """Give every partition whose replica set is not where ``topology`` and the
+        drained set place it that target (``partition.reassign``); the partitions' leaders
+        carry the moves out. Returns the partitions whose target changed.
+
+        Each write compares the partition's, the topology's and the drained set's
+        revisions, so a target is never computed from a topology or drained set that
+        changed meanwhile; writing the same targets again changes nothing.
+
+        Raises:
+            StaleTopology: etcd holds another topology than ``topology``, or the topology
+                or drained set changed while the targets were written (apply again).
+            PlacementError: too few undrained brokers for a replication factor.
+        """
+        topo_key, drained_key = self.prefix + b"topology", self.prefix + b"drained"
+        kv = await self.etcd.get(topo_key)
+        if kv is None or json.loads(kv.value) != topology.to_dict():
+            raise StaleTopology(f"etcd does not hold epoch {topology.epoch} of {topology.source}: install it first")
+        drained, drained_rev = await self.drained()
+        drained &= set(topology.broker_ids)
+        guards = [mod_revision_is(topo_key, kv.mod_revision), mod_revision_is(drained_key, drained_rev)]
+        states, _ = await self.partitions()
+        changed = {}
+        for tp, state in sorted(states.items()):
+            if tp.topic not in topology.topics or tp.partition >= topology.topics[tp.topic].partitions:
+                continue
+            target = target_replicas(topology, tp, drained)
+            while state.target != target:
+                new = reassign(state, target)
+                result = await self.etcd.txn(
+                    [*guards, mod_revision_is(self._key(tp), state.mod_revision)],
+                    [put_op(self._key(tp), new.to_json()), range_op(self._key(tp))],
+                )
+                if result.succeeded:
+                    kv_new = result.ranges[0][0]
+                    changed[tp] = PartitionState.from_json(kv_new.value, kv_new.mod_revision)
+                    break
+                state = await self.partition(tp)
+                if state is None or await self._guards_moved(kv.mod_revision, drained_rev):
+                    raise StaleTopology("the topology or the drained brokers changed meanwhile: apply again")
+        if changed:
+            log.info("reassigning %d partitions of cluster %s (epoch %d)", len(changed), topology.cluster, topology.epoch)
+        return changed
+
+    async def _guards_moved(self, topology_rev: int, drained_rev: int) -> bool:
+        kv = await self.etcd.get(self.prefix + b"topology")
+        _, now = await self.drained()
+        return kv is None or kv.mod_revision != topology_rev or now != drained_rev
 
     async def take_over(self, me: int, live: Collection[int], topology: Topology) -> list[tuple[TopicPartition, PartitionState]]:
         """Elect ``me`` for every partition whose leader is not live and that ``me`` may

@@ -46,7 +46,8 @@ async def test_brokers_register_and_show_partition_states(replicated, etcd_serve
             assert sorted(parts) == ["audit", "orders"]
             for p, state in enumerate(parts["orders"]):
                 replicas = hashing.rank("orders", p, [1, 2, 3])
-                assert state == {"leader": replicas[0], "leader_epoch": 0, "replicas": replicas, "isr": replicas}
+                assert state == {"leader": replicas[0], "leader_epoch": 0, "replicas": replicas, "isr": replicas,
+                                 "adding": [], "removing": []}
             [audit] = parts["audit"]
             assert audit["replicas"] == [hashing.owner("audit", 0, [1, 2, 3])] == [audit["leader"]]
         # Created once: three brokers raced to create them, every state is at version 1.

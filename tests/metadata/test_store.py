@@ -252,3 +252,49 @@ async def test_lease_lost_when_etcd_says_expired(store, etcd):
     assert lost == ["etcd says it has expired"]
     assert await etcd.get(lease.key) is None
     await lease.stop()
+
+
+async def test_reassign_all_writes_targets_once_and_guards_on_topology_and_drained(store, cluster_name):
+    old = topology(cluster_name, 1, brokers=(1, 2, 3))
+    await store.apply_topology(old)
+    await store.create_partitions(old)
+    new = topology(cluster_name, 2, brokers=(1, 2, 3, 4))
+    with pytest.raises(StaleTopology):
+        await store.reassign_all(new)  # not installed in etcd yet
+    await store.apply_topology(new)
+    changed = await store.reassign_all(new)
+    states, _ = await store.partitions()
+    for tp, state in states.items():
+        target = tuple(hashing.rank(tp.topic, tp.partition, [1, 2, 3, 4])[: new.topics[tp.topic].replication_factor])
+        assert state.target == target
+        assert (tp in changed) == (4 in target) == (state.adding == (4,))
+    assert changed and await store.reassign_all(new) == {}  # again: nothing to write
+    # draining 1 moves its replicas by the ranking of 2, 3, 4 (what removing it would do)
+    drained, revision = await store.drained()
+    assert drained == set() and await store.set_drained({1}, revision)
+    assert not await store.set_drained({2}, revision)  # a stale read of the drained set
+    await store.reassign_all(new)
+    states, _ = await store.partitions()
+    for tp, state in states.items():
+        assert state.target == tuple(hashing.rank(tp.topic, tp.partition, [2, 3, 4])[: new.topics[tp.topic].replication_factor])
+        assert 1 not in state.target
+
+
+async def test_a_move_completes_by_hand_off_and_finish(store, cluster_name):
+    old = topology(cluster_name, 1, brokers=(1, 2, 3, 4), orders={"partitions": 1})
+    await store.apply_topology(old)
+    await store.create_partitions(old)
+    state = await store.partition(OR0)
+    assert await store.reassign_all(old) == {}  # the placement is right already
+    await store.set_drained({state.leader}, 0)
+    moving = (await store.reassign_all(old))[OR0]
+    (added,) = moving.adding
+    with pytest.raises(TransitionError, match="not in sync yet"):
+        await store.finish_reassignment(OR0, moving)
+    synced = await store.expand_isr(OR0, moving, added)
+    with pytest.raises(TransitionError, match="changed since"):
+        await store.hand_off(OR0, moving, synced.target[0])  # computed from a stale state
+    handed = await store.hand_off(OR0, synced, synced.target[0])
+    assert handed.leader == synced.target[0] and handed.leader_epoch == synced.leader_epoch + 1
+    done = await store.finish_reassignment(OR0, handed)
+    assert state.leader not in done.replicas and state.leader not in done.isr and not done.moving

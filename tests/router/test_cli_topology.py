@@ -86,6 +86,7 @@ def test_apply_adds_topics_and_config_without_restarts(cluster_factory):
             {"op": "+", "kind": "topic", "name": "payments", "detail": "4 partitions"},
         ],
         "moves": [],
+        "warnings": [],
         "refusals": [],
     }
     assert epochs(cluster) == [1, 1, 1]

@@ -137,5 +137,13 @@ def test_to_dict_view():
         "to_epoch": 2,
         "changes": [{"op": "~", "kind": "topic", "name": "orders", "detail": "partitions 12 -> 11"}],
         "moves": [{"topic": "orders", "partition": 11, "from": source, "to": None, "high_watermark": 4}],
+        "warnings": [],
         "refusals": ["why"],
     }
+
+
+def test_growing_a_topic_warns_keyed_producers():
+    grown = topo(epoch=2, topics={"orders": {"partitions": 16}, "old": {"partitions": 2}})
+    (warning,) = diff(topo(), grown).warnings
+    assert "orders grows from 12 to 16 partitions" in warning and "key" in warning
+    assert diff(topo(), topo(epoch=2)).warnings == []
