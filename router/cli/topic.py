@@ -53,8 +53,9 @@ def _parse_configs(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _resolve(current: Topology, overrides: dict[str, Any]) -> TopicConfig:
-    """The config a new topic gets: the file's defaults with ``overrides`` (validated)."""
-    probe = {"brokers": [{"id": 0, "url": "http://localhost:1"}], "defaults": current.defaults.to_dict(),
+    """The config a new topic gets: the file's defaults with ``overrides``, validated against
+    the file's brokers (so a replication factor is checked as it will be)."""
+    probe = {"brokers": [{"id": b.id, "url": b.url} for b in current.brokers], "defaults": current.defaults.to_dict(),
              "topics": {"new": overrides}}  # fmt: skip
     try:
         return Topology.from_dict(probe, source="--topic-config").topics["new"]

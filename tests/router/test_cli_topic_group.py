@@ -89,6 +89,17 @@ def test_create_with_the_cluster_down_leaves_the_file_alone(cluster_factory):
     assert "payments" in load_topology(cluster.config_path).topics
 
 
+def test_create_in_a_replicated_file_checks_the_factor_against_its_brokers(cluster_factory):
+    cluster = cluster_factory(3, {"orders": 1}, start=False, metadata={"etcd": ["http://127.0.0.1:1"]},
+                              replication_factor=3, min_insync_replicas=2)
+    ok(shoal(cluster, "topic", "create", "payments", "--no-apply"))
+    assert load_topology(cluster.config_path).topics["payments"].replication_factor == 3
+
+    result = shoal(cluster, "topic", "create", "wide", "-c", "replication_factor=4", "--no-apply")
+    assert result.returncode == 1
+    assert result.stderr == "unable to create topic: --topic-config: replication_factor: is 4, more than the 3 brokers\n"
+
+
 def test_bad_topic_config_is_one_line(cluster_factory):
     cluster = cluster_factory(1, {}, start=False)
     result = shoal(cluster, "topic", "create", "t", "-c", "flush=sometimes", "-c", "retention_ms=-1")
