@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Builds the shoal container image without a container registry.
+# Builds the shoal image and the etcd image of the compose cluster without a registry.
 #
-#   deploy/build-image.sh [IMAGE]      (default: $SHOAL_IMAGE, else shoal:latest)
+#   deploy/build-image.sh [IMAGE [ETCD_IMAGE]]
+#     IMAGE:      default $SHOAL_IMAGE, else shoal:latest
+#     ETCD_IMAGE: default $SHOAL_ETCD_IMAGE, else shoal-etcd:latest
 #
-# Base image, first that can be had:
+# Base image (both images use the same one), first that can be had:
 #   1. $SHOAL_BASE, when set (any local image with python3.11 and its venv module);
 #   2. python:3.11-slim, already in the engine or pulled (a failed pull costs a second);
 #   3. shoal-base:bookworm-<recipe>, a Debian bookworm root filesystem with python3 and
@@ -13,12 +15,17 @@
 # (the image's Python is 3.11 too) and installed in the image with `pip --no-index`:
 # nothing is downloaded during `docker build`. Dependency wheels are cached under
 # deploy/.cache/ keyed on pyproject.toml, so a warm build needs no network at all.
+# etcd comes from Debian's etcd-server package: $SHOAL_ETCD_DEB, else the .deb that
+# `apt-get download etcd-server` fetches once into deploy/.cache/.
+# An image whose inputs (base, Dockerfile, wheels or .deb) have not changed since it was
+# built is left as it is (a label holds the hash of its inputs).
 # Idempotent; concurrent runs wait for each other.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 image=${1:-${SHOAL_IMAGE:-shoal:latest}}
+etcd_image=${2:-${SHOAL_ETCD_IMAGE:-shoal-etcd:latest}}
 cache=$here/.cache
 suite=bookworm
 # What goes into the local base; changing it changes the tag, so the next run rebuilds.
@@ -74,7 +81,8 @@ make_local_base() {  # $1: tag
     if ! command -v mmdebstrap >/dev/null; then
       [ "$(id -u)" = 0 ] || die "mmdebstrap is missing: run 'sudo apt-get install mmdebstrap' once"
       say "installing mmdebstrap"
-      apt-get install -y -q mmdebstrap >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q mmdebstrap >/dev/null; } \
+      apt-get install -y -q -o DPkg::Lock::Timeout=300 mmdebstrap >/dev/null \
+        || { apt-get update -q >/dev/null && apt-get install -y -q -o DPkg::Lock::Timeout=300 mmdebstrap >/dev/null; } \
         || die "could not install mmdebstrap with apt-get"
     fi
     local main security
@@ -157,31 +165,78 @@ if [ ! -d "$deps" ]; then
   mv "$deps.tmp" "$deps"
 fi
 
+# A venv with the build requirements, made once, so that building shoal's wheel does not
+# set up an isolated build environment every time (most of a warm build's time).
+builder=$deps/build-venv
+if [ ! -x "$builder/bin/python" ]; then
+  rm -rf "$builder"
+  quietly "$py" -m venv "$builder"
+  quietly "$builder/bin/python" -m pip install --no-index "$deps"/build/*.whl
+fi
+
 # The shoal wheel, rebuilt only when its sources change. A fixed SOURCE_DATE_EPOCH makes
 # it byte-identical while the sources are, so Docker's layer cache holds too.
 app=$cache/app-$(tar -C "$src" --sort=name --mtime=@0 --owner=0 --group=0 -cf - . | sha256sum | cut -c1-16)
 if [ ! -d "$app" ]; then
   rm -rf "$cache"/app-*
-  SOURCE_DATE_EPOCH=315532800 quietly "$py" -m pip wheel --no-deps --no-index --find-links "$deps/build" \
+  SOURCE_DATE_EPOCH=315532800 quietly "$builder/bin/python" -m pip wheel --no-build-isolation --no-deps --no-index \
     --wheel-dir "$app.tmp" "$src"
   mv "$app.tmp" "$app"
 fi
+
+# --- the etcd package ------------------------------------------------------------------
+etcd_deb() {
+  if [ -n "${SHOAL_ETCD_DEB:-}" ]; then
+    [ -s "$SHOAL_ETCD_DEB" ] || die "SHOAL_ETCD_DEB=$SHOAL_ETCD_DEB is not a file"
+    echo "$SHOAL_ETCD_DEB"; return
+  fi
+  local found
+  found=$(ls "$cache"/etcd-server_*.deb 2>/dev/null | tail -n 1)
+  if [ -z "$found" ]; then
+    command -v apt-get >/dev/null || die "no apt-get to fetch Debian's etcd-server package: set SHOAL_ETCD_DEB=path/to/etcd-server.deb"
+    say "fetching Debian's etcd-server package (once; cached in ${cache#"$root"/})"
+    (cd "$cache" && quietly apt-get download -q etcd-server) \
+      || die "apt-get download etcd-server failed: run apt-get update, or set SHOAL_ETCD_DEB"
+    found=$(ls "$cache"/etcd-server_*.deb | tail -n 1)
+  fi
+  echo "$found"
+}
+deb=$(etcd_deb)
+
+# --- the images -------------------------------------------------------------------------
+# Without buildx the CLI refuses BuildKit, so ask for the classic builder; both builders
+# use local base images as they are (no --pull, no `# syntax=` line: nothing asks a registry).
+if ! docker buildx version >/dev/null 2>&1; then export DOCKER_BUILDKIT=0; fi
+base_id=$(docker image inspect --format '{{.Id}}' "$base")
+label=org.shoal.inputs
+
+build() {  # $1: tag, $2: Dockerfile, $3: context (filled already)
+  local inputs previous
+  # The hash of everything the image is made of; an image that carries it is up to date.
+  inputs=$( { echo "$base_id"; cat "$2"; tar -C "$3" --sort=name --mtime=@0 --owner=0 --group=0 -cf - .; } | sha256sum | cut -c1-16)
+  if [ "$(docker image inspect --format "{{index .Config.Labels \"$label\"}}" "$1" 2>/dev/null)" = "$inputs" ]; then
+    say "$1 is up to date"
+    return
+  fi
+  say "building $1 on $base"
+  previous=$(docker image inspect --format '{{.Id}}' "$1" 2>/dev/null || true)
+  quietly docker build --build-arg BASE="$base" --label "$label=$inputs" --tag "$1" --file "$2" "$3"
+  if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect --format '{{.Id}}' "$1")" ]; then
+    docker rmi "$previous" >/dev/null 2>&1 || true  # the image it replaced, unless a container still uses it
+  fi
+  say "built $1 ($(( $(docker image inspect --format '{{.Size}}' "$1") / 1000000 )) MB)"
+}
 
 context=$cache/context
 rm -rf "$context" && mkdir -p "$context"
 cp "$here/healthcheck.py" "$context/"
 cp -rl "$deps/run" "$context/deps" 2>/dev/null || cp -r "$deps/run" "$context/deps"
 cp -rl "$app" "$context/app" 2>/dev/null || cp -r "$app" "$context/app"
+build "$image" "$here/Dockerfile" "$context"
 
-# --- the image ------------------------------------------------------------------------
-# Without buildx the CLI refuses BuildKit, so ask for the classic builder; both builders
-# use local base images as they are (no --pull, no `# syntax=` line: nothing asks a registry).
-if ! docker buildx version >/dev/null 2>&1; then export DOCKER_BUILDKIT=0; fi
-say "building $image on $base"
-previous=$(docker image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
-quietly docker build --build-arg BASE="$base" --tag "$image" --file "$here/Dockerfile" "$context"
-if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect --format '{{.Id}}' "$image")" ]; then
-  docker rmi "$previous" >/dev/null 2>&1 || true  # the image it replaced, unless a container still uses it
-fi
-size=$(docker image inspect --format '{{.Size}}' "$image")
-say "built $image on $base in $((SECONDS - started)) s ($((size / 1000000)) MB)"
+etcd_context=$cache/etcd-context
+rm -rf "$etcd_context" && mkdir -p "$etcd_context"
+cp "$here/healthcheck.py" "$etcd_context/"
+cp "$deb" "$etcd_context/etcd-server.deb"
+build "$etcd_image" "$here/Dockerfile.etcd" "$etcd_context"
+say "done in $((SECONDS - started)) s: $image and $etcd_image ($(dpkg-deb -f "$deb" Package Version 2>/dev/null | cut -d' ' -f2 | paste -sd' ' || basename "$deb"))"

@@ -1,9 +1,9 @@
 """The compose cluster of deploy/docker-compose.yml, run under a unique project name.
 
-Each ``ComposeCluster`` writes its own cluster.yaml on free loopback ports and brings the
-compose file up with the variables it documents, so runs never collide with each other
-or with a cluster already on 9091-9093. The docker SDK then finds its containers by the
-compose labels for the faults the tests inject.
+Each ``ComposeCluster`` writes its own cluster.yaml (deploy/cluster.yaml on free loopback
+ports) and brings the compose file up with the variables it documents, so runs never
+collide with each other or with a cluster already on 9091-9093 and 2379. The docker SDK
+then finds its containers by the compose labels for the faults the tests inject.
 """
 
 from __future__ import annotations
@@ -58,36 +58,39 @@ def wait_for(check: Callable[[], T], what: str, timeout: float = 30.0, interval:
 
 
 class ComposeCluster:
-    """The three brokers and the gateway of deploy/docker-compose.yml, under a project of their own.
+    """etcd, the three brokers and the gateway of deploy/docker-compose.yml, under a project of their own.
+
+    Its cluster.yaml is deploy/cluster.yaml (replication, metadata, defaults) with its own
+    cluster name, free ports for every address and ``topics`` for the topics.
 
     Args:
         compose: the compose command (see ``compose_command``).
         client: a docker SDK client.
-        image: the shoal image to run.
+        images: the shoal image and the etcd image to run.
         workdir: where the cluster.yaml is written.
         topics: topic name -> partition count.
     """
 
-    def __init__(self, compose: list[str], client: docker.DockerClient, image: str, workdir: Path,
+    def __init__(self, compose: list[str], client: docker.DockerClient, images: tuple[str, str], workdir: Path,
                  topics: dict[str, int]):
         self.compose = compose
         self.client = client
-        self.image = image
+        self.image, self.etcd_image = images
         self.project = f"shoal-e2e-{uuid.uuid4().hex[:10]}"
         self.ports = {i: free_port() for i in BROKER_IDS}
-        self.gateway_port = free_port()
+        self.kafka_ports = {i: free_port() for i in BROKER_IDS}
+        self.gateway_port, self.etcd_port, self.etcd_peer_port = free_port(), free_port(), free_port()
         # The containers' non-root user reads this folder, mounted as /etc/shoal.
         self.config_dir = workdir
         self.config_dir.mkdir(parents=True, exist_ok=True)
         self.config_dir.chmod(0o755)
         self.config_path = self.config_dir / "cluster.yaml"
-        self.config_path.write_text(yaml.safe_dump({
-            "cluster": self.project,
-            "epoch": 1,
-            "defaults": {"partitions": 3, "flush": "interval", "flush_interval_ms": 50},
-            "brokers": [{"id": i, "url": self.url(i)} for i in BROKER_IDS],
-            "topics": {name: {"partitions": n} for name, n in topics.items()},
-        }, sort_keys=False))
+        config = yaml.safe_load((DEPLOY / "cluster.yaml").read_text())
+        config["cluster"] = self.project
+        config["metadata"]["etcd"] = [f"http://127.0.0.1:{self.etcd_port}"]
+        config["brokers"] = [{"id": i, "url": self.url(i), "kafka": self.kafka_address(i)} for i in BROKER_IDS]
+        config["topics"] = {name: {"partitions": n} for name, n in topics.items()}
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.config_path.chmod(0o644)
         self.extra: list = []  # containers started beside the compose services
 
@@ -95,6 +98,9 @@ class ComposeCluster:
 
     def url(self, broker_id: int) -> str:
         return f"http://127.0.0.1:{self.ports[broker_id]}"
+
+    def kafka_address(self, broker_id: int) -> str:
+        return f"127.0.0.1:{self.kafka_ports[broker_id]}"
 
     @property
     def gateway_url(self) -> str:
@@ -104,25 +110,44 @@ class ComposeCluster:
     def urls(self) -> list[str]:
         return [self.url(i) for i in BROKER_IDS]
 
-    def owners(self, topic: str) -> list[int]:
-        """Owning broker id of each partition of ``topic``, from any broker that answers."""
-        for url in self.urls:
+    def view(self, via: int | None = None) -> dict:
+        """``GET /v1/cluster`` of broker ``via``, else of the first broker that answers."""
+        for broker_id in [via] if via is not None else BROKER_IDS:
             try:
-                status, body = http_json("GET", url + "/v1/cluster", timeout=3)
+                status, body = http_json("GET", self.url(broker_id) + "/v1/cluster", timeout=3)
             except OSError:
                 continue
             if status == 200:
-                return body["owners"][topic]
-        raise RuntimeError(f"no broker of {self.project} answers GET /v1/cluster")
+                return body
+        raise RuntimeError(f"no broker of {self.project} answers GET /v1/cluster" + (f" (asked {via})" if via else ""))
+
+    def owners(self, topic: str) -> list[int]:
+        """The leader (owner) of each partition of ``topic``."""
+        return self.view()["owners"][topic]
+
+    def partition(self, topic: str, partition: int, via: int | None = None) -> dict:
+        """``{"leader", "leader_epoch", "replicas", "isr"}`` of one partition, as etcd holds it."""
+        return self.view(via)["partitions"][topic][partition]
+
+    def in_sync(self) -> bool:
+        """Every partition led and every replica in its ISR, as every broker sees it."""
+        for broker_id in BROKER_IDS:
+            states = self.view(broker_id)["partitions"]
+            if not all(s["leader"] != -1 and sorted(s["isr"]) == sorted(s["replicas"])
+                       for topic in states.values() for s in topic):
+                return False
+        return True
 
     # --- compose -----------------------------------------------------------------------
 
     def run_compose(self, *args: str, timeout: float = 120) -> str:
         env = {
             "SHOAL_IMAGE": self.image,
+            "SHOAL_ETCD_IMAGE": self.etcd_image,
             "SHOAL_CONFIG_DIR": str(self.config_dir),
             "SHOAL_GATEWAY_PORT": str(self.gateway_port),
-            **{f"SHOAL_PORT_{i}": str(port) for i, port in self.ports.items()},
+            "SHOAL_ETCD_PORT": str(self.etcd_port),
+            "SHOAL_ETCD_PEER_PORT": str(self.etcd_peer_port),
         }
         proc = subprocess.run(
             [*self.compose, "--project-name", self.project, "--file", str(COMPOSE_FILE), *args],
@@ -133,11 +158,26 @@ class ComposeCluster:
         return proc.stdout
 
     def up(self) -> None:
-        self.run_compose("up", "--detach")
+        """``compose up``, then wait until every broker serves and every partition is fully in sync."""
+        self.run_compose("up", "--detach", timeout=300)
+        self.wait_healthy()
+
+    def wait_healthy(self, timeout: float = 90.0) -> None:
+        """Every broker and the gateway serving, every partition led with its full ISR."""
         for i in BROKER_IDS:
-            self.wait_serving(i)
+            self.wait_serving(i, timeout)
         wait_for(lambda: http_json("GET", self.gateway_url + "/v1/health", timeout=2)[0] == 200,
-                 f"gateway of {self.project} serving")
+                 f"gateway of {self.project} serving", timeout)
+        wait_for(self.in_sync, f"every partition of {self.project} fully in sync", timeout, interval=0.25)
+
+    def heal(self) -> None:
+        """Undo whatever a test left: paused containers resumed, stopped ones started; then wait healthy."""
+        for container in self.containers():
+            if container.status == "paused":
+                container.unpause()
+            elif container.status in ("exited", "created"):
+                container.start()
+        self.wait_healthy()
 
     def ps(self) -> str:
         return self.run_compose("ps")
@@ -191,13 +231,6 @@ class ComposeCluster:
 
     def broker(self, broker_id: int):
         return self.service(f"broker-{broker_id}")
-
-    def network(self):
-        """The project's private network (the one the brokers are attached to)."""
-        networks = self.client.networks.list(filters={"label": f"com.docker.compose.project={self.project}"})
-        if len(networks) != 1:
-            raise RuntimeError(f"{self.project}: expected one network, found {[n.name for n in networks]}")
-        return networks[0]
 
     def serving(self, broker_id: int) -> bool:
         try:
