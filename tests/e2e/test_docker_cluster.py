@@ -98,7 +98,7 @@ def test_kafka_clients_through_the_advertised_listeners(cluster):
 
     topic = "kafka"
     bootstrap = cluster.kafka_address(2)
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
     brokers = producer.list_topics(timeout=30).brokers
     assert sorted(f"{b.host}:{b.port}" for b in brokers.values()) == sorted(cluster.kafka_address(i) for i in (1, 2, 3))
     values = [f"k{i}" for i in range(30)]
