@@ -148,6 +148,16 @@ def test_topics_are_not_created_over_kafka(cluster):
     assert [(t.name, int(t.error_code)) for t in body.topics] == [("made", 44)]  # POLICY_VIOLATION
 
 
+def test_creating_an_existing_topic_answers_topic_already_exists(cluster):
+    """As Kafka does: librdkafka's test suite (and clients that make sure of a topic)
+    take TOPIC_ALREADY_EXISTS as success, where POLICY_VIOLATION fails them."""
+    body = call(address(cluster, 2), CreateTopicsRequest, {
+        "topics": [{"name": "w", "num_partitions": 3, "replication_factor": 1},
+                   {"name": "new", "num_partitions": 3, "replication_factor": 1}], "timeout": 1000,
+    })
+    assert [(t.name, int(t.error_code)) for t in body.topics] == [("w", 36), ("new", 44)]  # TOPIC_ALREADY_EXISTS
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     api_key=st.sampled_from([0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 20, 22, 77]),
