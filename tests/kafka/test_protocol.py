@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import socket
 import struct
 import time
@@ -107,6 +108,30 @@ def test_fetch_errors_are_kafka_s(cluster):
     assert int(fetch(cluster, owner, 0, epoch=0).error_code) == 74  # FENCED_LEADER_EPOCH (epoch is 1)
     assert int(fetch(cluster, owner, 0, epoch=5).error_code) == 75  # UNKNOWN_LEADER_EPOCH
     assert int(fetch(cluster, owner, 0, epoch=1).error_code) == 0
+
+
+def test_a_fetch_stops_at_max_bytes_after_its_first_batch(cluster):
+    """KIP-74: only the first batch of a response may be larger than max_bytes; a response
+    past it overflows the client's receive buffer (librdkafka's test 0082)."""
+    owners: dict[int, list[int]] = {}
+    for p in range(6):
+        owners.setdefault(cluster.owner("fetch-budget", p), []).append(p)
+    broker, parts = next((b, ps[:2]) for b, ps in owners.items() if len(ps) >= 2)  # 6 partitions on 3 brokers
+    batch = as_kafka_batches(encode_batch([(None, os.urandom(300_000), None, 1)]))
+    for p in parts:
+        answer = call(address(cluster, broker), ProduceRequest, {
+            "acks": -1, "timeout": 10_000,
+            "topic_data": [{"name": "fetch-budget", "partition_data": [{"index": p, "records": batch}]}],
+        }).responses[0].partition_responses[0]
+        assert int(answer.error_code) == 0
+    body = call(address(cluster, broker), FetchRequest, {
+        "max_wait": 0, "min_bytes": 1, "max_bytes": 400_000, "isolation_level": 0,
+        "topics": [{"topic": "fetch-budget", "partitions": [
+            {"partition": p, "current_leader_epoch": -1, "fetch_offset": 0, "partition_max_bytes": 1 << 20} for p in parts
+        ]}],
+    })
+    sizes = [len(part.records or b"") for part in body.responses[0].partitions]
+    assert sizes[0] > 300_000 and sizes[1] == 0
 
 
 def produce(cluster, broker_id: int, records: bytes, *, acks: int = -1):
