@@ -155,8 +155,10 @@ async def _fetch_once(conn: Connection, request: Any) -> tuple[list[dict], int, 
                     waiting.append((plog, p.fetch_offset))
                 elif budget - total > 0 or total == 0:
                     stored = plog.read(p.fetch_offset, max(1, min(p.partition_max_bytes, budget - total)))
-                    out["records"] = as_kafka_batches(stored, leader_epoch=epoch)
-                    total += len(out["records"])
+                    records = as_kafka_batches(stored, leader_epoch=epoch)
+                    if total == 0 or len(records) <= budget - total:  # only a response's first batch may pass max_bytes (KIP-74)
+                        out["records"] = records
+                        total += len(records)
                 out["error_code"] = 0
             except (KafkaError, ShoalError) as exc:
                 out["error_code"] = kafka_code(exc)

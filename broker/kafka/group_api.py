@@ -310,8 +310,17 @@ def _topic_change_refused(conn: Connection) -> tuple[ErrorCode, str]:
 
 
 async def handle_create_topics(conn: Connection, request: Any, version: int) -> dict:
+    """Refused (see ``_topic_change_refused``), except that an admin asking for a topic that
+    exists is answered TOPIC_ALREADY_EXISTS, as Kafka does (clients that make sure of a
+    topic take that as success)."""
     code, message = _topic_change_refused(conn)
-    return {"throttle_time": 0, "topics": [{"name": t.name, "error_code": code, "error_message": message} for t in request.topics]}
+    existing = conn.broker.topology.topics
+    return {"throttle_time": 0, "topics": [
+        {"name": t.name, "error_code": ErrorCode.topic_already_exists, "error_message": f"Topic '{t.name}' already exists."}
+        if t.name in existing and code == ErrorCode.policy_violation else
+        {"name": t.name, "error_code": code, "error_message": message}
+        for t in request.topics
+    ]}  # fmt: skip
 
 
 async def handle_delete_topics(conn: Connection, request: Any, version: int) -> dict:

@@ -13,7 +13,7 @@ TOPICS = {
     # test_cross_protocol
     "from-shoal": 1, "from-kafka": 1, "gzip": 1, "snappy": 1, "lz4": 1, "zstd": 1, "keys": 7,
     # test_protocol
-    "t": 1, "w": 3,
+    "t": 1, "w": 3, "fetch-budget": 6,
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import socket
 import struct
 import time
@@ -109,6 +110,30 @@ def test_fetch_errors_are_kafka_s(cluster):
     assert int(fetch(cluster, owner, 0, epoch=1).error_code) == 0
 
 
+def test_a_fetch_stops_at_max_bytes_after_its_first_batch(cluster):
+    """KIP-74: only the first batch of a response may be larger than max_bytes; a response
+    past it overflows the client's receive buffer (librdkafka's test 0082)."""
+    owners: dict[int, list[int]] = {}
+    for p in range(6):
+        owners.setdefault(cluster.owner("fetch-budget", p), []).append(p)
+    broker, parts = next((b, ps[:2]) for b, ps in owners.items() if len(ps) >= 2)  # 6 partitions on 3 brokers
+    batch = as_kafka_batches(encode_batch([(None, os.urandom(300_000), None, 1)]))
+    for p in parts:
+        answer = call(address(cluster, broker), ProduceRequest, {
+            "acks": -1, "timeout": 10_000,
+            "topic_data": [{"name": "fetch-budget", "partition_data": [{"index": p, "records": batch}]}],
+        }).responses[0].partition_responses[0]
+        assert int(answer.error_code) == 0
+    body = call(address(cluster, broker), FetchRequest, {
+        "max_wait": 0, "min_bytes": 1, "max_bytes": 400_000, "isolation_level": 0,
+        "topics": [{"topic": "fetch-budget", "partitions": [
+            {"partition": p, "current_leader_epoch": -1, "fetch_offset": 0, "partition_max_bytes": 1 << 20} for p in parts
+        ]}],
+    })
+    sizes = [len(part.records or b"") for part in body.responses[0].partitions]
+    assert sizes[0] > 300_000 and sizes[1] == 0
+
+
 def produce(cluster, broker_id: int, records: bytes, *, acks: int = -1):
     return call(address(cluster, broker_id), ProduceRequest, {
         "acks": acks, "timeout": 10_000,
@@ -146,6 +171,16 @@ def test_topics_are_not_created_over_kafka(cluster):
         "topics": [{"name": "made", "num_partitions": 1, "replication_factor": 1}], "timeout": 1000,
     })
     assert [(t.name, int(t.error_code)) for t in body.topics] == [("made", 44)]  # POLICY_VIOLATION
+
+
+def test_creating_an_existing_topic_answers_topic_already_exists(cluster):
+    """As Kafka does: librdkafka's test suite (and clients that make sure of a topic)
+    take TOPIC_ALREADY_EXISTS as success, where POLICY_VIOLATION fails them."""
+    body = call(address(cluster, 2), CreateTopicsRequest, {
+        "topics": [{"name": "w", "num_partitions": 3, "replication_factor": 1},
+                   {"name": "new", "num_partitions": 3, "replication_factor": 1}], "timeout": 1000,
+    })
+    assert [(t.name, int(t.error_code)) for t in body.topics] == [("w", 36), ("new", 44)]  # TOPIC_ALREADY_EXISTS
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
