@@ -13,6 +13,7 @@ C/C++ toolchain; ``.ci/run`` installs them.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -47,11 +48,23 @@ def runner_path(version: str | None = None) -> Path:
 
 
 def build(log=print) -> Path:
-    """The path of a built ``test-runner``, building it first when it is not cached."""
+    """The path of a built ``test-runner``, building it first when it is not cached.
+
+    One build at a time per machine (a lock file in the cache): .ci/run starts one in the
+    background while the suite runs, and the test that needs the runner waits for it."""
     version = installed_version()
     runner = runner_path(version)
     if runner.exists():
         return runner
+    cache_root().mkdir(parents=True, exist_ok=True)
+    with open(cache_root() / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if runner.exists():
+            return runner
+        return _build(version, runner, log)
+
+
+def _build(version: str, runner: Path, log) -> Path:
     for tool in ("apt-get", "dpkg-source", "make", "gcc", "g++"):
         if shutil.which(tool) is None:
             raise BuildError(f"{tool} is not installed (apt-get install dpkg-dev build-essential)")
