@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import yaml
 
-from .procs import ServerProcess
+from .procs import ServerProcess, free_port
 
 
 class ShoalBroker(ServerProcess):
@@ -19,6 +19,7 @@ class ShoalBroker(ServerProcess):
         flush: the topics' flush policy (``always``, ``interval`` or ``never``).
         flush_interval_ms: the fsync period under ``interval``.
         segment_bytes: segment size (None: the topology default).
+        kafka: also serve the Kafka protocol, on ``kafka_port``.
     """
 
     name = "shoal"
@@ -30,9 +31,11 @@ class ShoalBroker(ServerProcess):
         flush: str = "interval",
         flush_interval_ms: int = 1000,
         segment_bytes: int | None = None,
+        kafka: bool = False,
         **kw,
     ) -> None:
         super().__init__(**kw)
+        self.kafka_port = free_port() if kafka else None
         self.flush_interval_ms = flush_interval_ms
         defaults: dict = {"partitions": 1, "flush": flush, "flush_interval_ms": flush_interval_ms}
         if segment_bytes:
@@ -44,7 +47,8 @@ class ShoalBroker(ServerProcess):
                     "cluster": "bench",
                     "epoch": 1,
                     "defaults": defaults,
-                    "brokers": [{"id": 1, "url": self.url, "data_dir": str(self.dir / "data")}],
+                    "brokers": [{"id": 1, "url": self.url, "data_dir": str(self.dir / "data")}
+                                | ({"kafka": f"127.0.0.1:{self.kafka_port}"} if kafka else {})],
                     "topics": {name: {"partitions": n} for name, n in topics.items()},
                 },
                 sort_keys=False,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SYSTEMS = ("shoal", "shoal-bulk", "shoal-raw", "redis", "nats")
+SYSTEMS = ("shoal", "shoal-bulk", "shoal-raw", "confluent-kafka", "redis", "nats")
 RECORDS = 20_000
 
 

@@ -317,19 +317,25 @@ class MetadataStore:
         lead (per the topic's ``unclean_leader_election``). Losing a race to another
         candidate is fine: that partition has a leader again. Returns what ``me`` won."""
         states, _ = await self.partitions()
-        won = []
+        todo = []
         for tp, state in states.items():
             if state.leader in live or me not in state.replicas or tp.topic not in topology.topics:
                 continue
             unclean = topology.topics[tp.topic].unclean_leader_election
             try:
-                new = elect(state, me, live, unclean=unclean)
+                todo.append((tp, state, elect(state, me, live, unclean=unclean)))
             except TransitionError:
                 continue
-            stored = await self.compare_and_set(tp, state, new)
-            if stored is not None:
-                won.append((tp, stored))
-        return won
+        # Many at a time, as in create_partitions: one at a time, a broker that led
+        # thousands of partitions took minutes to replace (one etcd commit each).
+        limit = asyncio.Semaphore(_CREATE_CONCURRENCY)
+
+        async def one(tp: TopicPartition, state: PartitionState, new: PartitionState) -> PartitionState | None:
+            async with limit:
+                return await self.compare_and_set(tp, state, new)
+
+        stored = await asyncio.gather(*(one(*job) for job in todo))
+        return [(tp, s) for (tp, _, _), s in zip(todo, stored) if s is not None]
 
     async def watch_partitions(self, start_revision: int) -> AsyncIterator[PartitionChange]:
         """Every change of a partition state from ``start_revision`` on, in order.
