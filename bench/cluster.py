@@ -174,7 +174,7 @@ class ShoalCluster:
             return True
 
         start = time.monotonic()
-        if poll(lambda: True if settled() else None, timeout=timeout, interval=0.5) is None:
+        if poll(lambda: True if settled() else None, timeout=timeout, interval=2) is None:
             raise ServerError(f"not every partition had a live leader and a full ISR after {timeout:.0f}s")
         return time.monotonic() - start
 

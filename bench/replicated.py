@@ -142,7 +142,7 @@ def many_partitions_run(partitions: int, idle_seconds: float, settle_timeout: fl
     topics = {"many": {"partitions": partitions, "replication_factor": 3, "min_insync_replicas": 2}}
     start = time.monotonic()
     try:
-        cluster = ShoalCluster(3, topics, lease_ttl_ms=2000).__enter__()
+        cluster = ShoalCluster(3, topics, lease_ttl_ms=3000).__enter__()  # the default lease
     except ServerError as exc:
         return {**out, "error": str(exc)}
     try:
@@ -168,7 +168,7 @@ def many_partitions_run(partitions: int, idle_seconds: float, settle_timeout: fl
             left[0] = sum(1 for p in led if not states or not states[p] or states[p].get("leader") in (None, victim))
             return True if not left[0] else None
 
-        done = poll(moved, timeout=move_timeout, interval=0.25)
+        done = poll(moved, timeout=move_timeout, interval=0.5)
         out["leaderships_moved_seconds"] = round(time.monotonic() - killed, 2) if done else None
         if not done:
             out["error"] = f"{left[0]} of broker {victim}'s {len(led)} leaderships not moved after {move_timeout:.0f}s"

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 # Concurrent creation transactions while creating partitions (etcd serialises them anyway).
 _CREATE_CONCURRENCY = 32
+# Partitions created per transaction (etcd allows 128 operations in one by default).
+_CREATE_BATCH = 64
 
 
 class StaleTopology(ValueError):
@@ -148,14 +150,20 @@ class MetadataStore:
         drained, _ = await self.drained()
         drained &= set(topology.broker_ids)
 
-        async def create(tp: TopicPartition) -> bool:
-            state = initial_state(target_replicas(topology, tp, drained))
+        async def create(tps: list[TopicPartition]) -> list[TopicPartition]:
+            """All of ``tps`` in one transaction (one etcd commit); when some exist by now,
+            the same transaction reads them, and the others are created again."""
+            keys = [self._key(tp) for tp in tps]
+            puts = [put_op(k, initial_state(target_replicas(topology, tp, drained)).to_json()) for k, tp in zip(keys, tps)]
             async with limit:
-                result = await self.etcd.txn([mod_revision_is(self._key(tp), 0)], [put_op(self._key(tp), state.to_json())])
-            return result.succeeded
+                result = await self.etcd.txn([mod_revision_is(k, 0) for k in keys], puts, [range_op(k) for k in keys])
+            if result.succeeded:
+                return tps
+            missing = [tp for tp, found in zip(tps, result.ranges) if not found]
+            return await create(missing) if missing else []
 
-        created = await asyncio.gather(*(create(tp) for tp in wanted))
-        return [tp for tp, ok in zip(wanted, created) if ok]
+        chunks = [wanted[i : i + _CREATE_BATCH] for i in range(0, len(wanted), _CREATE_BATCH)]
+        return [tp for created in await asyncio.gather(*(create(c) for c in chunks)) for tp in created]
 
     async def compare_and_set(self, tp: TopicPartition, expected: PartitionState, new: PartitionState) -> PartitionState | None:
         """Write ``new`` if ``tp`` is still at ``expected.mod_revision``.
