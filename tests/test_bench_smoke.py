@@ -34,7 +34,7 @@ def bench_run(tmp_path_factory):
         env={**os.environ, "TMPDIR": str(tmp)},
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=400,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return {"doc": json.loads((out / "latest.json").read_text()), "stdout": done.stdout, "tmp": tmp, "out": out,
