@@ -7,7 +7,6 @@ etcd, so topics declared with ``replication_factor`` above 1 elect leaders there
 
 from __future__ import annotations
 
-import http.client
 import json
 import shutil
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from .procs import ServerError, ServerProcess, free_port, which
+from .procs import ServerError, ServerProcess, free_port, http_get, which
 
 
 class Etcd(ServerProcess):
@@ -46,7 +45,7 @@ class Etcd(ServerProcess):
                 "--heartbeat-interval", "10", "--election-timeout", "100"]  # fmt: skip
 
     def is_ready(self) -> bool:
-        status, body = _get("127.0.0.1", self.port, "/health")
+        status, body = http_get(self.port, "/health")
         return status == 200 and json.loads(body).get("health") == "true"
 
 
@@ -75,7 +74,7 @@ class ClusterBroker(ServerProcess):
                 "--log-level", "warning"]  # fmt: skip
 
     def get(self, path: str, timeout: float = 5) -> tuple[int, bytes]:
-        return _get("127.0.0.1", self.port, path, timeout)
+        return http_get(self.port, path, timeout)
 
     def is_ready(self) -> bool:
         return self.get("/v1/health")[0] == 200
@@ -177,16 +176,6 @@ class ShoalCluster:
         if poll(lambda: True if settled() else None, timeout=timeout, interval=2) is None:
             raise ServerError(f"not every partition had a live leader and a full ISR after {timeout:.0f}s")
         return time.monotonic() - start
-
-
-def _get(host: str, port: int, path: str, timeout: float = 5) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
 
 
 def poll(check, *, timeout: float, interval: float = 0.05):

@@ -9,6 +9,7 @@ Also here: the /proc readings (RSS, threads, CPU time) the resource runs report.
 from __future__ import annotations
 
 import ctypes
+import http.client
 import logging
 import os
 import shutil
@@ -187,6 +188,17 @@ def proc_stat(pid: int) -> dict:
         "threads": int(fields[17]),
         "rss_bytes": int(fields[21]) * _PAGE,
     }
+
+
+def http_get(port: int, path: str, timeout: float = 5) -> tuple[int, bytes]:
+    """``GET path`` from a server on 127.0.0.1: the status and the body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
 
 
 def which(binary: str, *extra_dirs: str) -> str | None:

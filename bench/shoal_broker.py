@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import http.client
 import sys
 from collections.abc import Mapping
 
 import yaml
 
-from .procs import ServerProcess, free_port
+from .procs import ServerProcess, free_port, http_get
 
 
 class ShoalBroker(ServerProcess):
@@ -63,14 +62,8 @@ class ShoalBroker(ServerProcess):
         return [sys.executable, "-m", "shoal.broker", "--config", str(self.config_path), "--id", "1",
                 "--log-level", "warning"]  # fmt: skip
 
-    def get(self, path: str) -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-        try:
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            return resp.status, resp.read()
-        finally:
-            conn.close()
+    def get(self, path: str, timeout: float = 5) -> tuple[int, bytes]:
+        return http_get(self.port, path, timeout)
 
     def is_ready(self) -> bool:
         return self.get("/v1/health")[0] == 200
