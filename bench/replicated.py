@@ -135,7 +135,7 @@ async def failover_timeline(cluster: ShoalCluster, topic: str, rate: int, before
     }
 
 
-def many_partitions_run(partitions: int, idle_seconds: float, settle_timeout: float = 300, move_timeout: float = 300) -> dict:
+def many_partitions_run(partitions: int, idle_seconds: float, settle_timeout: float = 180, move_timeout: float = 120) -> dict:
     """Resources of three brokers holding ``partitions`` partitions at factor 3, and the
     time from a broker's SIGKILL until every partition it led has a live leader."""
     out: dict = {"partitions": partitions, "replication_factor": 3, "brokers": 3}
