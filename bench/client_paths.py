@@ -106,33 +106,47 @@ async def consume(url: str, topic: str, records: int, pause_gc: bool) -> tuple[f
         return got / (time.perf_counter() - start), time.process_time() - cpu
 
 
+def measure(records: int, runs: int, echo: bool = False) -> dict:
+    """The floor, then every path ``runs`` times against one fresh broker (see the module doc).
+
+    Returns ``{"floor_ns": {name: ns}, "paths": [{"path", "run", "records_per_s",
+    "cpu_us_per_record", "x_floor", "load"}]}``; ``echo`` prints each line as it comes.
+    """
+    base = floor()
+    out: dict = {"floor_ns": {name: round(us * 1000, 1) for name, us in base.items()}, "paths": []}
+    if echo:
+        for name, us in base.items():
+            print(f"floor  {name:<24} {us * 1000:7.1f} ns   load {_loadavg()}", flush=True)
+    unit = base["await trivial coroutine"]
+
+    def report(name: str, run: int, rate: float, cpu: float) -> None:
+        per_record = cpu / records * 1e6
+        row = {"path": name, "run": run + 1, "records_per_s": round(rate), "cpu_us_per_record": round(per_record, 3),
+               "x_floor": round(per_record / unit, 1), "load": os.getloadavg()[0]}  # fmt: skip
+        out["paths"].append(row)
+        if echo:
+            print(f"{name:<44} run {run + 1}: {rate:>11,.0f} rec/s   client CPU {per_record:5.2f} us/rec = "
+                  f"{per_record / unit:4.1f}x floor   load {_loadavg()}", flush=True)  # fmt: skip
+
+    cases = [(f"send() {'keyed' if keyed else 'keyless'}, linger_ms={linger if linger is not None else 'default'}",
+              linger, keyed) for keyed in (False, True) for linger in (5, None)]  # fmt: skip
+    with ShoalBroker({"paths": PARTITIONS}, flush="interval", flush_interval_ms=200) as broker:
+        for name, linger, keyed in cases:
+            for run in range(runs):
+                report(name, run, *_run(produce(broker.url, "paths", records, linger, keyed)))
+        for pause_gc in (False, True):
+            name = f"getmany(){', pause_gc' if pause_gc else ''}, every Record read"
+            for run in range(runs):
+                report(name, run, *_run(consume(broker.url, "paths", records, pause_gc)))
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args(argv)
-    n = args.records
-    base = floor()
-    for name, us in base.items():
-        print(f"floor  {name:<24} {us * 1000:7.1f} ns   load {_loadavg()}", flush=True)
-    unit = base["await trivial coroutine"]
-    cases = [(f"send() {'keyed ' if keyed else 'keyless'} linger_ms={linger if linger is not None else 'default'}",
-              linger, keyed) for keyed in (False, True) for linger in (5, None)]  # fmt: skip
-    with ShoalBroker({"paths": PARTITIONS}, flush="interval", flush_interval_ms=200) as broker:
-        for name, linger, keyed in cases:
-            for run in range(args.runs):
-                _report(name, run, *_run(produce(broker.url, "paths", n, linger, keyed)), n, unit)
-        for pause_gc in (False, True):
-            name = f"getmany(){', pause_gc' if pause_gc else ''}, every Record read"
-            for run in range(args.runs):
-                _report(name, run, *_run(consume(broker.url, "paths", n, pause_gc)), n, unit)
-
-
-def _report(name: str, run: int, rate: float, cpu: float, records: int, unit: float) -> None:
-    """One line: wall-clock rate, and the client's CPU per record, also as a multiple of the floor."""
-    per_record = cpu / records * 1e6
-    print(f"{name:<44} run {run + 1}: {rate:>11,.0f} rec/s   client CPU {per_record:5.2f} us/rec = "
-          f"{per_record / unit:4.1f}x floor   load {_loadavg()}", flush=True)  # fmt: skip
+    measure(args.records, args.runs, echo=True)
 
 
 if __name__ == "__main__":

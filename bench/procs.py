@@ -9,6 +9,7 @@ Also here: the /proc readings (RSS, threads, CPU time) the resource runs report.
 from __future__ import annotations
 
 import ctypes
+import http.client
 import logging
 import os
 import shutil
@@ -71,7 +72,7 @@ class ServerProcess:
     """
 
     name = "server"
-    ready_timeout = 30.0
+    ready_timeout = 120.0  # generous: the machine may be loaded
 
     def __init__(self, workdir: Path | None = None, *, keep_dir: bool = False) -> None:
         self._own_dir = workdir is None
@@ -93,10 +94,16 @@ class ServerProcess:
 
     def start(self) -> float:
         """Spawn the server and wait until it serves; return the seconds that took."""
-        if self.proc is not None and self.proc.poll() is None:
-            return 0.0
-        self._log = open(self.log_path, "ab")
         started = time.monotonic()
+        if self.spawn():
+            self.wait_ready()
+        return time.monotonic() - started
+
+    def spawn(self) -> bool:
+        """Start the process without waiting for it to serve; False when it already runs."""
+        if self.proc is not None and self.proc.poll() is None:
+            return False
+        self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             self.command(),
             cwd=self.dir,
@@ -105,13 +112,16 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
         )
+        return True
+
+    def wait_ready(self) -> None:
+        """Wait until the spawned server serves (stopping it when it does not in time)."""
         try:
             wait_until(self.is_ready, timeout=self.ready_timeout, what=self.name, alive=self.alive)
         except ServerError as exc:
             self.stop()
             raise ServerError(f"{exc}; last output: {self.tail()}") from None
         log.info("%s ready on 127.0.0.1:%d (pid %d)", self.name, self.port, self.proc.pid)
-        return time.monotonic() - started
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -178,6 +188,17 @@ def proc_stat(pid: int) -> dict:
         "threads": int(fields[17]),
         "rss_bytes": int(fields[21]) * _PAGE,
     }
+
+
+def http_get(port: int, path: str, timeout: float = 5) -> tuple[int, bytes]:
+    """``GET path`` from a server on 127.0.0.1: the status and the body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
 
 
 def which(binary: str, *extra_dirs: str) -> str | None:

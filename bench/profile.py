@@ -13,6 +13,8 @@ Workloads:
     fetch        raw consume, reading frames by their headers only
     produce      AsyncProducer through shoal.router.cli.bench_driver (client + broker)
     consume      AsyncConsumer.getmany(), a Record for every record (client + broker)
+    replicated   AsyncProducer with acks=all to a partition of factor 3 on three brokers
+                 and an etcd (client, leader and one follower)
     idle         a broker owning --partitions partitions after one record each, at rest
 
 Example::
@@ -43,32 +45,44 @@ from .resources import touch_all
 from .shoal_broker import ShoalBroker
 from .shoal_systems import ShoalRaw
 
-WORKLOADS = ("append", "append-small", "fetch", "produce", "consume", "idle")
+WORKLOADS = ("append", "append-small", "fetch", "produce", "consume", "replicated", "idle")
 RATE = 250  # samples per second
 
 
 class Sampler:
-    """py-spy recording one process into a raw (collapsed stacks) file until ``stop()``."""
+    """py-spy recording one process into a raw (collapsed stacks) file until ``stop()``;
+    with ``svg``, a second py-spy (at half the rate) draws a flame graph there too."""
 
-    def __init__(self, pid: int, out: Path) -> None:
+    def __init__(self, pid: int, out: Path, svg: Path | None = None) -> None:
         binary = which("py-spy", str(Path(sys.executable).parent))
         if binary is None:
             raise SystemExit("py-spy not found: pip install -e '.[bench]'")
         self.out = out
-        self.proc = subprocess.Popen(
-            [binary, "record", "-p", str(pid), "-f", "raw", "-o", str(out), "-r", str(RATE), "--nolineno",
+        self.procs = [self._spawn(binary, pid, "raw", out, RATE)]
+        if svg is not None:
+            self.procs.append(self._spawn(binary, pid, "flamegraph", svg, RATE // 2))
+        self.started = time.monotonic()
+
+    @staticmethod
+    def _spawn(binary: str, pid: int, fmt: str, out: Path, rate: int) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [binary, "record", "-p", str(pid), "-f", fmt, "-o", str(out), "-r", str(rate), "--nolineno",
              "--nonblocking"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
-        self.proc.stdout.readline()  # "Sampling process ..." once attached
-        self.started = time.monotonic()
+        proc.stdout.readline()  # "Sampling process ..." once attached
+        return proc
 
     def stop(self) -> Profile:
         seconds = time.monotonic() - self.started
-        self.proc.send_signal(signal.SIGINT)
-        _, err = self.proc.communicate(timeout=30)
-        if self.proc.returncode != 0 or not self.out.exists():
-            raise RuntimeError(f"py-spy failed: {err.decode(errors='replace').strip()[-300:]}")
+        for proc in self.procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in self.procs:
+            _, err = proc.communicate(timeout=60)
+            if proc.returncode != 0:
+                raise RuntimeError(f"py-spy failed: {err.decode(errors='replace').strip()[-300:]}")
+        if not self.out.exists():
+            raise RuntimeError(f"py-spy wrote no {self.out}")
         return Profile.parse(self.out.read_text(), seconds)
 
 
@@ -128,7 +142,7 @@ async def _workload(name: str, url: str, args: argparse.Namespace) -> perf.Bench
 def run(args: argparse.Namespace) -> str:
     out = [f"profile: {args.records:,} records of 100 bytes, batch {args.batch}, py-spy at {RATE} Hz"]
     tmp = Path(tempfile.mkdtemp(prefix="shoal-profile-"))
-    steps = [w for w in args.only if w != "idle"]
+    steps = [w for w in args.only if w not in ("idle", "replicated")]
     # The readers need something to read: their writer runs first, unsampled if not asked for.
     for reader, writer in (("fetch", "append"), ("consume", "produce")):
         if reader in steps and writer not in steps:
@@ -147,19 +161,50 @@ def _profile(args: argparse.Namespace, steps: list[str], tmp: Path, out: list[st
                 if name.endswith("-unsampled"):
                     asyncio.run(_workload(name.removesuffix("-unsampled"), broker.url, args))
                     continue
-                server = Sampler(broker.proc.pid, tmp / f"{name}-broker.txt")
-                client = Sampler(os.getpid(), tmp / f"{name}-client.txt")
+                server = Sampler(broker.proc.pid, tmp / f"{name}-broker.txt", _svg(args, name, "broker"))
+                client = Sampler(os.getpid(), tmp / f"{name}-client.txt", _svg(args, name, "client"))
                 result = asyncio.run(_workload(name, broker.url, args))
                 profiles = [("broker", server.stop()), ("client (this process)", client.stop())]
                 out.append(f"\n{name}: {result.records:,} records, {result.records_per_s:,.0f} records/s")
                 out.extend(p.render(label, args.top) for label, p in profiles)
+    if "replicated" in args.only:
+        _profile_replicated(args, tmp, out)
     if "idle" in args.only:
         with ShoalBroker({"many": args.partitions}, flush=args.flush) as broker:
             asyncio.run(touch_all(broker.url, "many", args.partitions))
-            server = Sampler(broker.proc.pid, tmp / "idle-broker.txt")
+            server = Sampler(broker.proc.pid, tmp / "idle-broker.txt", _svg(args, "idle", "broker"))
             time.sleep(args.seconds)  # the interval being measured
             out.append(f"\nidle: {args.partitions:,} partitions, one record each, then {args.seconds:g} s at rest")
             out.append(server.stop().render("broker", args.top))
+
+
+def _svg(args: argparse.Namespace, workload: str, process: str) -> Path | None:
+    """Where the flame graph of ``process`` on ``workload`` goes (None: no SVGs asked for)."""
+    if args.svg_dir is None:
+        return None
+    args.svg_dir.mkdir(parents=True, exist_ok=True)
+    return args.svg_dir / f"flame-{workload}-{process}.svg"
+
+
+def _profile_replicated(args: argparse.Namespace, tmp: Path, out: list[str]) -> None:
+    from .cluster import ShoalCluster
+
+    topics = {"r3": {"partitions": 1, "replication_factor": 3, "min_insync_replicas": 2}}
+    with ShoalCluster(3, topics, flush=args.flush) as cluster:
+        cluster.wait_settled()
+        leader = cluster.leader("r3")
+        follower = next(i for i in cluster.brokers if i != leader)
+        samplers = [
+            ("leader broker", Sampler(cluster.brokers[leader].proc.pid, tmp / "rep-leader.txt",
+                                      _svg(args, "replicated", "leader"))),
+            ("follower broker", Sampler(cluster.brokers[follower].proc.pid, tmp / "rep-follower.txt",
+                                        _svg(args, "replicated", "follower"))),
+            ("client (this process)", Sampler(os.getpid(), tmp / "rep-client.txt", _svg(args, "replicated", "client"))),
+        ]  # fmt: skip
+        result = asyncio.run(perf.produce(cluster.urls, "r3", records=args.records, linger_ms=5, acks="all"))
+        profiles = [(label, s.stop()) for label, s in samplers]
+    out.append(f"\nreplicated (acks=all, factor 3): {result.records:,} records, {result.records_per_s:,.0f} records/s")
+    out.extend(p.render(label, args.top) for label, p in profiles)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flush", default="interval", choices=("always", "interval", "never"), help="flush policy")
     p.add_argument("--only", default=",".join(WORKLOADS), help=f"comma-separated subset of {','.join(WORKLOADS)}")
     p.add_argument("--top", type=int, default=15, help="rows per table (default 15)")
+    p.add_argument("--svg-dir", type=Path, help="also draw a flame graph per process and workload here (e.g. docs/img)")
     args = p.parse_args(argv)
     args.only = [w.strip() for w in args.only.split(",") if w.strip()]
     unknown = sorted(set(args.only) - set(WORKLOADS))

@@ -9,6 +9,8 @@ closest match to a shoal consumer that commits its position.
 
 from __future__ import annotations
 
+import csv
+import subprocess
 import time
 
 import redis.asyncio as aioredis
@@ -67,3 +69,22 @@ class RedisStreams:
     async def latency(self, stream, *, rate, duration, value) -> BenchResult:
         """Records due in the same tick go out as one pipeline."""
         return await paced_batches(rate, duration, len(value), lambda n: self._xadd_pipeline(stream, n, value))
+
+
+def redis_benchmark(binary: str, port: int, *, records: int, pipeline: int, record_size: int) -> dict:
+    """XADD rates of ``redis-benchmark`` (C, the server's own ceiling): one connection
+    pipelining ``pipeline`` commands as the Python driver does, and 50 connections
+    pipelining 100 each."""
+    value = "v" * record_size
+    out = {}
+    for label, clients, depth in (("1 client", 1, pipeline), ("50 clients", 50, 100)):
+        cmd = [binary, "-h", "127.0.0.1", "-p", str(port), "-n", str(records), "-c", str(clients), "-P", str(depth),
+               "--csv", "XADD", f"rb-{clients}", "*", "v", value]  # fmt: skip
+        try:
+            text = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout
+            rate = float(next(csv.reader([text.strip().splitlines()[-1]]))[1])
+        except (OSError, subprocess.SubprocessError, ValueError, IndexError, StopIteration) as exc:
+            out[label] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        out[label] = {"clients": clients, "pipeline": depth, "records_per_s": round(rate, 1)}
+    return out

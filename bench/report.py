@@ -78,6 +78,12 @@ def markdown(doc: dict) -> str:
         for pair in (f"{mine}/{peer}" for mine in SHOALS for peer in PEERS if f"{mine}/{peer}" in present):
             row = [doc["ratios"].get(k, {}).get(pair) for k in ("produce", "consume", "latency_p99_ms")]
             lines.append(f"| {pair} | " + " | ".join("-" if v is None else f"{v:.2f}x" for v in row) + " |")
+    rb = (doc["systems"].get("redis") or {}).get("redis_benchmark") or {}
+    if rb:
+        lines += ["", "redis-benchmark XADD (C client, the server's ceiling): " + "; ".join(
+            f"{label} (pipeline {r.get('pipeline')}) {_fmt(r.get('records_per_s'))} rec/s" for label, r in rb.items())]  # fmt: skip
+    lines += _client_paths(doc.get("client_paths"))
+    lines += _replicated(doc.get("replicated") or {})
     res = doc.get("resources", {})
     part = res.get("partitions") or {}
     if "idle_cpu_percent" in part:
@@ -95,6 +101,51 @@ def markdown(doc: dict) -> str:
     if errors:
         lines += ["", "Errors: " + json.dumps(errors)]
     return "\n".join(lines)
+
+
+def _client_paths(cp: dict | None) -> list[str]:
+    if not cp:
+        return []
+    lines = ["", "| floor | ns |", "|---|---:|"]
+    lines += [f"| {name} | {ns:.1f} |" for name, ns in cp["floor_ns"].items()]
+    lines += ["", "| path | run | records/s | client CPU µs/record | x floor (await) | load |", "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['path']} | {r['run']} | {r['records_per_s']:,} | {r['cpu_us_per_record']:.2f} | {r['x_floor']:.1f} | "
+              f"{r['load']:.1f} |" for r in cp["paths"]]  # fmt: skip
+    return lines
+
+
+def _replicated(rep: dict) -> list[str]:
+    lines: list[str] = []
+    paths = rep.get("paths") or {}
+    if paths.get("throughput"):
+        lines += ["", "| replicated path | send() rec/s | p50/p99/p99.9 ms at " +
+                  " | ".join(f"{int(r):,}/s" for r in next(iter(paths["latency"].values()), {})) + " |"]  # fmt: skip
+        lines.append("|---|---:|" + "---:|" * len(next(iter(paths["latency"].values()), {})))
+        for label, tp in paths["throughput"].items():
+            cells = []
+            for res in (paths["latency"].get(label) or {}).values():
+                lat = (res or {}).get("latency") or {}
+                cells.append(f"{_fmt(lat.get('p50_ms'))} / {_fmt(lat.get('p99_ms'))} / {_fmt(lat.get('p999_ms'))}"
+                             if lat else (res or {}).get("error", "-"))  # fmt: skip
+            lines.append(f"| {label} | {_fmt(tp.get('records_per_s'))} | " + " | ".join(cells) + " |")
+    fo = paths.get("failover") or {}
+    if "killed_at_seconds" in fo:
+        lines += ["", f"Leader SIGKILL at {fo['rate']:,} records/s offered (acks=all): broker {fo['killed_broker']} killed "
+                  f"at {fo['killed_at_seconds']} s, first acknowledgement after it {fo['first_ack_after_kill_seconds']} s "
+                  f"later (new leader: broker {fo['new_leader']}); {fo['records_acked']:,} records acknowledged, "
+                  f"{fo['records_failed']:,} failed."]  # fmt: skip
+    many = rep.get("partitions") or {}
+    if many:
+        rest = many.get("at_rest") or {}
+        lines += ["", f"{many['partitions']:,} partitions at factor 3 on 3 brokers: started in {many.get('start_seconds')} s, "
+                  f"every leader and full ISR after {many.get('settle_seconds')} s more; at rest per broker: "
+                  + "; ".join(f"#{i} {r['rss_mib']} MiB, {r['threads']} threads, {r['idle_cpu_percent']}% CPU"
+                              for i, r in rest.items())
+                  + f". Broker {many.get('killed_broker')} (leading {many.get('its_leaderships')}) SIGKILLed: "
+                  f"its leaderships all moved after {many.get('leaderships_moved_seconds')} s."]  # fmt: skip
+        if many.get("error"):
+            lines.append(f"Error: {many['error']}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

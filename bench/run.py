@@ -38,7 +38,8 @@ from shoal.router.server.logs import configure_logging
 
 from . import plots, report
 from .peers import NatsServer, RedisServer, ensure_binary
-from .procs import ServerError, ServerProcess
+from .procs import ServerError, ServerProcess, which
+from .redis_streams import redis_benchmark
 from .resources import partitions_run, restart_run
 from .shoal_broker import ShoalBroker
 from .workloads import System
@@ -46,7 +47,7 @@ from .workloads import System
 log = logging.getLogger("bench")
 
 ROOT = Path(__file__).resolve().parent.parent
-SHOALS = ("shoal", "shoal-bulk", "shoal-raw")  # one broker serves them all
+SHOALS = ("shoal", "shoal-bulk", "shoal-raw", "confluent-kafka")  # one broker serves them all (confluent-kafka: its Kafka listener)
 SYSTEMS = (*SHOALS, "redis", "nats")
 SWEEP = (1, 10, 100, 1000, 10_000)
 WORKLOADS = ("produce", "latency", *(f"sweep-{b}" for b in SWEEP))
@@ -73,6 +74,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="shoal flush policy (default interval, comparable to Redis appendfsync everysec)")  # fmt: skip
     p.add_argument("--flush-interval-ms", type=int, default=1000, help="shoal fsync period under interval (default 1000)")
     p.add_argument("--partitions", type=int, help="partitions on one broker for the resource run (default 10,000)")
+    p.add_argument("--client-path-runs", type=int,
+                   help="runs of each per-record client path against the interpreter's floor; 0 skips them (default 1)")  # fmt: skip
+    p.add_argument("--replicated-partitions", type=int,
+                   help="partitions at factor 3 on three brokers for the resource run; 0 skips it (default 10,000)")  # fmt: skip
+    p.add_argument("--replicated-records", type=int,
+                   help="records per throughput run of the replicated path; 0 skips it (default 300,000)")  # fmt: skip
+    p.add_argument("--replicated-rates", default="1000,10000,50000",
+                   help="fixed rates (records/s) of the replicated latency runs (default 1000,10000,50000)")  # fmt: skip
     p.add_argument("--idle-seconds", type=float, help="idle CPU measuring interval (default 10)")
     p.add_argument("--restart-gb", type=float, help="log size for the kill -9 restart run; 0 skips it (default 5)")
     p.add_argument("--step-timeout", type=float, default=300,
@@ -91,12 +100,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "partitions": 500 if quick else 10_000,
         "idle_seconds": 2.0 if quick else 10.0,
         "restart_gb": 0.02 if quick else 5.0,
+        "replicated_partitions": 0 if quick else 10_000,
+        "replicated_records": 0 if quick else 300_000,
+        "client_path_runs": 0 if quick else 1,
     }
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     if quick:
         args.sweep = ""
+    try:
+        args.replicated_rates = [int(r) for r in args.replicated_rates.split(",") if r.strip()]
+    except ValueError:
+        p.error(f"--replicated-rates takes comma-separated integers, not {args.replicated_rates!r}")
     try:
         args.sweep = [int(b) for b in args.sweep.split(",") if b.strip()]
     except ValueError:
@@ -150,6 +166,11 @@ def _dist_version(name: str) -> str | None:
 def find_peers(wanted: list[str], *, install: bool) -> tuple[dict[str, str], dict[str, str]]:
     """Binaries of the wanted peers, and the reason for each peer that must be skipped."""
     binaries, skipped = {}, {}
+    if "confluent-kafka" in wanted:
+        try:
+            __import__("confluent_kafka")
+        except ImportError:
+            skipped["confluent-kafka"] = "Python package 'confluent_kafka' missing: pip install -e '.[dev]'"
     for name, binary, module in (("redis", "redis-server", "redis"), ("nats", "nats-server", "nats")):
         if name not in wanted:
             continue
@@ -163,6 +184,8 @@ def find_peers(wanted: list[str], *, install: bool) -> tuple[dict[str, str], dic
             binaries[name] = path
         else:
             skipped[name] = reason
+    if "redis" in binaries:
+        binaries["redis-benchmark"] = which("redis-benchmark")
     return binaries, skipped
 
 
@@ -177,6 +200,10 @@ def _driver(name: str, server, args: argparse.Namespace) -> System:
         return NatsJetStream(server.url)
     from .shoal_systems import ShoalBulk, ShoalClient, ShoalRaw
 
+    if name == "confluent-kafka":
+        from .kafka_clients import ConfluentKafka
+
+        return ConfluentKafka(f"127.0.0.1:{server.kafka_port}")
     if name == "shoal":
         return ShoalClient(server.url)
     if name == "shoal-bulk":
@@ -250,7 +277,8 @@ def run_comparison(args: argparse.Namespace, binaries: dict[str, str]) -> dict[s
                 if name in SHOALS:
                     if "shoal" not in servers:
                         servers["shoal"] = stack.enter_context(ShoalBroker(
-                            shoal_topics, flush=args.flush, flush_interval_ms=args.flush_interval_ms))  # fmt: skip
+                            shoal_topics, flush=args.flush, flush_interval_ms=args.flush_interval_ms,
+                            kafka="confluent-kafka" in args.systems))  # fmt: skip
                     servers[name] = servers["shoal"]
                 elif name in binaries:
                     servers[name] = stack.enter_context((RedisServer if name == "redis" else NatsServer)(binaries[name]))
@@ -266,6 +294,10 @@ def run_comparison(args: argparse.Namespace, binaries: dict[str, str]) -> dict[s
             with asyncio.Runner(loop_factory=perf.new_event_loop) as runner:
                 results[name] = runner.run(run_system(_driver(name, servers[name], args), servers[name], args))
             results[name]["server_rss_mib"] = round(servers[name].rss_bytes() / 1024**2, 1)
+            if name == "redis" and binaries.get("redis-benchmark"):
+                results[name]["redis_benchmark"] = redis_benchmark(
+                    binaries["redis-benchmark"], servers[name].port, records=args.records, pipeline=args.batch,
+                    record_size=args.record_size)  # fmt: skip
     return results
 
 
@@ -286,6 +318,32 @@ def run_resources(args: argparse.Namespace) -> dict:
     return out
 
 
+def run_replicated(args: argparse.Namespace) -> dict:
+    """The replicated path and the 10,000-partition cluster (etcd and three brokers each)."""
+    from .replicated import many_partitions_run, replicated_run
+
+    if not (args.replicated_records or args.replicated_partitions):
+        return {}
+    if which("etcd") is None:
+        return {"skipped": "etcd not installed: apt-get install etcd-server"}
+    out: dict = {}
+    if args.replicated_records:
+        try:
+            out["paths"] = replicated_run(
+                records=args.replicated_records, rates=args.replicated_rates, seconds=args.latency_seconds,
+                failover_rate=args.latency_rate, failover_seconds=(5.0, 15.0), step_timeout=args.step_timeout)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001
+            log.exception("replicated run failed")
+            out["paths"] = {"error": f"{type(exc).__name__}: {exc}"}
+    if args.replicated_partitions:
+        try:
+            out["partitions"] = many_partitions_run(args.replicated_partitions, args.idle_seconds)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("replicated partitions run failed")
+            out["partitions"] = {"error": f"{type(exc).__name__}: {exc}"}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so every server is stopped and its temp dir removed.
@@ -300,7 +358,13 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("skipping %s: %s", name, reason)
     args.systems = [s for s in args.systems if s not in skipped]
 
+    client_paths = None
+    if args.client_path_runs:
+        from .client_paths import measure
+
+        client_paths = measure(args.records, args.client_path_runs, echo=True)
     systems = run_comparison(args, binaries)
+    replicated = run_replicated(args)
     resources = run_resources(args)
 
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
@@ -336,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         "systems": systems,
         "skipped": skipped,
         "ratios": report.ratios(systems),
+        "client_paths": client_paths,
+        "replicated": replicated,
         "resources": resources,
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import http.client
 import sys
 from collections.abc import Mapping
 
 import yaml
 
-from .procs import ServerProcess
+from .procs import ServerProcess, free_port, http_get
 
 
 class ShoalBroker(ServerProcess):
@@ -19,6 +18,7 @@ class ShoalBroker(ServerProcess):
         flush: the topics' flush policy (``always``, ``interval`` or ``never``).
         flush_interval_ms: the fsync period under ``interval``.
         segment_bytes: segment size (None: the topology default).
+        kafka: also serve the Kafka protocol, on ``kafka_port``.
     """
 
     name = "shoal"
@@ -30,9 +30,11 @@ class ShoalBroker(ServerProcess):
         flush: str = "interval",
         flush_interval_ms: int = 1000,
         segment_bytes: int | None = None,
+        kafka: bool = False,
         **kw,
     ) -> None:
         super().__init__(**kw)
+        self.kafka_port = free_port() if kafka else None
         self.flush_interval_ms = flush_interval_ms
         defaults: dict = {"partitions": 1, "flush": flush, "flush_interval_ms": flush_interval_ms}
         if segment_bytes:
@@ -44,7 +46,8 @@ class ShoalBroker(ServerProcess):
                     "cluster": "bench",
                     "epoch": 1,
                     "defaults": defaults,
-                    "brokers": [{"id": 1, "url": self.url, "data_dir": str(self.dir / "data")}],
+                    "brokers": [{"id": 1, "url": self.url, "data_dir": str(self.dir / "data")}
+                                | ({"kafka": f"127.0.0.1:{self.kafka_port}"} if kafka else {})],
                     "topics": {name: {"partitions": n} for name, n in topics.items()},
                 },
                 sort_keys=False,
@@ -59,14 +62,8 @@ class ShoalBroker(ServerProcess):
         return [sys.executable, "-m", "shoal.broker", "--config", str(self.config_path), "--id", "1",
                 "--log-level", "warning"]  # fmt: skip
 
-    def get(self, path: str) -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-        try:
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            return resp.status, resp.read()
-        finally:
-            conn.close()
+    def get(self, path: str, timeout: float = 5) -> tuple[int, bytes]:
+        return http_get(self.port, path, timeout)
 
     def is_ready(self) -> bool:
         return self.get("/v1/health")[0] == 200

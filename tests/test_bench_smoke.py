@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SYSTEMS = ("shoal", "shoal-bulk", "shoal-raw", "redis", "nats")
+SYSTEMS = ("shoal", "shoal-bulk", "shoal-raw", "confluent-kafka", "redis", "nats")
 RECORDS = 20_000
 
 
@@ -34,7 +34,7 @@ def bench_run(tmp_path_factory):
         env={**os.environ, "TMPDIR": str(tmp)},
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=400,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return {"doc": json.loads((out / "latest.json").read_text()), "stdout": done.stdout, "tmp": tmp, "out": out,

@@ -53,6 +53,8 @@ def _bounds(f: Callable) -> Callable:
               help="Producer buffer_memory: records queued and unacknowledged before send() waits (default: the client's).")
 @click.option("--in-flight", type=int, default=5, show_default=True, metavar="N",
               help="Concurrent produce requests per broker.")
+@click.option("--acks", type=click.Choice(["all", "1"]), default="all", show_default=True,
+              help="all: acknowledged once every in-sync replica has the record; 1: once the leader has.")
 @click.option("--throughput", type=float, metavar="RECORDS/S",
               help="Send at this fixed rate; latency then counts from when each record was due (default: as fast as possible).")
 @click.option("--bulk", type=int, metavar="N",

@@ -238,6 +238,7 @@ async def produce(
     batch_bytes: int | None = None,
     buffer_bytes: int | None = None,
     in_flight: int = 5,
+    acks: str = "all",
     rate: float | None = None,
     bulk: int | None = None,
     progress: Callable[[int], None] | None = None,
@@ -257,6 +258,7 @@ async def produce(
             acknowledged; ``send()`` waits beyond it. None keeps the client's default.
             A duration-bounded run also waits for what is buffered when time is up.
         in_flight: concurrent produce requests per broker (``max_in_flight_per_broker``).
+        acks: ``"all"`` (the client's default) or ``"1"``.
         rate: records per second (None: as fast as the producer takes them).
         bulk: hand the producer this many records per ``send_batch()`` call instead of
             one ``send()`` each (at a fixed rate: at most this many of the records due).
@@ -276,7 +278,7 @@ async def produce(
         raise BenchError(f"--bulk must be at least 1, not {bulk}")
     key_of = key_source(keys)
     value = os.urandom(record_size)
-    options = {"max_in_flight_per_broker": in_flight}
+    options = {"max_in_flight_per_broker": in_flight, "acks": acks}
     if linger_ms is not None:
         options["linger_ms"] = linger_ms
     if batch_bytes is not None:

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 # Concurrent creation transactions while creating partitions (etcd serialises them anyway).
 _CREATE_CONCURRENCY = 32
+# Partitions created per transaction (etcd allows 128 operations in one by default).
+_CREATE_BATCH = 64
 
 
 class StaleTopology(ValueError):
@@ -148,14 +150,20 @@ class MetadataStore:
         drained, _ = await self.drained()
         drained &= set(topology.broker_ids)
 
-        async def create(tp: TopicPartition) -> bool:
-            state = initial_state(target_replicas(topology, tp, drained))
+        async def create(tps: list[TopicPartition]) -> list[TopicPartition]:
+            """All of ``tps`` in one transaction (one etcd commit); when some exist by now,
+            the same transaction reads them, and the others are created again."""
+            keys = [self._key(tp) for tp in tps]
+            puts = [put_op(k, initial_state(target_replicas(topology, tp, drained)).to_json()) for k, tp in zip(keys, tps)]
             async with limit:
-                result = await self.etcd.txn([mod_revision_is(self._key(tp), 0)], [put_op(self._key(tp), state.to_json())])
-            return result.succeeded
+                result = await self.etcd.txn([mod_revision_is(k, 0) for k in keys], puts, [range_op(k) for k in keys])
+            if result.succeeded:
+                return tps
+            missing = [tp for tp, found in zip(tps, result.ranges) if not found]
+            return await create(missing) if missing else []
 
-        created = await asyncio.gather(*(create(tp) for tp in wanted))
-        return [tp for tp, ok in zip(wanted, created) if ok]
+        chunks = [wanted[i : i + _CREATE_BATCH] for i in range(0, len(wanted), _CREATE_BATCH)]
+        return [tp for created in await asyncio.gather(*(create(c) for c in chunks)) for tp in created]
 
     async def compare_and_set(self, tp: TopicPartition, expected: PartitionState, new: PartitionState) -> PartitionState | None:
         """Write ``new`` if ``tp`` is still at ``expected.mod_revision``.
@@ -317,19 +325,25 @@ class MetadataStore:
         lead (per the topic's ``unclean_leader_election``). Losing a race to another
         candidate is fine: that partition has a leader again. Returns what ``me`` won."""
         states, _ = await self.partitions()
-        won = []
+        todo = []
         for tp, state in states.items():
             if state.leader in live or me not in state.replicas or tp.topic not in topology.topics:
                 continue
             unclean = topology.topics[tp.topic].unclean_leader_election
             try:
-                new = elect(state, me, live, unclean=unclean)
+                todo.append((tp, state, elect(state, me, live, unclean=unclean)))
             except TransitionError:
                 continue
-            stored = await self.compare_and_set(tp, state, new)
-            if stored is not None:
-                won.append((tp, stored))
-        return won
+        # Many at a time, as in create_partitions: one at a time, a broker that led
+        # thousands of partitions took minutes to replace (one etcd commit each).
+        limit = asyncio.Semaphore(_CREATE_CONCURRENCY)
+
+        async def one(tp: TopicPartition, state: PartitionState, new: PartitionState) -> PartitionState | None:
+            async with limit:
+                return await self.compare_and_set(tp, state, new)
+
+        stored = await asyncio.gather(*(one(*job) for job in todo))
+        return [(tp, s) for (tp, _, _), s in zip(todo, stored) if s is not None]
 
     async def watch_partitions(self, start_revision: int) -> AsyncIterator[PartitionChange]:
         """Every change of a partition state from ``start_revision`` on, in order.

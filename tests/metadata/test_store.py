@@ -78,6 +78,22 @@ async def test_partitions_are_created_once_from_the_rendezvous_ranking(store, cl
     assert await store.partition(OR0) == led
 
 
+async def test_many_partitions_are_created_in_few_commits_and_racing_creators_write_each_once(store, cluster_name):
+    """Thousands of partitions must not cost one etcd commit each (nor a second round for
+    a peer that comes second): 64 per transaction, and a racing creator writes none twice."""
+    topo = topology(cluster_name, many={"partitions": 300})
+    before = (await store.partitions())[1]
+    first, second = await asyncio.gather(store.create_partitions(topo), store.create_partitions(topo))
+    everything = [TopicPartition("many", p) for p in range(300)]
+    assert sorted(first + second) == sorted(everything)  # each created exactly once, by one of them
+    states, after = await store.partitions()
+    assert sorted(states) == sorted(everything)
+    assert all(s.mod_revision and s.leader == s.replicas[0] for s in states.values())
+    assert after - before <= 2 * 5 + 10  # 5 chunks each, a few conflicting chunks redone one by one at most
+    assert await store.create_partitions(topo) == []
+    assert (await store.partitions())[1] == after  # nothing left to write: no commit at all
+
+
 async def test_compare_and_set_fails_on_a_stale_read(store, cluster_name):
     await store.create_partitions(topology(cluster_name))
     read = await store.partition(OR0)
