@@ -444,9 +444,13 @@ class InternalError(ShoalApiError):
 
 
 class ShoalTimeoutError(ShoalError, TimeoutError):
-    """An operation did not finish within its time-out."""
+    """An operation did not finish within its time-out.
+
+    A request that got no answer asks for a fresh topology: the broker may be frozen or
+    cut off while another has taken its partitions over."""
 
     retriable = True
+    refresh_topology = True
 
 
 class BrokerUnreachable(ShoalError, ConnectionError):

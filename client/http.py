@@ -30,6 +30,9 @@ _PRODUCE_HEADERS = {"Content-Type": BATCH_TYPE}
 _FETCH_HEADERS = {"Accept": BATCH_TYPE}
 
 
+CLUSTER_TIMEOUT_S = 5.0  # GET /v1/cluster, however long produce requests may take
+
+
 class FetchResult(NamedTuple):
     """One fetch answer: stored frames byte for byte, and the partition's bounds."""
 
@@ -145,8 +148,9 @@ class BrokerClient:
 
 
     async def cluster(self, url: str) -> dict[str, Any]:
-        """``GET /v1/cluster``: the topology this broker has installed."""
-        return await self.request_json("GET", url, "/v1/cluster")
+        """``GET /v1/cluster``: the topology this broker has installed. A small answer, so a
+        broker that has not given it within a few seconds is skipped for the next one."""
+        return await self.request_json("GET", url, "/v1/cluster", timeout=min(self._timeout, CLUSTER_TIMEOUT_S))
 
     async def produce(self, url: str, topic: str, partition: int, frames: bytes, *, acks: str = "all") -> dict[str, Any]:
         """Append ``frames``; ``{"base_offset", "count", "duplicate"}`` once written (``acks``)."""

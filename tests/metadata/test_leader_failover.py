@@ -13,6 +13,7 @@ import urllib.request
 
 import pytest
 
+from shoal.client import AsyncProducer
 from shoal.client.records import iter_frames
 from tests.faults.checker import TOPIC, leader_answering, produce, state_of
 from tests.metadata.helpers import poll
@@ -118,3 +119,24 @@ async def test_a_leader_that_cannot_renew_its_lease_stops_acknowledging(replicat
     assert body["code"] == "LEADER_NOT_AVAILABLE" and "lease" in body["detail"]
     assert int(body["retry_after"]) >= 1
     await poll(lambda: leader_answering(replicated), timeout=20)  # registered again: it answers again
+
+
+async def test_a_producer_whose_leader_froze_moves_on_to_the_new_leader(replicated):
+    """A leader that accepts connections but never answers (SIGSTOP): the producer's request
+    times out, and it must re-read the cluster from another broker, not retry the frozen one
+    until its delivery timeout."""
+    state = await poll(lambda: leader_answering(replicated), timeout=20)
+    frozen = state["leader"]
+    async with AsyncProducer(replicated.urls, request_timeout_ms=2000, delivery_timeout_ms=60_000,
+                             retry_backoff_ms=50) as producer:  # fmt: skip
+        before = await producer.send_and_wait(TOPIC, b"before", partition=0)
+        proc = replicated.procs[frozen]
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            after = await asyncio.wait_for(producer.send_and_wait(TOPIC, b"after", partition=0), 45)
+            took = time.monotonic() - started
+        finally:
+            proc.send_signal(signal.SIGCONT)
+    assert after.offset > before.offset
+    print(f"\nleader {frozen} frozen: acknowledged by the new leader after {took:.2f} s")
