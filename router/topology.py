@@ -46,11 +46,12 @@ import yaml
 from shoal.client.errors import UnknownPartition, UnknownTopic
 from shoal.client.names import MAX_NAME_LENGTH, is_valid_name
 from shoal.client.structs import TopicPartition
-
 from shoal.router import hashing
 from shoal.router.metadata.config import MetadataConfig, parse_metadata
 from shoal.router.server.auth import ACTIONS, AuthConfig, Principal, pattern_problem, token_hash_problem
 from shoal.router.server.tls import TlsConfig
+
+INTERNAL_PREFIX = "__"  # as in Kafka: names of internal topics, never declared
 
 __all__ = [
     "FLUSH_POLICIES",
@@ -710,6 +711,13 @@ class _Builder:
                     here,
                     f"invalid topic name {_show(name)}: use 1-{MAX_NAME_LENGTH} characters of "
                     "A-Z a-z 0-9 . _ - (not '.' or '..'), quoted if YAML would read it as a number",
+                )
+                continue
+            if name.startswith(INTERNAL_PREFIX):
+                self.problem(
+                    here,
+                    f"invalid topic name {_show(name)}: names starting with {INTERNAL_PREFIX!r} are reserved "
+                    "for internal topics (__consumer_offsets)",
                 )
                 continue
             own = self.fields(config, here, _TOPIC_RULES)

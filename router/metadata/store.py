@@ -30,6 +30,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 
+from shoal.broker.replication.offsets_topic import with_offsets_topic
 from shoal.client.structs import TopicPartition
 from shoal.router.metadata.etcd import EtcdClient, WatchEvent, mod_revision_is, put_op, range_op
 from shoal.router.metadata.partition import (
@@ -292,12 +293,13 @@ class MetadataStore:
         drained, drained_rev = await self.drained()
         drained &= set(topology.broker_ids)
         guards = [mod_revision_is(topo_key, kv.mod_revision), mod_revision_is(drained_key, drained_rev)]
+        placing = with_offsets_topic(topology)  # __consumer_offsets moves like a declared topic
         states, _ = await self.partitions()
         changed = {}
         for tp, state in sorted(states.items()):
-            if tp.topic not in topology.topics or tp.partition >= topology.topics[tp.topic].partitions:
+            if tp.topic not in placing.topics or tp.partition >= placing.topics[tp.topic].partitions:
                 continue
-            target = target_replicas(topology, tp, drained)
+            target = target_replicas(placing, tp, drained)
             while state.target != target:
                 new = reassign(state, target)
                 result = await self.etcd.txn(

@@ -465,3 +465,19 @@ def test_replica_lag_time_must_be_a_whole_number_of_ms():
     assert problems(text) == [
         "cluster.yaml:2: metadata.replica_lag_time_max_ms: must be a whole number of ms >= 100, got 50",
     ]
+
+
+def test_internal_topic_names_are_reserved():
+    text = """\
+    cluster: local
+    brokers: [{id: 1, url: "http://127.0.0.1:9091"}]
+    topics:
+      __consumer_offsets: {}
+      __mine: {partitions: 2}
+      _one: {}
+    """
+    reserved = "names starting with '__' are reserved for internal topics (__consumer_offsets)"
+    assert problems(text) == [
+        f"cluster.yaml:4: topics.__consumer_offsets: invalid topic name '__consumer_offsets': {reserved}",
+        f"cluster.yaml:5: topics.__mine: invalid topic name '__mine': {reserved}",
+    ]
