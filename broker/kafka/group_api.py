@@ -2,12 +2,16 @@
 OffsetFetch, DescribeGroups, ListGroups; and CreateTopics/DeleteTopics, refused.
 
 A group's coordinator is the broker ``Broker.coordinator_of`` names; other brokers
-answer NOT_COORDINATOR. Committed offsets are the ones the HTTP API reads and writes:
-the coordinator stores those of partitions it leads and hands the others to their
-leaders over HTTP (after checking the member and generation itself), so both protocols
-see one namespace of ``(group, topic, partition)``. A partition without a reachable
-leader (an election under way) answers COORDINATOR_NOT_AVAILABLE, which Kafka clients
-retry, as they would a coordinator moving.
+answer NOT_COORDINATOR. Committed offsets are the ones the HTTP API reads and writes,
+so both protocols see one namespace of ``(group, topic, partition)``. In a replicated
+cluster the coordinator (the leader of the group's ``__consumer_offsets`` partition)
+appends them there through ``Broker.commit_offsets`` and reads them with
+``Broker.committed``; while it loads that partition it answers
+COORDINATOR_LOAD_IN_PROGRESS. In a static cluster it stores those of partitions it
+owns and hands the others to their owners over HTTP (after checking the member and
+generation itself). A partition or coordinator that cannot answer right now (an
+election under way) answers COORDINATOR_NOT_AVAILABLE, which Kafka clients retry, as
+they would a coordinator moving.
 
 Topics are declared in cluster.yaml and changed with ``shoal topology apply``; the
 Kafka admin APIs that would change them answer POLICY_VIOLATION.
@@ -27,8 +31,9 @@ from shoal.broker.kafka.codec import millis
 from shoal.broker.kafka.errors import KafkaError, kafka_code
 from shoal.broker.kafka.metadata import node, partition_state
 from shoal.broker.kafka.sasl import is_admin, may
-from shoal.client.errors import LeaderNotAvailable, NotOwner, ShoalError
+from shoal.client.errors import BrokerUnavailable, LeaderNotAvailable, NotOwner, ShoalError
 from shoal.client.names import is_valid_name
+from shoal.client.structs import TopicPartition
 
 if TYPE_CHECKING:
     from shoal.broker.kafka.listener import Connection
@@ -157,6 +162,8 @@ async def handle_offset_commit(conn: Connection, request: Any, version: int) -> 
             )
         except KafkaError as exc:
             code = exc.code
+    if conn.broker.groups is not None:
+        return {"throttle_time": 0, "topics": await _commit_replicated(conn, group_id, request.topics, code)}
     topics = []
     for topic in request.topics:
         parts = await asyncio.gather(*(
@@ -167,6 +174,43 @@ async def handle_offset_commit(conn: Connection, request: Any, version: int) -> 
         ))
         topics.append({"name": topic.name, "partitions": parts})
     return {"throttle_time": 0, "topics": topics}
+
+
+async def _commit_replicated(conn: Connection, group: str, request_topics, code: ErrorCode | None) -> list[dict]:
+    """Append the permitted offsets of one OffsetCommit to ``__consumer_offsets`` at once
+    (the member and generation were checked by this listener's group coordinator)."""
+    entries = [
+        (topic.name, p.partition_index, p.committed_offset, p.committed_metadata or "")
+        for topic in request_topics if code is None and may(conn, topic.name, "consume") for p in topic.partitions
+    ]
+    stored = 0
+    if entries:
+        try:
+            await conn.broker.commit_offsets(group, None, None, entries)
+        except ShoalError as exc:
+            stored = _coordinator_code(conn, group, exc)
+    topics = []
+    for topic in request_topics:
+        failed = code or (ErrorCode.topic_authorization_failed if not may(conn, topic.name, "consume") else None)
+        topics.append({"name": topic.name, "partitions": [
+            {"partition_index": p.partition_index, "error_code": failed or stored} for p in topic.partitions
+        ]})
+    return topics
+
+
+def _coordinator_code(conn: Connection, group: str, exc: ShoalError) -> int:
+    """The Kafka error of a replicated coordinator's refusal: loading its partition
+    (503 here) -> COORDINATOR_LOAD_IN_PROGRESS, moved -> NOT_COORDINATOR, no live
+    coordinator -> COORDINATOR_NOT_AVAILABLE."""
+    if isinstance(exc, NotOwner):
+        return ErrorCode.not_coordinator
+    if isinstance(exc, LeaderNotAvailable):
+        if conn.broker.groups.coordinator_id(group) == conn.broker.broker_id:
+            return ErrorCode.coordinator_load_in_progress
+        return ErrorCode.coordinator_not_available
+    if isinstance(exc, BrokerUnavailable):
+        return ErrorCode.coordinator_not_available
+    return kafka_code(exc)
 
 
 async def _failed(partition: int, code: ErrorCode) -> dict:
@@ -257,6 +301,12 @@ async def handle_offset_fetch(conn: Connection, request: Any, version: int) -> d
     group_id = request.group_id
     if (code := _coordinator_error(conn, group_id)) is not None:
         return {"throttle_time": 0, "topics": [], "error_code": code}
+    if conn.broker.groups is not None:
+        try:
+            found = await conn.broker.groups.offsets_at_coordinator(group_id, None)
+        except ShoalError as exc:
+            return {"throttle_time": 0, "topics": [], "error_code": _coordinator_code(conn, group_id, exc)}
+        return {"throttle_time": 0, "topics": _fetched(conn, found, request.topics), "error_code": 0}
     topics = []
     if request.topics is None:
         for name, rows in sorted((await _all_committed(conn, group_id)).items()):
@@ -274,6 +324,27 @@ async def handle_offset_fetch(conn: Connection, request: Any, version: int) -> d
                           "error_code": ErrorCode.topic_authorization_failed} for p in topic.partition_indexes]
             topics.append({"name": topic.name, "partitions": parts})
     return {"throttle_time": 0, "topics": topics, "error_code": 0}
+
+
+def _fetched(conn: Connection, found: dict, request_topics) -> list[dict]:
+    """OffsetFetch's topics from a group's committed offsets (every topic when the
+    request names none)."""
+    if request_topics is None:
+        names = sorted({tp.topic for tp in found})
+        wanted = [(n, sorted(tp.partition for tp in found if tp.topic == n)) for n in names if may(conn, n, "consume")]
+    else:
+        wanted = [(t.name, list(t.partition_indexes)) for t in request_topics]
+    topics = []
+    for name, partitions in wanted:
+        allowed = may(conn, name, "consume")
+        rows = []
+        for p in partitions:
+            om = found.get(TopicPartition(name, p)) if allowed else None
+            rows.append({"partition_index": p, "committed_offset": om.offset if om else -1,
+                         "metadata": om.metadata if om else "",
+                         "error_code": 0 if allowed else ErrorCode.topic_authorization_failed})
+        topics.append({"name": name, "partitions": rows})
+    return topics
 
 
 # -- describing groups -----------------------------------------------------------------

@@ -214,6 +214,61 @@ def test_a_leader_killed_under_an_idempotent_producer_and_a_group_loses_and_repe
     assert new["leader_epoch"] > parts[0].leader_epoch and victim not in new["isr"]
 
 
+def partition_leader(cluster, partition: int) -> int | None:
+    leader = etcd_states(cluster, live(cluster)[0], TOPIC)[partition]["leader"]
+    return leader if leader in live(cluster) else None
+
+
+def committed_over_http(cluster, group: str, partition: int) -> tuple[int | None, str] | None:
+    """Asked of the partition's leader (which serves the partition's offset resource)."""
+    leader = partition_leader(cluster, partition)
+    try:
+        status, body = http_json("GET", f"{cluster.url(leader)}/v1/groups/{group}/topics/{TOPIC}/partitions/{partition}/offset")
+    except (OSError, TypeError):
+        return None
+    return (body["offset"], body.get("metadata") or "") if status == 200 else None
+
+
+def committed_over_kafka(cluster, group: str) -> list[int] | None:
+    """The group's committed offsets of both partitions (not their metadata: confluent-kafka
+    sends a string's NUL terminator with it and reads it back as a C string)."""
+    consumer = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        found = consumer.committed([CKTopicPartition(TOPIC, p) for p in (0, 1)], timeout=10)
+    except Exception:  # noqa: BLE001 - a coordinator still moving: asked again
+        return None
+    finally:
+        consumer.close()
+    return [tp.offset for tp in found]
+
+
+def test_committed_offsets_are_one_namespace_over_both_protocols_and_survive_the_coordinator(replicated):
+    for broker_id in (1, 2, 3):  # the test before killed a leader
+        if broker_id not in live(replicated):
+            replicated.start(broker_id, timeout=60)
+    until(lambda: leaders_serving(replicated, TOPIC), timeout=60)
+    group = f"both-{uuid.uuid4().hex[:8]}"
+    coordinator = until(lambda: (n := call(address(replicated, 1), FindCoordinatorRequest, {"key": group, "key_type": 0}).node_id) >= 0 and n)
+    # committed over Kafka, read over HTTP
+    consumer = Consumer({"bootstrap.servers": replicated.bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        consumer.commit(offsets=[CKTopicPartition(TOPIC, 0, 1)], asynchronous=False)
+    finally:
+        consumer.close()
+    assert until(lambda: committed_over_http(replicated, group, 0)) == (1, "")
+    # committed over HTTP, read over Kafka
+    url = f"{replicated.url(partition_leader(replicated, 1))}/v1/groups/{group}/topics/{TOPIC}/partitions/1/offset"
+    assert http_json("PUT", url, {"offset": 1, "metadata": "http"})[0] == 200
+    assert until(lambda: committed_over_kafka(replicated, group)) == [1, 1]
+    # the coordinator SIGKILLed: the new leader of the group's offsets partition has both
+    replicated.kill(coordinator)
+    assert until(lambda: committed_over_kafka(replicated, group), timeout=60) == [1, 1]
+    assert until(lambda: committed_over_http(replicated, group, 0), timeout=30) == (1, "")
+    assert until(lambda: committed_over_http(replicated, group, 1), timeout=30) == (1, "http")
+    moved = call(address(replicated, live(replicated)[0]), FindCoordinatorRequest, {"key": group, "key_type": 0}).node_id
+    assert moved not in (coordinator, -1)
+
+
 def test_acks_all_needs_min_insync_replicas_and_a_partition_without_a_live_replica_has_no_leader(replicated):
     if len(live(replicated)) == 3:
         until(lambda: leaders_serving(replicated, TOPIC))

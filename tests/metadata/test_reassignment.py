@@ -189,8 +189,9 @@ async def grow_drain_and_shrink(cluster_factory, etcd_server, cluster_name, caps
     marks = {}
     # a group coordinated by broker 1: its __consumer_offsets partition moves twice
     kept = next(g for g in (f"kept-{i}" for i in range(100)) if rank(OFFSETS_TOPIC, partition_for(g), [1, 2, 3])[0] == 1)
-    kept_url = f"{cluster.url(2)}/v1/groups/{kept}/topics/{TOPIC}/partitions/0/offset"
-    assert http_json("PUT", kept_url, {"offset": 1, "metadata": "kept"}, timeout=10)[0] == 200
+    kept_path = f"/v1/groups/{kept}/topics/{TOPIC}/partitions/0/offset"  # served by orders/0's leader
+    kept_url = cluster.url(states(cluster, [1, 2, 3])[0]["leader"]) + kept_path
+    assert (await asyncio.to_thread(http_json, "PUT", kept_url, {"offset": 1, "metadata": "kept"}))[0] == 200
 
     # 1. a fourth broker: start it with the new file, apply; kill broker 2 mid-move, apply again
     write_config(cluster, 2, [1, 2, 3, 4])
@@ -229,7 +230,7 @@ async def grow_drain_and_shrink(cluster_factory, etcd_server, cluster_name, caps
     plan = ok(await asyncio.to_thread(shoal, cluster, "topology", "plan", "-o", "json"))
     assert json.loads(plan.stdout)["reassignments"] == []
     ok(await asyncio.to_thread(shoal, cluster, "topology", "apply"))
-    status, body = http_json("GET", kept_url.replace(cluster.url(2), cluster.url(3)), timeout=10)
+    status, body = await asyncio.to_thread(http_json, "GET", cluster.url(states(cluster, [2, 3, 4])[0]["leader"]) + kept_path)
     assert status == 200 and (body["offset"], body["metadata"]) == (1, "kept"), body
     await asyncio.sleep(1)
     traffic.stop()
