@@ -63,7 +63,13 @@ def offsets_topic_config(topology: Topology) -> TopicConfig:
 
 def with_offsets_topic(topology: Topology) -> Topology:
     """``topology`` plus the offsets topic, when replicated (what etcd and the replicas work from)."""
-    if not topology.replicated or OFFSETS_TOPIC in topology.topics:
+    return placed_topics(topology) if topology.replicated else topology
+
+
+def placed_topics(topology: Topology) -> Topology:
+    """``topology`` plus the offsets topic, whatever its ``metadata``: what reassignment
+    places (the topology in etcd has no ``metadata:`` section, but its cluster is replicated)."""
+    if OFFSETS_TOPIC in topology.topics:
         return topology
     return dataclasses.replace(topology, topics={**topology.topics, OFFSETS_TOPIC: offsets_topic_config(topology)})
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from shoal.broker.replication.offsets_topic import with_offsets_topic
+from shoal.broker.replication.offsets_topic import placed_topics
 from shoal.client.errors import ShoalError
 from shoal.client.structs import TopicPartition
 from shoal.router.cli.base import Options, action, global_options
@@ -69,7 +69,7 @@ async def plan_moves(session: ClusterSession, store: MetadataStore, candidate: T
     live, _ = await store.live_brokers()
     try:
         size = await sizes(session.api, states, live)
-        rows = planned(with_offsets_topic(candidate), states, drained, size)
+        rows = planned(placed_topics(candidate), states, drained, size)
     except PlacementError as exc:
         return [], refusals + [str(exc)]
     return rows, refusals
@@ -215,7 +215,7 @@ async def _drain(
             drained, revision = await store.drained()
             wanted = (drained - {broker_id}) if undo else (drained | {broker_id})
             try:
-                targets(with_offsets_topic(topology), wanted & set(topology.broker_ids))  # every factor must still fit
+                targets(placed_topics(topology), wanted & set(topology.broker_ids))  # every factor must still fit
             except PlacementError as exc:
                 raise CliError(f"cannot drain broker {broker_id}: {exc}") from None
             if wanted == drained or await store.set_drained(wanted, revision):

@@ -30,7 +30,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 
-from shoal.broker.replication.offsets_topic import with_offsets_topic
+from shoal.broker.replication.offsets_topic import placed_topics
 from shoal.client.structs import TopicPartition
 from shoal.router.metadata.etcd import EtcdClient, WatchEvent, mod_revision_is, put_op, range_op
 from shoal.router.metadata.partition import (
@@ -293,7 +293,7 @@ class MetadataStore:
         drained, drained_rev = await self.drained()
         drained &= set(topology.broker_ids)
         guards = [mod_revision_is(topo_key, kv.mod_revision), mod_revision_is(drained_key, drained_rev)]
-        placing = with_offsets_topic(topology)  # __consumer_offsets moves like a declared topic
+        placing = placed_topics(topology)  # __consumer_offsets moves like a declared topic
         states, _ = await self.partitions()
         changed = {}
         for tp, state in sorted(states.items()):
