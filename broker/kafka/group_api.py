@@ -47,15 +47,16 @@ _NO_TOPIC_CHANGES = "topics are declared in cluster.yaml and changed with `shoal
 
 def _coordinator_error(conn: Connection, group_id: str) -> ErrorCode | None:
     """GROUP_AUTHORIZATION_FAILED unless the principal may use ``group_id``, then
-    NOT_COORDINATOR unless this broker coordinates it."""
+    NOT_COORDINATOR unless this broker coordinates it (replicated: or
+    COORDINATOR_LOAD_IN_PROGRESS / COORDINATOR_NOT_AVAILABLE, see ``_coordinator_code``)."""
     if not may(conn, group_id, "groups"):
         return ErrorCode.group_authorization_failed
     if not is_valid_name(group_id):
         return ErrorCode.invalid_group_id
     try:
         conn.broker.check_coordinator(group_id)
-    except NotOwner:
-        return ErrorCode.not_coordinator
+    except (NotOwner, LeaderNotAvailable) as exc:
+        return _coordinator_code(conn, group_id, exc)
     return None
 
 
@@ -205,7 +206,7 @@ def _coordinator_code(conn: Connection, group: str, exc: ShoalError) -> int:
     if isinstance(exc, NotOwner):
         return ErrorCode.not_coordinator
     if isinstance(exc, LeaderNotAvailable):
-        if conn.broker.groups.coordinator_id(group) == conn.broker.broker_id:
+        if conn.broker.groups is not None and conn.broker.groups.coordinator_id(group) == conn.broker.broker_id:
             return ErrorCode.coordinator_load_in_progress
         return ErrorCode.coordinator_not_available
     if isinstance(exc, BrokerUnavailable):
