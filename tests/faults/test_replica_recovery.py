@@ -97,8 +97,13 @@ async def test_a_follower_below_the_leaders_log_start_starts_again_there(replica
     log_start = await asyncio.to_thread(seed_log, data_dir(c, leader) / f"{TOPIC}-0", 60)
     assert log_start > 0
     c.start()
-    await in_sync(c)
-    assert (await asyncio.to_thread(produce, c.url(leader), "new", acks="all"))[0] == 200
+    state = await in_sync(c)
+    assert state["leader"] == leader, state
+
+    async def acknowledged():  # the leader may still be taking up its epoch when the ISR is full
+        return (await asyncio.to_thread(produce, c.url(leader), "new", acks="all"))[0] == 200
+
+    await poll(acknowledged, timeout=20)
 
     def copied():
         frames = [stored_frames(c, b) for b in BROKERS]

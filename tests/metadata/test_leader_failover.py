@@ -113,7 +113,7 @@ async def test_a_leader_that_cannot_renew_its_lease_stops_acknowledging(replicat
 
     etcd_server.signal(signal.SIGSTOP)
     try:
-        body = await poll(refused, timeout=10)
+        body = await poll(refused, timeout=30)  # a produce admitted just before may wait for its copies first
     finally:
         etcd_server.signal(signal.SIGCONT)
     assert body["code"] == "LEADER_NOT_AVAILABLE" and "lease" in body["detail"]
