@@ -52,6 +52,14 @@ def produce(url: str, value: str, partition: int = 0, topic: str = TOPIC, **para
     return http_json("POST", target, {"records": [{"value": value}]})
 
 
+def leader_ready(url: str, partition: int = 0, topic: str = TOPIC) -> bool:
+    """Whether the broker at ``url`` answers for the partition as its leader."""
+    try:
+        return http_json("GET", f"{url}/v1/topics/{topic}/partitions/{partition}/offsets", timeout=2)[0] == 200
+    except OSError:
+        return False
+
+
 def high_watermark(url: str, partition: int = 0, topic: str = TOPIC) -> int:
     _, body = http_json("GET", f"{url}/v1/topics/{topic}/partitions/{partition}/offsets")
     return body["high_watermark"]
@@ -65,11 +73,14 @@ def stored_frames(cluster, broker: int, partition: int = 0, topic: str = TOPIC) 
 
 
 async def in_sync(cluster, via: int = 1, partition: int = 0, topic: str = TOPIC) -> dict:
-    """The partition's state once every replica is in its ISR."""
+    """The partition's state once every replica is in its ISR and the leader answers (a
+    leader in etcd may still be taking up its epoch: 503 until it has)."""
 
     def full():
         s = state_of(cluster.url(via), partition, topic)
-        return s if s and s["leader"] >= 0 and sorted(s["isr"]) == sorted(s["replicas"]) else None
+        if not (s and s["leader"] >= 0 and sorted(s["isr"]) == sorted(s["replicas"])):
+            return None
+        return s if leader_ready(cluster.url(s["leader"]), partition, topic) else None
 
     return await poll(lambda: asyncio.to_thread(full), timeout=30)
 

@@ -133,6 +133,8 @@ def test_a_lagging_follower_and_a_frozen_leader_as_an_operator_sees_them(cluster
     leader, epoch = state["leader"], state["leader_epoch"]
     follower = next(r for r in state["replicas"] if r != leader)
     post = f"{cluster.url(leader)}/v1/topics/orders/partitions/0/records"
+    # a full ISR in etcd does not mean the leader has taken up its epoch: wait until it answers
+    wait_for(lambda: http_json("GET", f"{cluster.url(leader)}/v1/topics/orders/partitions/0/offsets")[0] == 200)
     assert http_json("POST", post, {"records": [{"value": "a"}, {"value": "b"}]})[0] == 200
 
     # a follower frozen past replica_lag_time_max_ms leaves the ISR; its lag shows
