@@ -91,7 +91,7 @@ async def test_a_follower_back_below_the_high_watermark_leaves_the_isr_and_is_no
         s = state_of(c.url(leader))
         return s if s and follower not in s["isr"] else None
 
-    await poll(lambda: asyncio.to_thread(isr_without_follower), timeout=20)
+    await poll(lambda: asyncio.to_thread(isr_without_follower), timeout=45)  # the restart and its first fetch
     assert "below the high watermark" in c.tail(leader, 100)
     c.kill(leader)  # only the replica that has everything may take over
 
