@@ -33,7 +33,7 @@ from shoal.broker.coordinator import GroupCoordinator
 from shoal.broker.replication.group_offsets import GroupOffsets
 from shoal.broker.replication.leadership import Leadership
 from shoal.broker.replication.membership import Membership
-from shoal.broker.replication.offsets_topic import OFFSETS_TOPIC, offsets_topic_config
+from shoal.router.internal_topics import OFFSETS_TOPIC, offsets_topic_config
 from shoal.broker.replication.replicas import ReplicaManager
 from shoal.client.membership import partition_map
 from shoal.broker.storage import LogConfig, LogManager, PartitionLog

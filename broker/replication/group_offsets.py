@@ -39,9 +39,9 @@ from shoal.broker.coordinator import GroupCoordinator
 from shoal.client.errors import BrokerUnavailable, LeaderNotAvailable, NotOwner, ShoalError
 from shoal.client.structs import OffsetAndMetadata, TopicPartition
 
-from .offsets_topic import (
-    COMMIT, DELETE, FIRST, OFFSETS_TOPIC, PARTITIONS, SNAPSHOT, OffsetsState, encode, offsets_topic_config, partition_for, records,
-)
+from shoal.router.internal_topics import OFFSETS_TOPIC, PARTITIONS, offsets_topic_config
+
+from .offsets_topic import COMMIT, DELETE, FIRST, SNAPSHOT, OffsetsState, encode, partition_for, records
 
 if TYPE_CHECKING:
     from shoal.broker.broker import Broker

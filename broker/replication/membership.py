@@ -28,7 +28,7 @@ from shoal.router.metadata.partition import PartitionState
 from shoal.router.metadata.store import MetadataStore, StaleTopology
 from shoal.router.topology import Topology
 
-from .offsets_topic import with_offsets_topic
+from shoal.router.internal_topics import with_offsets_topic
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,9 @@ any partition survives: its records are written with ``acks=all`` through the no
 write path, copied by followers, fenced by leader epochs, truncated like any log. The
 leader of partition ``partition_for(group)`` is the group's coordinator.
 
-The topic is created in etcd beside the declared topics (``with_offsets_topic``) but is
-not part of the declared topology: ``GET /v1/cluster`` and ``shoal topology`` do not
-show it, and produce requests to it are refused (it is no declared topic).
+The topic's shape and placement (``with_offsets_topic``) are in
+``router/internal_topics.py``: it is created in etcd beside the declared topics but is
+not part of the declared topology, and produce requests to it are refused.
 
 Each batch holds one record; its key says what it is, its value is msgpack:
 
@@ -31,47 +31,12 @@ import msgpack
 
 from shoal.client.partitioner import partition_for_key
 from shoal.client.records import decode_records, encode_batch, iter_frames
+from shoal.broker.storage.offsets import apply_commit, apply_delete
 from shoal.client.structs import OffsetAndMetadata, TopicPartition
-from shoal.router.topology import TopicConfig, Topology
-
-OFFSETS_TOPIC = "__consumer_offsets"
-PARTITIONS = 8  # fixed for good: a group's partition is its hash modulo this (Kafka: offsets.topic.num.partitions)
-MAX_FACTOR = 3
-MAX_SEGMENT_BYTES = 16 * 1024 * 1024
+from shoal.router.internal_topics import PARTITIONS
 
 COMMIT, DELETE, SNAPSHOT, FIRST = b"c", b"d", b"s", b"f"
 _READ_BYTES = 1 << 20
-
-
-def offsets_topic_config(topology: Topology) -> TopicConfig:
-    """``min(3, brokers)`` replicas, ``min_insync_replicas`` of the defaults (at most the
-    factor), never an unclean election, no retention (snapshots bound it instead)."""
-    factor = min(MAX_FACTOR, len(topology.brokers))
-    d = topology.defaults
-    return TopicConfig(
-        partitions=PARTITIONS,
-        flush=d.flush,
-        flush_interval_ms=d.flush_interval_ms,
-        segment_bytes=min(d.segment_bytes, MAX_SEGMENT_BYTES),
-        retention_ms=None,
-        retention_bytes=None,
-        replication_factor=factor,
-        min_insync_replicas=min(d.min_insync_replicas, factor),
-        unclean_leader_election=False,
-    )
-
-
-def with_offsets_topic(topology: Topology) -> Topology:
-    """``topology`` plus the offsets topic, when replicated (what etcd and the replicas work from)."""
-    return placed_topics(topology) if topology.replicated else topology
-
-
-def placed_topics(topology: Topology) -> Topology:
-    """``topology`` plus the offsets topic, whatever its ``metadata``: what reassignment
-    places (the topology in etcd has no ``metadata:`` section, but its cluster is replicated)."""
-    if OFFSETS_TOPIC in topology.topics:
-        return topology
-    return dataclasses.replace(topology, topics={**topology.topics, OFFSETS_TOPIC: offsets_topic_config(topology)})
 
 
 def partition_for(group: str) -> int:
@@ -117,22 +82,14 @@ class OffsetsState:
     def apply(self, key: bytes, value, size: int) -> None:
         if key == COMMIT:
             group, generation, entries = value
-            offsets = self.groups.setdefault(group, {})
-            for topic, partition, offset, metadata in entries:
-                offsets[TopicPartition(topic, partition)] = OffsetAndMetadata(offset, metadata)
+            apply_commit(self.groups, group, entries)
             self.generations[group] = max(generation or 0, self.generations.get(group, 0))
             self.since_snapshot += size
         elif key == DELETE:
             group, parts = value
+            apply_delete(self.groups, group, parts)
             if parts is None:
-                self.groups.pop(group, None)
                 self.generations.pop(group, None)
-            else:
-                offsets = self.groups.get(group, {})
-                for topic, partition in parts:
-                    offsets.pop(TopicPartition(topic, partition), None)
-                if not offsets:
-                    self.groups.pop(group, None)
             self.since_snapshot += size
         elif key == FIRST:
             self.since_snapshot += size

@@ -53,6 +53,30 @@ def _write_error(exc: OSError) -> Exception:
     return InternalError(f"cannot write committed offsets: {exc.strerror}")
 
 
+GroupOffsets = dict[str, dict[TopicPartition, OffsetAndMetadata]]
+
+
+def apply_commit(groups: GroupOffsets, group: str, entries: Iterable) -> None:
+    """Record ``[[topic, partition, offset, metadata], ...]`` as ``group``'s committed offsets
+    (this store's log and the replicated ``__consumer_offsets`` replay the same way)."""
+    offsets = groups.setdefault(group, {})
+    for topic, partition, offset, metadata in entries:
+        offsets[TopicPartition(topic, partition)] = OffsetAndMetadata(offset, metadata)
+
+
+def apply_delete(groups: GroupOffsets, group: str, parts: Iterable | None) -> None:
+    """Forget ``group``'s offsets of ``[[topic, partition], ...]`` (None: all of them); a group
+    left without offsets goes."""
+    if parts is None:
+        groups.pop(group, None)
+        return
+    offsets = groups.get(group, {})
+    for topic, partition in parts:
+        offsets.pop(TopicPartition(topic, partition), None)
+    if not offsets:
+        groups.pop(group, None)
+
+
 @dataclass(eq=False)
 class _Pending:
     record: list
@@ -189,17 +213,9 @@ class OffsetStore:
     def _apply(self, record: list) -> None:
         kind, group, entries = record
         if kind == "c":
-            offsets = self._groups.setdefault(group, {})
-            for topic, partition, offset, metadata in entries:
-                offsets[TopicPartition(topic, partition)] = OffsetAndMetadata(offset, metadata)
-        elif entries is None:
-            self._groups.pop(group, None)
+            apply_commit(self._groups, group, entries)
         else:
-            offsets = self._groups.get(group, {})
-            for topic, partition in entries:
-                offsets.pop(TopicPartition(topic, partition), None)
-            if not offsets:
-                self._groups.pop(group, None)
+            apply_delete(self._groups, group, entries)
 
     async def _write_loop(self) -> None:
         while True:

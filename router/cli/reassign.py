@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from shoal.broker.replication.offsets_topic import placed_topics
+from shoal.router.internal_topics import placed_topics
 from shoal.client.errors import ShoalError
 from shoal.client.structs import TopicPartition
 from shoal.router.cli.base import Options, action, global_options

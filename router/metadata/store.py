@@ -30,7 +30,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 
-from shoal.broker.replication.offsets_topic import placed_topics
+from shoal.router.internal_topics import placed_topics
 from shoal.client.structs import TopicPartition
 from shoal.router.metadata.etcd import EtcdClient, WatchEvent, mod_revision_is, put_op, range_op
 from shoal.router.metadata.partition import (

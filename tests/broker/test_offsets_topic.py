@@ -3,9 +3,8 @@ came before, so replaying from the latest snapshot gives what replaying everythi
 
 from __future__ import annotations
 
-from shoal.broker.replication.offsets_topic import (
-    COMMIT, DELETE, SNAPSHOT, OffsetsState, offsets_topic_config, partition_for, with_offsets_topic,
-)
+from shoal.broker.replication.offsets_topic import COMMIT, DELETE, SNAPSHOT, OffsetsState, partition_for
+from shoal.router.internal_topics import offsets_topic_config, with_offsets_topic
 from shoal.client.structs import OffsetAndMetadata, TopicPartition
 from shoal.router.topology import parse_topology
 

@@ -12,7 +12,8 @@ import time
 import msgpack
 import pytest
 
-from shoal.broker.replication.offsets_topic import OFFSETS_TOPIC, partition_for
+from shoal.broker.replication.offsets_topic import partition_for
+from shoal.router.internal_topics import OFFSETS_TOPIC
 from shoal.client import AsyncConsumer, AsyncProducer
 from shoal.client.records import decode_records, iter_frames
 from shoal.client.structs import TopicPartition

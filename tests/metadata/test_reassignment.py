@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shoal.broker.replication.offsets_topic import OFFSETS_TOPIC, partition_for
+from shoal.broker.replication.offsets_topic import partition_for
+from shoal.router.internal_topics import OFFSETS_TOPIC
 from shoal.client import AsyncConsumer, AsyncProducer
 from shoal.client.errors import ShoalError
 from shoal.client.records import iter_frames
