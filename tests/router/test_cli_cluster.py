@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -179,6 +181,48 @@ def test_a_killed_broker_is_restarted_while_the_others_keep_serving(tmp_path, up
     assert "stopped 3 brokers" in err and "Traceback" not in err
 
 
+@contextlib.contextmanager
+def port_thief(port: int):
+    """Hold a dead broker's port so that its restarts fail with "address already in use".
+
+    A plain bind would fail while the dead broker's connections linger (FIN_WAIT2,
+    TIME_WAIT); a listener with SO_REUSEADDR binds past them and still keeps the broker
+    out. Every connection it gets is reset at once, so the port looks as dead as a
+    refused one."""
+    thief = socket.socket()
+    thief.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # The kernel lets go of a killed process's listener a moment after the process is a
+    # zombie (up to 10 ms seen), and the supervisor's first restart comes 1 s after death.
+    deadline = time.monotonic() + 0.5
+    while True:
+        try:
+            thief.bind(("127.0.0.1", port))
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+    thief.listen()
+
+    def reset_all() -> None:
+        while True:
+            try:
+                conn, _ = thief.accept()
+            except OSError:  # the listener was closed
+                return
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+    resetter = threading.Thread(target=reset_all, daemon=True)
+    resetter.start()
+    try:
+        yield
+    finally:
+        thief.shutdown(socket.SHUT_RDWR)
+        thief.close()
+        resetter.join(5)
+
+
 def test_a_broker_that_cannot_start_is_retried_with_growing_delays(tmp_path, up):
     """A crash loop does not spin: while its port is taken, broker 2 is tried again after
     1s, 2s, 4s; brokers 1 and 3 serve meanwhile, and broker 2 comes back once it can."""
@@ -186,10 +230,9 @@ def test_a_broker_that_cannot_start_is_retried_with_growing_delays(tmp_path, up)
     url = config["brokers"][1]["url"]
     cluster = up("-o", "json")
     rows = cluster.wait_ready(3)
-    with socket.socket() as thief:
-        os.kill(rows[1]["pid"], signal.SIGKILL)
-        assert gone(rows[1]["pid"])
-        thief.bind(("127.0.0.1", int(url.rsplit(":", 1)[1])))  # bound, not listening: connections are refused
+    os.kill(rows[1]["pid"], signal.SIGKILL)
+    assert gone(rows[1]["pid"])
+    with port_thief(int(url.rsplit(":", 1)[1])):
         for delay in ("2s", "4s"):
             line = cluster.wait_for_line("restarting it in " + delay)
             assert line.startswith("broker 2 exited with code 1; see data/broker-2.log: unable to start broker 2: ")
