@@ -139,8 +139,9 @@ class AsyncConsumer:
             without a rebalance, and ``close()`` does not leave the group.
         assignor: with ``subscribe()``: "sticky" (default), "range" or "roundrobin".
         pause_gc: pause the process-wide cyclic garbage collector while msgpack decodes
-            a fetched frame and while ``getmany()`` builds a partition's ``Record`` list
-            (spans of C code, see ``gc_pause``): faster consuming, for an application
+            a fetched frame and, where ``client/_records.c`` was not compiled, while
+            ``getmany()`` builds a partition's ``Record`` list (spans of C code, see
+            ``gc_pause``): faster consuming, for an application
             that lets the client touch that global switch (default False: the
             collector is left alone).
     """

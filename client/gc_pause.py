@@ -3,9 +3,10 @@
 A ``Record``, like any tuple subclass, stays tracked by CPython's cyclic collector for
 its whole life, so building a batch of thousands (``getmany()``) sets off a young
 collection every 700 of them and moves them all towards the oldest generation, whose
-full collections then cost more CPU than the records themselves. The collector is
-process-wide state that belongs to the application, so the client pauses it only when
-asked to.
+full collections then cost more CPU than the records themselves (``client/_records.c``
+avoids that where it was compiled; decoding a frame still makes a tuple per record).
+The collector is process-wide state that belongs to the application, so the client
+pauses it only when asked to.
 """
 
 from __future__ import annotations

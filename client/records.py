@@ -57,6 +57,11 @@ from .errors import BatchTooLarge, CorruptBatch, CorruptRecordError
 from .gc_pause import gc_paused
 from .structs import Record
 
+try:
+    from ._records import build_records as _compiled_build_records
+except ImportError:  # built without a C compiler: build_records_python below
+    _compiled_build_records = None
+
 MAGIC = 3
 OLD_MAGIC = 1  # frames without a leader epoch: refused with a clear message
 HEADER = struct.Struct(">qIiBIBIqqqi")
@@ -380,6 +385,29 @@ def _checked_headers(headers, header: FrameHeader) -> dict:
     return headers
 
 
+def _iter_records(cls, topic, partition, offsets, keys, values, timestamps, headers, start, stop) -> Iterator:
+    n = stop - start
+    if start or stop != len(offsets):
+        offsets, keys, values = offsets[start:stop], keys[start:stop], values[start:stop]
+        timestamps, headers = timestamps[start:stop], headers[start:stop]
+    return map(
+        _new_tuple,
+        repeat(cls, n),
+        zip(repeat(topic, n), repeat(partition, n), offsets, keys, values, timestamps, map(_copy_dict, headers)),
+    )
+
+
+def build_records_python(cls, topic, partition, offsets, keys, values, timestamps, headers, start, stop) -> list:
+    """Rows ``[start, stop)`` of the columns as ``cls`` tuples (each with a copy of its
+    headers): what ``_records.build_records`` gives, except that CPython's collector
+    tracks these (see ``client/_records.c``)."""
+    return list(_iter_records(cls, topic, partition, offsets, keys, values, timestamps, headers, start, stop))
+
+
+# What getmany() builds its lists with (the tests run both).
+build_records = _compiled_build_records or build_records_python
+
+
 class RecordBatch(Sequence[Record]):
     """Consumed records of one partition, in offset order, made into ``Record``s only when read.
 
@@ -413,30 +441,23 @@ class RecordBatch(Sequence[Record]):
             return column
         return column[self._start : self._stop]
 
-    def __iter__(self) -> Iterator[Record]:
+    def _rows(self) -> tuple:
         c = self._cols
-        n = self._stop - self._start
-        return map(
-            _new_tuple,
-            repeat(Record, n),
-            zip(
-                repeat(self.topic, n),
-                repeat(self.partition, n),
-                self._column(c.offsets),
-                self._column(c.keys),
-                self._column(c.values),
-                self._column(c.timestamps),
-                map(_copy_dict, self._column(c.headers)),
-            ),
-        )
+        return (Record, self.topic, self.partition, c.offsets, c.keys, c.values, c.timestamps, c.headers,
+                self._start, self._stop)  # fmt: skip
+
+    def __iter__(self) -> Iterator[Record]:
+        return _iter_records(*self._rows())
 
     def tolist(self, *, pause_gc: bool = False) -> list[Record]:
-        """Every record as a list: ``list(batch)``; ``pause_gc``: with the cyclic garbage
-        collector paused meanwhile (see ``gc_pause``)."""
-        if pause_gc:
+        """Every record as a list, equal to ``list(batch)``, built in C where
+        ``client/_records.c`` was compiled, and then out of the cyclic collector's
+        sight. ``pause_gc``: for the pure-Python fallback, with the collector paused
+        meanwhile (see ``gc_pause``)."""
+        if pause_gc and build_records is build_records_python:
             with gc_paused():
-                return list(self)
-        return list(self)
+                return build_records(*self._rows())
+        return build_records(*self._rows())
 
     @overload
     def __getitem__(self, i: int) -> Record: ...

@@ -7,9 +7,11 @@ import gc
 import msgpack
 import pytest
 
+from shoal.client import records
 from shoal.client.errors import CorruptRecordError
 from shoal.client.records import (
     RecordBatch,
+    build_records_python,
     decode_batch,
     decode_fetch,
     decode_records,
@@ -20,6 +22,18 @@ from shoal.client.records import (
 from shoal.client.structs import Record
 
 T0 = 1_700_000_000_000
+
+
+@pytest.fixture(autouse=True, params=["python", "compiled"])
+def build_records(request, monkeypatch):
+    """Every test runs with getmany()'s lists built in Python and in C (client/_records.c)."""
+    if request.param == "python":
+        monkeypatch.setattr(records, "build_records", build_records_python)
+    elif records._compiled_build_records is None:
+        pytest.fail("client/_records.c was not built: pip install -e . needs a C compiler")
+    else:
+        assert records.build_records is records._compiled_build_records  # what getmany() uses
+    return records.build_records
 
 
 def body_of(*batches: list[tuple], start: int = 0) -> bytes:
@@ -131,6 +145,56 @@ def test_tolist_equals_list_and_leaves_the_collector_as_it_was():
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_both_builders_give_equal_records_of_their_own(build_records):
+    """Slices of every shape, tombstones, keys, headers: the same Records either way, each
+    with a headers dict of its own."""
+    offsets = list(range(100, 160))
+    keys = [None if i % 3 else b"k%d" % i for i in range(60)]
+    values = [None if i % 7 == 0 else bytes(i) for i in range(60)]
+    stamps = [T0 + i for i in range(60)]
+    shared = {"h": b"x"}
+    headers = [shared if i % 2 else {} for i in range(60)]
+    columns = (offsets, keys, values, stamps, headers)
+    for start, stop in [(0, 60), (0, 0), (10, 11), (59, 60), (5, 45)]:
+        got = build_records(Record, "t", 3, *columns, start, stop)
+        assert got == build_records_python(Record, "t", 3, *columns, start, stop)
+        assert got == [Record("t", 3, *row) for row in zip(*columns)][start:stop]
+        assert all(type(r) is Record for r in got)
+    got = build_records(Record, "t", 3, *columns, 0, 60)
+    got[1].headers["h"] = b"changed"
+    assert shared == {"h": b"x"} and got[3].headers == {"h": b"x"}
+
+
+def test_compiled_records_of_atomic_fields_are_out_of_the_collectors_sight(build_records):
+    """What makes getmany() cheap: records holding only str, int, bytes, None and headers of
+    bytes are untracked (as CPython untracks such plain tuples); one whose headers hold a
+    container stays tracked, so a cycle through it is still collected."""
+    compiled = records._compiled_build_records
+    plain, with_bytes, with_list = compiled(
+        Record, "t", 0, [0, 1, 2], [None, b"k", b"k"], [b"v", None, b"v"], [T0] * 3,
+        [{}, {"h": b"x"}, {"h": [b"x"]}], 0, 3,
+    )  # fmt: skip
+    assert not gc.is_tracked(plain) and not gc.is_tracked(with_bytes)
+    assert gc.is_tracked(with_list)
+    assert all(gc.is_tracked(r) for r in build_records_python(Record, "t", 0, [0], [None], [b"v"], [T0], [{}], 0, 1))
+    batch, _ = decode_batch("t", 3, BODY, min_offset=10)
+    tracked = set(map(gc.is_tracked, batch.tolist()))
+    assert tracked == ({True} if build_records is build_records_python else {False})
+
+
+@pytest.mark.parametrize("args, error", [
+    ((Record, "t", 0, [0], [None], [b"v"], [T0], [{}], 0, 2), ValueError),    # stop past the columns
+    ((Record, "t", 0, [0], [None], [b"v"], [T0], [{}], 1, 0), ValueError),    # stop before start
+    ((Record, "t", 0, (0,), [None], [b"v"], [T0], [{}], 0, 1), ValueError),   # a column that is not a list
+    ((Record, "t", 0, [0], [None], [b"v"], [T0], [None], 0, 1), TypeError),   # headers that are not dicts
+    ((dict, "t", 0, [0], [None], [b"v"], [T0], [{}], 0, 1), TypeError),       # not a tuple type
+    ((Record, "t", 0, [0], [None], [b"v"], [T0], [{}], 0), TypeError),        # an argument short
+])  # fmt: skip
+def test_the_compiled_builder_refuses_what_it_cannot_build(args, error):
+    with pytest.raises(error):
+        records._compiled_build_records(*args)
 
 
 def test_large_batch_round_trip():
