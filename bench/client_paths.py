@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
+import json
 import os
 import time
 from operator import attrgetter
+from pathlib import Path
 from timeit import timeit
 
 from shoal.client.consumer import AsyncConsumer
@@ -95,7 +98,7 @@ async def consume(url: str, topic: str, records: int, pause_gc: bool) -> tuple[f
     """Records/s of ``getmany()`` reading ``records`` records, the value of each
     ``Record`` read (in C, as ``shoal bench consume --records-api`` does), and this
     process's CPU seconds meanwhile."""
-    async with AsyncConsumer(topic, bootstrap=url, pause_gc=pause_gc) as consumer:
+    async with AsyncConsumer(topic, bootstrap=url, **({"pause_gc": True} if pause_gc else {})) as consumer:
         await consumer.start()
         got = 0
         start, cpu = time.perf_counter(), time.process_time()
@@ -134,7 +137,8 @@ def measure(records: int, runs: int, echo: bool = False) -> dict:
         for name, linger, keyed in cases:
             for run in range(runs):
                 report(name, run, *_run(produce(broker.url, "paths", records, linger, keyed)))
-        for pause_gc in (False, True):
+        # A revision measured with --json (bench.before) may predate the option.
+        for pause_gc in (False, True) if "pause_gc" in inspect.signature(AsyncConsumer).parameters else (False,):
             name = f"getmany(){', pause_gc' if pause_gc else ''}, every Record read"
             for run in range(runs):
                 report(name, run, *_run(consume(broker.url, "paths", records, pause_gc)))
@@ -145,8 +149,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write the measurements to this file")
     args = parser.parse_args(argv)
-    measure(args.records, args.runs, echo=True)
+    out = measure(args.records, args.runs, echo=True)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

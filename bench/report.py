@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -83,6 +84,7 @@ def markdown(doc: dict) -> str:
         lines += ["", "redis-benchmark XADD (C client, the server's ceiling): " + "; ".join(
             f"{label} (pipeline {r.get('pipeline')}) {_fmt(r.get('records_per_s'))} rec/s" for label, r in rb.items())]  # fmt: skip
     lines += _client_paths(doc.get("client_paths"))
+    lines += _before_after(doc.get("client_paths_before"), doc.get("client_paths"))
     lines += _replicated(doc.get("replicated") or {})
     res = doc.get("resources", {})
     part = res.get("partitions") or {}
@@ -111,6 +113,33 @@ def _client_paths(cp: dict | None) -> list[str]:
     lines += ["", "| path | run | records/s | client CPU µs/record | x floor (await) | load |", "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['path']} | {r['run']} | {r['records_per_s']:,} | {r['cpu_us_per_record']:.2f} | {r['x_floor']:.1f} | "
               f"{r['load']:.1f} |" for r in cp["paths"]]  # fmt: skip
+    return lines
+
+
+def _medians(cp: dict) -> dict[str, tuple[float, float]]:
+    """``{path: (median records/s, median client CPU µs/record)}`` over its runs."""
+    by_path: dict[str, list[dict]] = {}
+    for row in cp.get("paths") or []:
+        by_path.setdefault(row["path"], []).append(row)
+    return {path: (statistics.median(r["records_per_s"] for r in rows), statistics.median(r["cpu_us_per_record"] for r in rows))
+            for path, rows in by_path.items()}  # fmt: skip
+
+
+def _before_after(before: dict | None, after: dict | None) -> list[str]:
+    if not before or not after:
+        return []
+    if "error" in before:
+        return ["", f"Client paths of {before['revision']}: {before['error']}"]
+    old, new = _medians(before), _medians(after)
+    lines = ["", f"Before: {before['revision']} ({before['commit'][:12]}), await floor "
+             f"{before['floor_ns']['await trivial coroutine']:.1f} ns; after: this revision, "
+             f"{after['floor_ns']['await trivial coroutine']:.1f} ns (medians of the runs).", "",
+             "| path | records/s before | after | x | client CPU µs/record before | after |",
+             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for path, (rate, cpu) in new.items():
+        was_rate, was_cpu = old.get(path, (None, None))
+        speedup = f"{rate / was_rate:.2f}x" if was_rate else "-"
+        lines.append(f"| {path} | {_fmt(was_rate)} | {_fmt(rate)} | {speedup} | {_fmt(was_cpu)} | {_fmt(cpu)} |")
     return lines
 
 

@@ -76,6 +76,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--partitions", type=int, help="partitions on one broker for the resource run (default 10,000)")
     p.add_argument("--client-path-runs", type=int,
                    help="runs of each per-record client path against the interpreter's floor; 0 skips them (default 1)")  # fmt: skip
+    p.add_argument("--client-paths-before", metavar="REV",
+                   help="also time the client paths of git revision REV (its own tree and venv, this harness), "
+                        "for a before/after table")  # fmt: skip
     p.add_argument("--replicated-partitions", type=int,
                    help="partitions at factor 3 on three brokers for the resource run; 0 skips it (default 10,000)")  # fmt: skip
     p.add_argument("--replicated-records", type=int,
@@ -363,6 +366,15 @@ def main(argv: list[str] | None = None) -> int:
         from .client_paths import measure
 
         client_paths = measure(args.records, args.client_path_runs, echo=True)
+    client_paths_before = None
+    if args.client_path_runs and args.client_paths_before:
+        from . import before
+
+        try:
+            client_paths_before = before.measure(args.client_paths_before, args.records, args.client_path_runs)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            log.error("could not time the client paths of %s: %s", args.client_paths_before, exc)
+            client_paths_before = {"revision": args.client_paths_before, "error": str(exc)}
     systems = run_comparison(args, binaries)
     replicated = run_replicated(args)
     resources = run_resources(args)
@@ -401,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         "skipped": skipped,
         "ratios": report.ratios(systems),
         "client_paths": client_paths,
+        "client_paths_before": client_paths_before,
         "replicated": replicated,
         "resources": resources,
     }

@@ -5,6 +5,7 @@
 # itself apt-get installs redis-server and nats-server when it runs as root.
 #   bench/run.sh              the full run (about 4 minutes, 5 GB restart log)
 #   bench/run.sh --quick      the 15-second smoke run
+#   bench/run.sh --client-paths-before REV   also time REV's client paths (before/after)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

@@ -121,6 +121,22 @@ def test_every_server_is_stopped_and_its_temp_dir_removed(bench_run):
 # --- the statistics and pacing every system is measured with -------------------------
 
 
+def test_before_after_table_compares_the_median_run_of_each_path():
+    from bench.report import _before_after
+
+    def paths(*rows):
+        return {"floor_ns": {"await trivial coroutine": 70.0},
+                "paths": [{"path": p, "records_per_s": r, "cpu_us_per_record": c} for p, r, c in rows]}  # fmt: skip
+
+    before = {"revision": "v0", "commit": "0123456789abcdef", **paths(("send()", 100, 4.0), ("send()", 300, 2.0),
+                                                                       ("send()", 200, 3.0))}  # fmt: skip
+    after = paths(("send()", 500, 1.0), ("getmany()", 900, 0.5))
+    table = _before_after(before, after)
+    assert "| send() | 200 | 500 | 2.50x | 3.00 | 1.00 |" in table
+    assert "| getmany() | - | 900 | - | - | 0.50 |" in table  # a path the earlier revision lacked
+    assert _before_after({"revision": "v0", "error": "no such revision"}, after)[-1] == "Client paths of v0: no such revision"
+
+
 def test_percentile_is_nearest_rank():
     from shoal.router.cli.bench_driver import percentile
 
