@@ -1,10 +1,10 @@
 """``AsyncConsumer``: long-poll fetches per partition, positions in memory, commits to owners.
 
 The consumer keeps no state in the brokers beyond committed offsets: every fetch names
-its offset. Each assigned partition has one fetcher task that asks the partition's owner
-for the records at its fetch offset (a long-poll of ``fetch_max_wait_ms``) and keeps one
-answer buffered while the next is in flight, so records are decoded and waiting when the
-application asks. A partition's position is the offset of the next record the
+its offset. Each assigned partition has one fetch loop (``fetcher``) that asks the
+partition's owner for the records at its fetch offset (a long-poll of
+``fetch_max_wait_ms``) and keeps one answer buffered while the next is in flight, so
+records are decoded and waiting when the application asks. A partition's position is the offset of the next record the
 application will get: the first unread buffered record, else the fetch offset.
 
 Where a partition starts: the group's committed offset, read from the partition's owner
@@ -26,73 +26,23 @@ import inspect
 import logging
 import ssl
 import warnings
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-from .cluster import Bootstrap, Cluster, backoff_seconds
-from .errors import (
-    ConsumerClosedError,
-    NoOffsetForPartitionError,
-    OffsetOutOfRange,
-    ShoalError,
-    IllegalGeneration,
-    Throttled,
-    UnknownPartition,
-)
+from .cluster import Bootstrap, Cluster
+from .errors import ConsumerClosedError, IllegalGeneration, ShoalError
+from .fetcher import Fetcher, PartitionFetch, stop
 from .http import BrokerClient
 from .membership import GroupMembership
 from .names import check_name
-from .records import RecordBatch, decode_batch
+from .records import RecordBatch
 from .structs import OffsetAndMetadata, Record, TopicPartition
 
 __all__ = ["AsyncConsumer"]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 _RESETS = ("earliest", "latest", "none")
-
-
-class _Partition:
-    """Fetch state of one assigned partition; owned by its fetcher task."""
-
-    __slots__ = ("tp", "fetch_offset", "records", "index", "error", "task", "drained", "started")
-
-    def __init__(self, tp: TopicPartition, fetch_offset: int | None):
-        self.tp = tp
-        self.fetch_offset = fetch_offset
-        self.records: RecordBatch | None = None  # the last fetch's, from ``index`` on not yet taken
-        self.index = 0
-        self.error: BaseException | None = None
-        self.task: asyncio.Task | None = None
-        self.drained = asyncio.Event()
-        self.drained.set()
-        self.started: asyncio.Future = asyncio.get_running_loop().create_future()
-        if fetch_offset is not None:
-            self.started.set_result(None)
-
-    @property
-    def buffered(self) -> int:
-        return len(self.records) - self.index if self.records is not None else 0
-
-    @property
-    def position(self) -> int | None:
-        if self.records is not None:
-            return self.records.offsets[self.index]
-        return self.fetch_offset
-
-    def take(self, limit: int | None) -> RecordBatch:
-        """The next ``limit`` buffered records (all by default); call only when some are buffered."""
-        records = self.records
-        start = self.index
-        end = len(records) if limit is None else min(len(records), start + limit)
-        chunk = records[start:end] if start or end < len(records) else records
-        self.index = end
-        if end == len(records):
-            self.records = None
-            self.index = 0
-            self.drained.set()
-        return chunk
 
 
 class AsyncConsumer:
@@ -187,13 +137,7 @@ class AsyncConsumer:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         self._topics = tuple(dict.fromkeys(topics))
         self._group = group
-        self._reset = auto_offset_reset
-        self._fetch_max_bytes = fetch_max_bytes
-        self._fetch_max_wait_ms = fetch_max_wait_ms
-        self._max_fetches = max_fetches_per_broker
         self._auto_commit = auto_commit_interval_ms / 1000 if enable_auto_commit else None
-        self._request_timeout = request_timeout_ms / 1000
-        self._backoff = (retry_backoff_ms, retry_backoff_max_ms)
         self._http = BrokerClient(request_timeout_ms=request_timeout_ms, token=token, ssl_context=ssl_context)
         self._cluster = Cluster(bootstrap, self._http, min_refresh_ms=retry_backoff_ms)
         self._group_config = {
@@ -207,15 +151,20 @@ class AsyncConsumer:
         self._membership: GroupMembership | None = None
         self._listener: Any = None
         self._wanted: list[TopicPartition] = []
-        self._parts: dict[TopicPartition, _Partition] = {}
-        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._parts: dict[TopicPartition, PartitionFetch] = {}
         self._data = asyncio.Event()
-        self._current: _Partition | None = None
+        self._committed: dict[TopicPartition, int] = {}
+        self._fetcher = Fetcher(
+            self._http, self._cluster, group=group, committed=self._committed, data=self._data,
+            auto_offset_reset=auto_offset_reset, fetch_max_bytes=fetch_max_bytes, fetch_max_wait_ms=fetch_max_wait_ms,
+            max_fetches_per_broker=max_fetches_per_broker, request_timeout_ms=request_timeout_ms,
+            retry_backoff_ms=retry_backoff_ms, retry_backoff_max_ms=retry_backoff_max_ms, pause_gc=pause_gc,
+        )  # fmt: skip
+        self._current: PartitionFetch | None = None
         self._turn = 0  # where in the assignment the next read starts looking (see _rotated)
         # Partition -> its position before the latest read took records from it: those
         # records are the application's, maybe not processed yet (see _consumed).
-        self._handed: dict[_Partition, int] = {}
-        self._committed: dict[TopicPartition, int] = {}
+        self._handed: dict[PartitionFetch, int] = {}
         self._committer: asyncio.Task | None = None
         self._starting: asyncio.Future | None = None
         self._started = False
@@ -364,15 +313,15 @@ class AsyncConsumer:
     def _sync_fetchers(self) -> None:
         wanted = set(self._wanted)
         for tp in [tp for tp in self._parts if tp not in wanted]:
-            _stop(self._parts.pop(tp))
+            stop(self._parts.pop(tp))
             self._committed.pop(tp, None)
         for tp in self._wanted:
             if tp not in self._parts:
-                self._start_fetcher(_Partition(tp, None))
+                self._start_fetcher(PartitionFetch(tp, None))
 
-    def _start_fetcher(self, part: _Partition) -> None:
+    def _start_fetcher(self, part: PartitionFetch) -> None:
         self._parts[part.tp] = part
-        part.task = asyncio.get_running_loop().create_task(self._fetch_loop(part), name=f"shoal-fetch-{part.tp}")
+        self._fetcher.start(part)
 
     async def __aenter__(self) -> "AsyncConsumer":
         await self.start()
@@ -400,7 +349,7 @@ class AsyncConsumer:
                     log.warning("final auto-commit of group %s failed: %s", self._group, exc)
             if self._membership is not None:
                 await self._membership.stop()
-            await asyncio.gather(*(_stop(p) for p in self._parts.values()), return_exceptions=True)
+            await asyncio.gather(*(stop(p) for p in self._parts.values()), return_exceptions=True)
         finally:
             self._parts.clear()
             self._data.set()
@@ -501,7 +450,7 @@ class AsyncConsumer:
         if self._closed:
             raise ConsumerClosedError("the consumer is closed")
 
-    def _select(self, partitions: tuple[TopicPartition, ...]) -> list[_Partition]:
+    def _select(self, partitions: tuple[TopicPartition, ...]) -> list[PartitionFetch]:
         """The partitions to read from, raising the first stored error among them."""
         if partitions:
             parts = []
@@ -517,14 +466,14 @@ class AsyncConsumer:
                 raise part.error
         return parts
 
-    def _new_read(self) -> dict[_Partition, int]:
+    def _new_read(self) -> dict[PartitionFetch, int]:
         """A read began: the application is done with what earlier reads returned."""
         handed = self._handed
         if handed:
             handed.clear()
         return handed
 
-    def _consumed(self, part: _Partition) -> int | None:
+    def _consumed(self, part: PartitionFetch) -> int | None:
         """``part``'s position as of the latest read's start: what auto-commit may commit.
 
         The records the latest read returned may still be in the application's hands;
@@ -533,7 +482,7 @@ class AsyncConsumer:
         """
         return self._handed.get(part, part.position)
 
-    def _rotated(self, parts: list[_Partition]) -> list[_Partition]:
+    def _rotated(self, parts: list[PartitionFetch]) -> list[PartitionFetch]:
         """``parts`` from the ``_turn``-th on, then the rest: a read that took records
         moves ``_turn`` past the last partition it took from, so the next read starts
         with the one after it and a ``max_records`` limit starves no partition."""
@@ -557,129 +506,9 @@ class AsyncConsumer:
             raise ConsumerClosedError("the consumer is closed")
         return True
 
-    # --- fetching ------------------------------------------------------------------
-
-    async def _fetch_loop(self, part: _Partition) -> None:
-        tp = part.tp
-        attempt = 0
-        out_of_range: OffsetOutOfRange | None = None
-        while True:
-            try:
-                if part.fetch_offset is None:
-                    part.fetch_offset = await self._starting_offset(tp)
-                    part.started.set_result(None)
-                    log.debug("%s starts at offset %d", tp, part.fetch_offset)
-                if out_of_range is not None:
-                    offset = await self._retrying(tp, lambda url: self._reset_offset(url, tp, out_of_range))
-                    log.warning("%s: offset %d out of range; reset to %s offset %d", tp, part.fetch_offset, self._reset, offset)
-                    await part.drained.wait()  # records before the jump are still the application's
-                    part.fetch_offset = offset
-                    out_of_range = None
-                url = await self._owner(tp)
-                slots = self._slots.get(url)
-                if slots is None:
-                    slots = self._slots[url] = asyncio.Semaphore(self._max_fetches)
-                async with slots:
-                    answer = await self._http.fetch(
-                        url, tp.topic, tp.partition, part.fetch_offset,
-                        max_bytes=self._fetch_max_bytes, max_wait_ms=self._fetch_max_wait_ms,
-                    )
-                records, next_offset = decode_batch(
-                    tp.topic, tp.partition, answer.body, min_offset=part.fetch_offset, partial=True,
-                    pause_gc=self._pause_gc,
-                )
-            except OffsetOutOfRange as exc:
-                if self._reset == "none":
-                    self._stop_with(part, exc)
-                    return
-                out_of_range = exc
-                continue
-            except ShoalError as exc:
-                if not exc.retriable:
-                    self._stop_with(part, exc)
-                    return
-                attempt += 1
-                await self._back_off(tp, attempt, exc)
-                continue
-            except Exception as exc:
-                log.exception("fetcher of %s failed", tp)
-                self._stop_with(part, exc)
-                return
-            attempt = 0
-            if records:
-                await part.drained.wait()
-                part.records = records
-                part.index = 0
-                part.drained.clear()
-                self._data.set()
-            part.fetch_offset = next_offset
-
-    def _stop_with(self, part: _Partition, exc: BaseException) -> None:
-        part.error = exc
-        if not part.started.done():
-            part.started.set_exception(exc)
-            part.started.exception()  # retrieved: the application gets it from getmany()
-        self._data.set()
-
-    async def _back_off(self, tp: TopicPartition, attempt: int, exc: ShoalError) -> None:
-        delay = backoff_seconds(attempt, *self._backoff)
-        if isinstance(exc, Throttled):
-            delay = max(delay, exc.retry_after or 0)
-        log.warning("%s: retrying in %.0f ms (attempt %d): %s", tp, delay * 1000, attempt + 1, exc)
-        if exc.refresh_topology:
-            self._cluster.refresh_soon(getattr(exc, "owner_url", None))
-        await asyncio.sleep(delay)
-
-    async def _owner(self, tp: TopicPartition) -> str:
-        meta = self._cluster.metadata
-        url = meta.owner_url(tp.topic, tp.partition)
-        if url is None:
-            await self._cluster.refresh()
-            await self._cluster.check_partition(tp.topic, tp.partition)
-            url = self._cluster.metadata.owner_url(tp.topic, tp.partition)
-            if url is None:
-                raise UnknownPartition(f"no owner known for {tp}", topic=tp.topic, partition=tp.partition)
-        return url
-
-    async def _retrying(self, tp: TopicPartition, call: Callable[[str], Awaitable[T]]) -> T:
-        """``call(owner_url)``, retrying retriable errors for up to ``request_timeout_ms``."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._request_timeout
-        attempt = 0
-        while True:
-            try:
-                return await call(await self._owner(tp))
-            except ShoalError as exc:
-                attempt += 1
-                if not exc.retriable or loop.time() >= deadline:
-                    raise
-                await self._back_off(tp, attempt, exc)
-
-    async def _starting_offset(self, tp: TopicPartition) -> int:
-        if self._group is not None:
-            committed = await self._retrying(
-                tp, lambda url: self._http.committed(url, self._group, tp.topic, tp.partition)
-            )
-            if committed is not None:
-                self._committed[tp] = committed.offset
-                return committed.offset
-        if self._reset == "none":
-            raise NoOffsetForPartitionError(
-                f"{tp}: group {self._group!r} has no committed offset and auto_offset_reset is 'none'",
-                topic=tp.topic, partition=tp.partition,
-            )
-        return await self._retrying(tp, lambda url: self._reset_offset(url, tp, None))
-
-    async def _reset_offset(self, url: str, tp: TopicPartition, exc: OffsetOutOfRange | None) -> int:
-        key = "log_start_offset" if self._reset == "earliest" else "high_watermark"
-        known = getattr(exc, key, None)
-        if isinstance(known, int):
-            return known
-        return (await self._http.offsets(url, tp.topic, tp.partition))[key]
-
     # --- positions and commits -----------------------------------------------------
 
-    def _part(self, tp: TopicPartition | tuple[str, int]) -> _Partition:
+    def _part(self, tp: TopicPartition | tuple[str, int]) -> PartitionFetch:
         part = self._parts.get(TopicPartition(*tp))
         if part is None:
             raise ValueError(f"{tp[0]}/{tp[1]} is not assigned to this consumer")
@@ -700,10 +529,10 @@ class AsyncConsumer:
             raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
         await self._ensure_started()
         old = self._part(tp)
-        await asyncio.gather(_stop(old), return_exceptions=True)
+        await asyncio.gather(stop(old), return_exceptions=True)
         if self._current is old:
             self._current = None
-        self._start_fetcher(_Partition(old.tp, offset))
+        self._start_fetcher(PartitionFetch(old.tp, offset))
 
     async def seek_to_beginning(self, *partitions: TopicPartition) -> None:
         """Seek to the log start offset of each partition (default: all assigned)."""
@@ -717,7 +546,7 @@ class AsyncConsumer:
         await self._ensure_started()
         tps = [self._part(tp).tp for tp in partitions] or list(self._parts)
         found = await asyncio.gather(
-            *(self._retrying(tp, lambda url, tp=tp: self._http.offsets(url, tp.topic, tp.partition)) for tp in tps)
+            *(self._fetcher.retrying(tp, lambda url, tp=tp: self._http.offsets(url, tp.topic, tp.partition)) for tp in tps)
         )
         for tp, bounds in zip(tps, found):
             await self.seek(tp, bounds[key])
@@ -727,7 +556,7 @@ class AsyncConsumer:
         group = self._need_group("committed")
         await self._ensure_started()
         tp = TopicPartition(*tp)
-        return await self._retrying(tp, lambda url: self._http.committed(url, group, tp.topic, tp.partition))
+        return await self._fetcher.retrying(tp, lambda url: self._http.committed(url, group, tp.topic, tp.partition))
 
     async def commit(self, offsets: Mapping[TopicPartition, int | OffsetAndMetadata] | None = None) -> None:
         """Commit offsets for the group: the next offset to read, per partition.
@@ -756,7 +585,7 @@ class AsyncConsumer:
         member = membership.commit_fields() if membership is not None else None
         results = await asyncio.gather(
             *(
-                self._retrying(
+                self._fetcher.retrying(
                     tp, lambda url, tp=tp, om=om: self._http.commit(url, group, tp.topic, tp.partition, om, member=member)
                 )
                 for tp, om in todo.items()
@@ -811,12 +640,4 @@ class AsyncConsumer:
         if self._group is None:
             raise ValueError(f"{what}() needs a group: AsyncConsumer(..., group='name')")
         return self._group
-
-
-def _stop(part: _Partition) -> asyncio.Future:
-    """Cancel a partition's fetcher; returns the task to await. Waiters on its start move on."""
-    if not part.started.done():
-        part.started.set_result(None)
-    part.task.cancel()
-    return part.task
 

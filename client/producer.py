@@ -1,18 +1,8 @@
 """``AsyncProducer``: partition-aware, batching, idempotent, ordered per partition.
 
-``send()`` only queues (``accumulator``); one sender task takes ready batches and posts
-each straight to its partition's owner, at most one request per partition and
-``max_in_flight_per_broker`` per broker at a time. A retriable failure puts the batch
-back at the head of its partition with a jittered exponential backoff, so records of a
-partition are never reordered; a failure for good fails that batch's futures.
-
-Idempotence: the producer draws a random 63-bit producer id and numbers the records
-of each partition from 0 (a batch's ``base_sequence`` is the previous batch's plus its
-record count), fixed when the batch is first sent. A retry resends the same bytes, so
-the broker recognises a batch it already wrote and answers with the original offsets.
-When a batch that was sent fails for good, its sequence numbers may or may not be
-written; to leave no gap the producer takes a new producer id, and every partition
-starts again from sequence 0 (Kafka's epoch bump, simplified).
+``send()`` only queues: each record is encoded into the open batch of its partition
+(``accumulator``); one sender task (``sender``) takes ready batches and posts each
+straight to its partition's owner, retrying in order and stamping them for idempotence.
 """
 
 from __future__ import annotations
@@ -23,7 +13,6 @@ import random
 import ssl
 import time
 import warnings
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import accumulate, repeat
 from operator import add, sub
@@ -38,36 +27,29 @@ from .accumulator import (
     RecordsFuture,
     record_size,
 )
-from .cluster import Bootstrap, Cluster, backoff_seconds
+from .cluster import Bootstrap, Cluster
 from .errors import (
     BatchTooLarge,
     BufferFullError,
-    DuplicateSequence,
     ProducerClosedError,
     ShoalError,
     ShoalTimeoutError,
-    Throttled,
     UnknownPartition,
-    UnknownTopic,
 )
 from .http import BrokerClient
 from .names import check_name
 from . import partitioner
 from .partitioner import StickyPartitioner, partition_for_key
+from .sender import Sender
 from .structs import RecordMetadata
 
 __all__ = ["AsyncProducer"]
 
 log = logging.getLogger(__name__)
 
-_MAX_SEQUENCE = 2**31 - 1
 _MAX_TIMESTAMP = 2**63  # a frame stores timestamps as i64; deltas between two then fit msgpack's ints
 _time_ns = time.time_ns
 _key_hash = partitioner.key_hash
-
-
-def _new_producer_id() -> int:
-    return random.getrandbits(63)
 
 
 def _to_bytes(data: Any, what: str) -> bytes:
@@ -163,7 +145,6 @@ class AsyncProducer:
     ):
         if str(acks) not in ("all", "1", "-1"):
             raise ValueError(f'acks must be "all" or "1", got {acks!r}')
-        self._acks = "1" if str(acks) == "1" else "all"
         for name, value, low in (
             ("linger_ms", linger_ms, 0),
             ("max_batch_bytes", max_batch_bytes, BATCH_OVERHEAD + 64),
@@ -181,14 +162,8 @@ class AsyncProducer:
         self._cluster = Cluster(bootstrap, self._http, min_refresh_ms=retry_backoff_ms)
         self._linger_ms = linger_ms
         self._max_batch_bytes = max_batch_bytes
-        self._max_in_flight = max_in_flight_per_broker
         self._buffer_memory = buffer_memory
         self._max_block = max_block_ms / 1000
-        self._delivery_timeout = delivery_timeout_ms / 1000
-        self._backoff = (retry_backoff_ms, retry_backoff_max_ms)
-        self._idempotent = idempotent
-        self._producer_id = _new_producer_id() if idempotent else -1
-        self._next_sequence: dict[tuple[str, int], int] = {}
         self._sticky = StickyPartitioner(random.Random(partitioner_seed))
         self._acc: RecordAccumulator | None = None
         # send()'s fast paths, emptied whenever the checks they skip could change:
@@ -196,12 +171,13 @@ class AsyncProducer:
         # topic -> per partition, the open batch its keyed records join (None: none yet).
         self._keyless: dict[str, ProducerBatch] = {}
         self._keyed: dict[str, list[ProducerBatch | None]] = {}
-        self._metadata = None  # the topology _keyless and _keyed were filled under
-        self._wakeup = asyncio.Event()
         self._room = asyncio.Event()
-        self._in_flight: dict[str, int] = defaultdict(int)
-        self._requests: set[asyncio.Task] = set()
-        self._sender: asyncio.Task | None = None
+        self._sender = Sender(
+            self._http, self._cluster, acks="1" if str(acks) == "1" else "all", max_in_flight=max_in_flight_per_broker,
+            delivery_timeout=delivery_timeout_ms / 1000, backoff=(retry_backoff_ms, retry_backoff_max_ms),
+            idempotent=idempotent, room=self._room, on_new_topology=self._forget_fast_paths, on_death=self._die,
+        )  # fmt: skip
+        self._wakeup = self._sender.wakeup
         self._accepting = False  # started, not closing, sender alive: send()'s one check
         self._max_record = 0
         self._starting: asyncio.Future | None = None
@@ -213,7 +189,7 @@ class AsyncProducer:
     @property
     def producer_id(self) -> int:
         """The current producer id (-1 when not idempotent); changes after a failed batch."""
-        return self._producer_id
+        return self._sender.producer_id
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -243,7 +219,7 @@ class AsyncProducer:
         self._acc = RecordAccumulator(
             max_batch_bytes=self._max_batch_bytes, linger_ms=self._linger_ms, wakeup=self._wakeup.set
         )
-        self._sender = asyncio.get_running_loop().create_task(self._run(), name="shoal-producer-sender")
+        self._sender.start(self._acc)
         self._accepting = True
 
     async def __aenter__(self) -> "AsyncProducer":
@@ -254,7 +230,7 @@ class AsyncProducer:
         await self.close()
 
     def __del__(self, _warn=warnings.warn) -> None:
-        if getattr(self, "_sender", None) is not None and not self._closed:
+        if getattr(self, "_acc", None) is not None and not self._closed:
             _warn(f"unclosed AsyncProducer {self!r}: call close()", ResourceWarning, source=self)
 
     async def flush(self, timeout: float | None = None) -> None:
@@ -289,17 +265,14 @@ class AsyncProducer:
             return
         self._closing = True
         self._accepting = False
-        self._keyless.clear()
-        self._keyed.clear()
+        self._forget_fast_paths()
         try:
-            if self._sender is not None and not self._sender.done():
+            if self._sender.running:
                 try:
                     await self.flush(timeout)
                 except ShoalTimeoutError:
                     log.warning("closing with %d batches unacknowledged after %ss", len(self._acc.incomplete), timeout)
-                for task in (self._sender, *self._requests):
-                    task.cancel()
-                await asyncio.gather(self._sender, *self._requests, return_exceptions=True)
+                await self._sender.stop()
             if self._acc is not None:
                 self._fail_all(ProducerClosedError("the producer was closed before the record was acknowledged"))
                 self._acc.close()
@@ -547,138 +520,20 @@ class AsyncProducer:
             acc.flushing -= 1
         await self._check_open()
 
-    # --- sender ------------------------------------------------------------------
+    # --- the sender's calls ----------------------------------------------------------
 
-    async def _run(self) -> None:
-        try:
-            while True:
-                await self._wakeup.wait()
-                self._wakeup.clear()
-                self._send_ready()
-        except asyncio.CancelledError:
-            if not self._closing:
-                self._die(ProducerClosedError("the producer's sender task was cancelled"))
-            raise
-        except BaseException as exc:
-            log.exception("producer sender task failed")
-            self._die(ProducerClosedError(f"the producer's sender task failed: {exc!r}"), exc)
-            raise
+    def _forget_fast_paths(self) -> None:
+        """The partitions or owners may have changed: ``send()`` checks them again."""
+        self._keyless.clear()
+        self._keyed.clear()
 
     def _die(self, err: ProducerClosedError, cause: BaseException | None = None) -> None:
         err.__cause__ = cause
         self._failure = err
         self._accepting = False
-        self._keyless.clear()
-        self._keyed.clear()
+        self._forget_fast_paths()
         self._fail_all(err)
         self._room.set()
-
-    def _send_ready(self) -> None:
-        acc = self._acc
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        meta = self._cluster.metadata
-        if meta is not self._metadata:  # partitions may have changed: send() checks again
-            self._metadata = meta
-            self._keyless.clear()
-            self._keyed.clear()
-        for batch in acc.ready(now):
-            url = meta.owner_url(batch.tp.topic, batch.tp.partition)
-            if now - batch.created > self._delivery_timeout or url is None:
-                acc.pop(batch)
-                acc.unmute(batch.tp)
-                if url is None:
-                    self._fail_batch(batch, UnknownTopic(f"{batch.tp} is not in the topology any more", topic=batch.tp.topic))
-                else:
-                    self._fail_batch(batch, self._expired(batch, None))
-                self._wakeup.set()  # the batch behind it may be ready too
-                continue
-            if self._in_flight[url] >= self._max_in_flight:
-                continue
-            acc.pop(batch)
-            self._in_flight[url] += 1
-            task = loop.create_task(self._produce(batch, url))
-            self._requests.add(task)
-            task.add_done_callback(self._requests.discard)
-
-    def _stamp(self, batch: ProducerBatch) -> None:
-        """Fix the batch's producer id and sequence, and encode it."""
-        if not self._idempotent:
-            batch.encode()
-            return
-        key = (batch.tp.topic, batch.tp.partition)
-        count = batch.count
-        seq = self._next_sequence.get(key, 0)
-        if seq + count > _MAX_SEQUENCE:
-            self._bump_producer_id(f"sequence of {batch.tp} reached 2**31")
-            seq = 0
-        batch.encode(self._producer_id, seq)
-        self._next_sequence[key] = seq + count
-
-    async def _produce(self, batch: ProducerBatch, url: str) -> None:
-        tp = batch.tp
-        acc = self._acc
-        try:
-            if batch.frame is None:
-                self._stamp(batch)
-            answer = await self._http.produce(url, tp.topic, tp.partition, batch.frame, acks=self._acks)
-        except DuplicateSequence:
-            # Already written, but the broker no longer knows where (Kafka does the same).
-            log.warning("batch of %d records to %s was already written; its offsets are unknown", batch.count, tp)
-            acc.complete(batch, -1)
-        except ShoalError as exc:
-            self._on_error(batch, exc)
-        except Exception as exc:
-            self._fail_batch(batch, exc)
-        else:
-            acc.complete(batch, answer["base_offset"])
-        finally:
-            self._in_flight[url] -= 1
-            acc.unmute(tp)
-            self._wakeup.set()
-            self._room.set()
-
-    def _on_error(self, batch: ProducerBatch, exc: ShoalError) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        if not exc.retriable:
-            self._fail_batch(batch, exc)
-            return
-        deadline = batch.created + self._delivery_timeout
-        batch.attempts += 1
-        delay = backoff_seconds(batch.attempts, *self._backoff)
-        if isinstance(exc, Throttled):
-            delay = max(delay, exc.retry_after or 0)
-        if now + delay >= deadline:
-            self._fail_batch(batch, self._expired(batch, exc))
-            return
-        if exc.refresh_topology:
-            self._cluster.refresh_soon(getattr(exc, "owner_url", None)).add_done_callback(lambda _: self._wakeup.set())
-        log.warning(
-            "retrying batch of %d records to %s in %.0f ms (attempt %d): %s",
-            batch.count, batch.tp, delay * 1000, batch.attempts + 1, exc,
-        )
-        batch.retry_at = now + delay
-        self._acc.requeue(batch)
-
-    def _expired(self, batch: ProducerBatch, last: BaseException | None) -> ShoalTimeoutError:
-        err = ShoalTimeoutError(
-            f"batch of {batch.count} records to {batch.tp} not acknowledged within "
-            f"delivery_timeout_ms={self._delivery_timeout * 1000:g}" + (f"; last error: {last}" if last else "")
-        )
-        err.__cause__ = last
-        return err
-
-    def _fail_batch(self, batch: ProducerBatch, exc: BaseException) -> None:
-        self._acc.fail(batch, exc)
-        self._room.set()
-        if batch.base_sequence >= 0 and batch.producer_id == self._producer_id:
-            self._bump_producer_id(f"a batch to {batch.tp} failed ({exc})")
-
-    def _bump_producer_id(self, why: str) -> None:
-        old, self._producer_id = self._producer_id, _new_producer_id()
-        self._next_sequence.clear()
-        log.warning("producer id %d -> %d: %s", old, self._producer_id, why)
 
     def _fail_all(self, exc: BaseException) -> None:
         if self._acc is not None:

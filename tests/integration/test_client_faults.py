@@ -89,8 +89,8 @@ async def test_every_pending_future_fails_when_the_sender_dies(cluster_factory):
     cluster = cluster_factory(1, {"t": 1})
     producer = AsyncProducer(cluster.urls, linger_ms=60_000)
     futures = [await producer.send("t", b"x") for _ in range(10)]
-    producer._sender.cancel()  # what any unexpected crash of the sender task amounts to
-    await asyncio.gather(producer._sender, return_exceptions=True)
+    producer._sender.task.cancel()  # what any unexpected crash of the sender task amounts to
+    await asyncio.gather(producer._sender.task, return_exceptions=True)
     for future in futures:
         with pytest.raises(ProducerClosedError, match="sender task"):
             await future
