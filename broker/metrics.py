@@ -29,6 +29,9 @@ class _PartitionCollector:
         start = GaugeMetricFamily("shoal_partition_log_start_offset", "First offset still stored", labels=labels)
         size = GaugeMetricFamily("shoal_partition_size_bytes", "Bytes stored in segment files", labels=labels)
         segments = GaugeMetricFamily("shoal_partition_segments", "Segment files", labels=labels)
+        lingers = CounterMetricFamily(
+            "shoal_partition_write_lingers", "Write groups that waited linger_ms for more appends (flush: always)", labels=labels
+        )
         for tp in self._broker.logs.partitions():
             plog = self._broker.logs.get(tp.topic, tp.partition)
             if plog is None:
@@ -39,9 +42,10 @@ class _PartitionCollector:
             start.add_metric(key, plog.log_start_offset)
             size.add_metric(key, plog.size_bytes)
             segments.add_metric(key, plog.segment_count)
+            lingers.add_metric(key, plog.stats.lingers)
         epoch = GaugeMetricFamily("shoal_topology_epoch", "Epoch of the installed topology")
         epoch.add_metric([], self._broker.topology.epoch)
-        return [hw, end, start, size, segments, epoch]
+        return [hw, end, start, size, segments, lingers, epoch]
 
 
 class _ReplicationCollector:
