@@ -79,6 +79,13 @@ class _ReplicationCollector:
         shrinks.add_metric([], replicas.isr_shrinks)
         expands = CounterMetricFamily("shoal_isr_expands", "Followers added back to an ISR by this broker (Kafka: IsrExpandsPerSec)")
         expands.add_metric([], replicas.isr_expands)
+        fetches = CounterMetricFamily(
+            "shoal_replica_fetches", "Follower fetches answered by this broker, by transport (stream or http)", labels=["transport"]
+        )
+        for transport, count in replicas.fetches.items():
+            fetches.add_metric([transport], count)
+        streams = GaugeMetricFamily("shoal_replica_streams", "Followers' fetch streams (WebSockets) open at this broker")
+        streams.add_metric([], replicas.streams)
         elections = CounterMetricFamily(
             "shoal_leader_elections_won", "Partitions this broker took over as leader after their leader died"
         )
@@ -100,7 +107,7 @@ class _ReplicationCollector:
                 lag.add_metric([tp.topic, str(tp.partition), str(follower)], behind)
         max_lag = GaugeMetricFamily("shoal_follower_max_lag_records", "The largest shoal_follower_lag_records of this broker")
         max_lag.add_metric([], worst)
-        return [leaders, hosted, under, below_min, shrinks, expands, elections, lag, max_lag]
+        return [leaders, hosted, under, below_min, shrinks, expands, fetches, streams, elections, lag, max_lag]
 
 
 class BrokerMetrics:
