@@ -29,6 +29,9 @@ class _PartitionCollector:
         start = GaugeMetricFamily("shoal_partition_log_start_offset", "First offset still stored", labels=labels)
         size = GaugeMetricFamily("shoal_partition_size_bytes", "Bytes stored in segment files", labels=labels)
         segments = GaugeMetricFamily("shoal_partition_segments", "Segment files", labels=labels)
+        lingers = CounterMetricFamily(
+            "shoal_partition_write_lingers", "Write groups that waited linger_ms for more appends (flush: always)", labels=labels
+        )
         for tp in self._broker.logs.partitions():
             plog = self._broker.logs.get(tp.topic, tp.partition)
             if plog is None:
@@ -39,9 +42,10 @@ class _PartitionCollector:
             start.add_metric(key, plog.log_start_offset)
             size.add_metric(key, plog.size_bytes)
             segments.add_metric(key, plog.segment_count)
+            lingers.add_metric(key, plog.stats.lingers)
         epoch = GaugeMetricFamily("shoal_topology_epoch", "Epoch of the installed topology")
         epoch.add_metric([], self._broker.topology.epoch)
-        return [hw, end, start, size, segments, epoch]
+        return [hw, end, start, size, segments, lingers, epoch]
 
 
 class _ReplicationCollector:
@@ -75,6 +79,13 @@ class _ReplicationCollector:
         shrinks.add_metric([], replicas.isr_shrinks)
         expands = CounterMetricFamily("shoal_isr_expands", "Followers added back to an ISR by this broker (Kafka: IsrExpandsPerSec)")
         expands.add_metric([], replicas.isr_expands)
+        fetches = CounterMetricFamily(
+            "shoal_replica_fetches", "Follower fetches answered by this broker, by transport (stream or http)", labels=["transport"]
+        )
+        for transport, count in replicas.fetches.items():
+            fetches.add_metric([transport], count)
+        streams = GaugeMetricFamily("shoal_replica_streams", "Followers' fetch streams (WebSockets) open at this broker")
+        streams.add_metric([], replicas.streams)
         elections = CounterMetricFamily(
             "shoal_leader_elections_won", "Partitions this broker took over as leader after their leader died"
         )
@@ -96,7 +107,7 @@ class _ReplicationCollector:
                 lag.add_metric([tp.topic, str(tp.partition), str(follower)], behind)
         max_lag = GaugeMetricFamily("shoal_follower_max_lag_records", "The largest shoal_follower_lag_records of this broker")
         max_lag.add_metric([], worst)
-        return [leaders, hosted, under, below_min, shrinks, expands, elections, lag, max_lag]
+        return [leaders, hosted, under, below_min, shrinks, expands, fetches, streams, elections, lag, max_lag]
 
 
 class BrokerMetrics:

@@ -1,7 +1,10 @@
 """A follower's fetch loop towards one leader broker: truncate, then copy frames.
 
 One task per source broker fetches every partition this broker follows there, in one
-long-poll ``POST /v1/replica/fetch`` (msgpack). Before a partition's first fetch at a
+long-poll fetch (msgpack) sent on a WebSocket it keeps open to that broker
+(``GET /v1/replica/stream``; ``POST /v1/replica/fetch`` when the leader has no stream),
+the next one as soon as the frames of an answer are written: that fetch carries the
+new log end, which moves the leader's high watermark. Before a partition's first fetch at a
 leader epoch it asks the leader where its own latest epoch ended there
 (``POST /v1/replica/epoch-end``, KIP-101) and truncates its log to that point: what it
 wrote alone in an epoch the leader does not share (a zombie leader's appends, a
@@ -32,6 +35,9 @@ MSGPACK = "application/msgpack"
 FETCH_WAIT_MS = 500
 FETCH_BYTES = 1 << 20  # per partition
 RETRY_S = 0.1
+STREAM_PATH = "/v1/replica/stream"
+STREAM_SLACK_S = 10.0  # beyond the fetch's max wait, before an answer is given up on
+NO_STREAM_S = 60.0  # how long to fetch by POST from a leader without the stream before asking again
 
 
 async def call(session: aiohttp.ClientSession, url: str, body: dict) -> dict:
@@ -53,6 +59,9 @@ class Fetcher:
         self.truncated: dict[TopicPartition, int] = {}  # partition -> the epoch it was truncated for
         self._assigned = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._stream: aiohttp.ClientWebSocketResponse | None = None
+        self._stream_url: str | None = None
+        self._no_stream_until = 0.0  # loop time before which fetches go by POST
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"shoal-fetch-from-{self.source}")
@@ -61,6 +70,7 @@ class Fetcher:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        await self._close_stream()
 
     def assign(self, partitions: dict[TopicPartition, int]) -> None:
         self.epochs = dict(partitions)
@@ -78,6 +88,7 @@ class Fetcher:
     async def _run(self) -> None:
         while True:
             if not self.epochs:
+                await self._close_stream()
                 self._assigned.clear()
                 await self._assigned.wait()
                 continue
@@ -131,7 +142,7 @@ class Fetcher:
             plog = await logs.get_or_create(tp.topic, tp.partition)
             asks.append([tp.topic, tp.partition, plog.log_end_offset, epoch])
         body = {"replica_id": self.manager.me, "max_wait_ms": FETCH_WAIT_MS, "max_bytes": FETCH_BYTES, "partitions": asks}
-        answer = await call(self.manager.session, self.url + "/v1/replica/fetch", body)
+        answer = await self._exchange(body)
         for (tp, epoch), (error, high_watermark, frames, log_start) in zip(asked, answer["partitions"]):
             if not self.following(tp, epoch):
                 continue  # the leader changed while the request was out: its answer is stale
@@ -150,3 +161,42 @@ class Fetcher:
             if frames:
                 await plog.append_replicated(frames)
             plog.advance_high_watermark(min(high_watermark, plog.log_end_offset))
+
+    async def _exchange(self, body: dict) -> dict:
+        """One fetch and its answer: on the stream to the leader, else by POST."""
+        url = self.url
+        if self._stream is not None and (self._stream.closed or self._stream_url != url):
+            await self._close_stream()
+        if self._stream is None and asyncio.get_running_loop().time() >= self._no_stream_until:
+            await self._open_stream(url)
+        ws = self._stream
+        if ws is None:
+            return await call(self.manager.session, url + "/v1/replica/fetch", body)
+        try:
+            await ws.send_bytes(msgpack.packb(body))
+            msg = await ws.receive(timeout=body["max_wait_ms"] / 1000 + STREAM_SLACK_S)
+        except BaseException:
+            await self._close_stream()  # an answer still under way would be taken for the next fetch's
+            raise
+        if msg.type != aiohttp.WSMsgType.BINARY:
+            await self._close_stream()
+            raise aiohttp.ClientError(f"the fetch stream of broker {self.source} ended: {msg.type.name} {msg.extra or ''}")
+        return msgpack.unpackb(msg.data)
+
+    async def _open_stream(self, url: str) -> None:
+        try:
+            self._stream = await self.manager.session.ws_connect(
+                url + STREAM_PATH, max_msg_size=0, timeout=aiohttp.ClientWSTimeout(ws_close=1.0)
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status not in (404, 405):
+                raise
+            log.info("broker %d has no fetch stream (%d): fetching by POST", self.source, exc.status)
+            self._no_stream_until = asyncio.get_running_loop().time() + NO_STREAM_S
+            return
+        self._stream_url = url
+
+    async def _close_stream(self) -> None:
+        ws, self._stream = self._stream, None
+        if ws is not None:
+            await asyncio.shield(ws.close())

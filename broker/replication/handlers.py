@@ -1,6 +1,6 @@
 """The leader's side of replication: ``POST /v1/replica/fetch`` and ``/v1/replica/epoch-end``.
 
-Both take and give msgpack (``application/msgpack``), per partition in the order asked.
+All take and give msgpack (``application/msgpack``), per partition in the order asked.
 
 - fetch: ``{"replica_id", "max_wait_ms", "max_bytes", "partitions": [[topic, partition,
   fetch_offset, leader_epoch], ...]}`` -> ``{"partitions": [[error, high_watermark,
@@ -14,12 +14,21 @@ Both take and give msgpack (``application/msgpack``), per partition in the order
   below ``epoch`` in the leader's log and the offset where it ends (Kafka's
   OffsetsForLeaderEpoch).
 
+- stream: ``GET /v1/replica/stream``, a WebSocket on which a follower sends the same
+  fetch bodies (binary messages) and gets each answer back in order, one at a time:
+  one connection per follower and leader, authenticated once, so the round trip that
+  tells the leader a follower has a batch (and moves the high watermark every
+  ``acks=all`` produce waits on) costs two WebSocket messages instead of an HTTP
+  request and response. A follower uses ``POST /v1/replica/fetch`` when a leader has
+  no stream (404). A malformed body, or a cluster that is not replicated, closes the
+  stream (code 1008, the problem in its reason).
+
 ``error`` is None or a code: ``FENCED_LEADER_EPOCH`` (the caller's epoch is not the
 current one), ``NOT_OWNER`` / ``LEADER_NOT_AVAILABLE`` (this broker does not lead it at
 a valid lease), ``OFFSET_OUT_OF_RANGE`` (a fetch offset past the leader's log end, or
 below its log start: then ``log_start_offset`` says where the follower starts again).
 
-With ``auth:`` both need a principal with ``replication`` (or ``admin``); the
+With ``auth:`` all need a principal with ``replication`` (or ``admin``); the
 authentication middleware refuses anyone else (``router.server.auth``), and followers
 send their broker's own token (``$SHOAL_BROKER_TOKEN``).
 """
@@ -27,26 +36,42 @@ send their broker's own token (``$SHOAL_BROKER_TOKEN``).
 from __future__ import annotations
 
 import asyncio
+import logging
+import weakref
 
 import msgpack
-from aiohttp import web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from shoal.broker.state import BROKER
 from shoal.client.errors import InvalidRequest, ShoalApiError
 from shoal.client.structs import TopicPartition
 
+log = logging.getLogger(__name__)
+
 MSGPACK = "application/msgpack"
 MAX_WAIT_MS = 5000
+STREAM_MAX_REQUEST = 4 << 20  # a fetch body names partitions, it carries no records
+STREAM_IDLE_S = 60.0  # a stream without a fetch for this long is closed (its follower is gone)
+STREAMS = web.AppKey("replica_streams", weakref.WeakSet)
 
 
 async def _body(request: web.Request) -> dict:
+    return _parse(await request.read())
+
+
+def _parse(data: bytes) -> dict:
     try:
-        body = msgpack.unpackb(await request.read())
+        body = msgpack.unpackb(data)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise InvalidRequest(f"the body is not msgpack: {exc}") from None
     if not isinstance(body, dict) or not isinstance(body.get("partitions"), list):
         raise InvalidRequest("the body must be a map with a partitions list", field="partitions")
     return body
+
+
+def _replicated(broker) -> None:
+    if broker.replicas is None:
+        raise InvalidRequest("this cluster is not replicated (no metadata: section)")
 
 
 def _leader_log(broker, topic: str, partition: int, epoch: int):
@@ -63,9 +88,58 @@ def _leader_log(broker, topic: str, partition: int, epoch: int):
 
 async def replica_fetch(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
-    if broker.replicas is None:
-        raise InvalidRequest("this cluster is not replicated (no metadata: section)")
+    _replicated(broker)
     body = await _body(request)
+    broker.replicas.fetches["http"] += 1
+    return web.Response(body=msgpack.packb(await _answer_fetch(broker, body)), content_type=MSGPACK)
+
+
+async def replica_stream(request: web.Request) -> web.WebSocketResponse:
+    broker = request.app[BROKER]
+    _replicated(broker)
+    ws = web.WebSocketResponse(max_msg_size=STREAM_MAX_REQUEST, receive_timeout=STREAM_IDLE_S, timeout=2.0)
+    await ws.prepare(request)
+    streams = request.app[STREAMS]
+    streams.add(ws)
+    broker.replicas.streams += 1
+    try:
+        while not ws.closed:
+            try:
+                msg = await ws.receive()
+            except TimeoutError:
+                await ws.close(code=WSCloseCode.GOING_AWAY, message=b"no fetch for a while")
+                break
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                break
+            if msg.type != WSMsgType.BINARY:
+                await ws.close(code=WSCloseCode.UNSUPPORTED_DATA, message=b"fetches are binary msgpack messages")
+                break
+            try:
+                answer = await _answer_fetch(broker, _parse(msg.data))
+            except ShoalApiError as exc:
+                await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=f"{exc.code}: {exc}"[:120].encode())
+                break
+            broker.replicas.fetches["stream"] += 1
+            try:
+                await ws.send_bytes(msgpack.packb(answer))
+            except ConnectionError:  # the follower went away while the fetch waited
+                break
+    except Exception:
+        log.exception("replica stream from %s failed", request.remote)
+        await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal error; see the leader's log")
+    finally:
+        streams.discard(ws)
+        broker.replicas.streams -= 1
+    return ws
+
+
+async def _close_streams(app: web.Application) -> None:
+    """On shutdown: followers reconnect (to whoever leads next) instead of holding it up."""
+    for ws in list(app[STREAMS]):
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"broker shutting down")
+
+
+async def _answer_fetch(broker, body: dict) -> dict:
     follower = body.get("replica_id")
     max_bytes = int(body.get("max_bytes", 1 << 20))
     wait_s = min(int(body.get("max_wait_ms", 0)), MAX_WAIT_MS) / 1000
@@ -102,7 +176,7 @@ async def replica_fetch(request: web.Request) -> web.Response:
         _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
-    return web.Response(body=msgpack.packb({"partitions": out}), content_type=MSGPACK)
+    return {"partitions": out}
 
 
 async def epoch_end(request: web.Request) -> web.Response:
@@ -124,3 +198,6 @@ async def epoch_end(request: web.Request) -> web.Response:
 def add_replica_routes(app: web.Application) -> None:
     app.router.add_post("/v1/replica/fetch", replica_fetch)
     app.router.add_post("/v1/replica/epoch-end", epoch_end)
+    app.router.add_get("/v1/replica/stream", replica_stream)
+    app[STREAMS] = weakref.WeakSet()
+    app.on_shutdown.append(_close_streams)

@@ -46,6 +46,8 @@ class ReplicaManager:
         self.fetchers: dict[int, Fetcher] = {}
         self.isr_shrinks = 0
         self.isr_expands = 0
+        self.fetches = {"stream": 0, "http": 0}  # follower fetches answered here, by transport
+        self.streams = 0  # followers' fetch streams open here
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.reassigner = Reassigner(self)

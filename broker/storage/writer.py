@@ -1,7 +1,8 @@
 """Group commit: the one task that writes a partition's appends.
 
 ``append()`` queues the (already validated) body and waits. The writer task takes the
-first pending append, lingers up to ``linger_ms`` / ``linger_bytes`` for more, checks
+first pending append, lingers up to ``linger_ms`` / ``linger_bytes`` for more (never for a
+follower's replicated append, which has no company to wait for), checks
 producer sequences, assigns offsets by patching each frame's base offset and leader
 epoch, writes the whole group with one ``pwritev``, applies the flush policy, and only
 then moves the log end (and, unless the log is replicated, the high watermark) and
@@ -63,6 +64,7 @@ class LogStats:
     rolls: int = 0
     throttled: int = 0
     write_errors: int = 0  # groups refused because a write or a roll failed
+    lingers: int = 0  # groups that waited up to linger_ms for company
 
 
 @dataclass(eq=False)
@@ -168,6 +170,13 @@ class GroupWriter:
         cfg = self._log.config
         if cfg.linger_ms <= 0 or self.queued_bytes >= cfg.linger_bytes or not self._accepting:
             return
+        if self._queue[0].replicated:
+            # A follower's copy never has company: its one fetcher appends what a fetch
+            # brought and waits for that write before fetching again. Lingering would
+            # only delay the fetch that reports the new log end to the leader (and so
+            # every acks=all produce waiting on the high watermark).
+            return
+        self._log.stats.lingers += 1
         self._linger_full.clear()
         try:
             async with asyncio.timeout(cfg.linger_ms / 1000):

@@ -186,7 +186,7 @@ _COMMITTED = "/v1/groups/{group}/topics/{topic}/partitions/{partition}/offset"
 _GROUP = (("groups",), "group")
 _CONSOLE = "/console/api"
 # Followers copying a leader: brokers only (see Principal.replication).
-_REPLICATION = frozenset({("POST", "/v1/replica/fetch"), ("POST", "/v1/replica/epoch-end")})
+_REPLICATION = frozenset({("POST", "/v1/replica/fetch"), ("POST", "/v1/replica/epoch-end"), ("GET", "/v1/replica/stream")})
 # The console's page and files: no data in them, so no token.
 _OPEN = frozenset({
     ("GET", "/console"), ("GET", "/console/"), ("GET", "/console/static"), ("GET", _CONSOLE + "/session"),

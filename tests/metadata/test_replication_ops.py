@@ -129,6 +129,10 @@ def test_replication_under_auth_needs_the_brokers_own_token(secured, monkeypatch
     assert status == 403 and b"lacks the replication permission" in body
     status, body = replica_call(cluster, leader, "/v1/replica/epoch-end", {"partitions": []}, APP)
     assert status == 403
+    # the followers' fetch stream (the acks=all above went through it) is refused alike
+    stream = cluster.url(leader) + "/v1/replica/stream"
+    assert http_json("GET", stream)[0] == 401
+    assert http_json("GET", stream, headers={"Authorization": f"Bearer {APP}"})[0] == 403
     status, body = replica_call(cluster, leader, "/v1/replica/fetch", fetch, BROKERS)
     assert status == 200 and msgpack.unpackb(body)["partitions"][0][:2] == [None, 3]
 
