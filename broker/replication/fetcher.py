@@ -2,7 +2,7 @@
 
 One task per source broker fetches every partition this broker follows there, in one
 long-poll fetch (msgpack) sent on a WebSocket it keeps open to that broker
-(``GET /v1/replica/stream``; ``POST /v1/replica/fetch`` when the leader has no stream),
+(``GET /v1/replica/stream``, the body and answer of ``POST /v1/replica/fetch``),
 the next one as soon as the frames of an answer are written: that fetch carries the
 new log end, which moves the leader's high watermark. Before a partition's first fetch at a
 leader epoch it asks the leader where its own latest epoch ended there
@@ -37,7 +37,6 @@ FETCH_BYTES = 1 << 20  # per partition
 RETRY_S = 0.1
 STREAM_PATH = "/v1/replica/stream"
 STREAM_SLACK_S = 10.0  # beyond the fetch's max wait, before an answer is given up on
-NO_STREAM_S = 60.0  # how long to fetch by POST from a leader without the stream before asking again
 
 
 async def call(session: aiohttp.ClientSession, url: str, body: dict) -> dict:
@@ -61,7 +60,6 @@ class Fetcher:
         self._task: asyncio.Task | None = None
         self._stream: aiohttp.ClientWebSocketResponse | None = None
         self._stream_url: str | None = None
-        self._no_stream_until = 0.0  # loop time before which fetches go by POST
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"shoal-fetch-from-{self.source}")
@@ -163,15 +161,16 @@ class Fetcher:
             plog.advance_high_watermark(min(high_watermark, plog.log_end_offset))
 
     async def _exchange(self, body: dict) -> dict:
-        """One fetch and its answer: on the stream to the leader, else by POST."""
+        """One fetch and its answer, on the stream to the leader (opened if need be)."""
         url = self.url
         if self._stream is not None and (self._stream.closed or self._stream_url != url):
             await self._close_stream()
-        if self._stream is None and asyncio.get_running_loop().time() >= self._no_stream_until:
-            await self._open_stream(url)
+        if self._stream is None:
+            self._stream = await self.manager.session.ws_connect(
+                url + STREAM_PATH, max_msg_size=0, timeout=aiohttp.ClientWSTimeout(ws_close=1.0)
+            )
+            self._stream_url = url
         ws = self._stream
-        if ws is None:
-            return await call(self.manager.session, url + "/v1/replica/fetch", body)
         try:
             await ws.send_bytes(msgpack.packb(body))
             msg = await ws.receive(timeout=body["max_wait_ms"] / 1000 + STREAM_SLACK_S)
@@ -182,19 +181,6 @@ class Fetcher:
             await self._close_stream()
             raise aiohttp.ClientError(f"the fetch stream of broker {self.source} ended: {msg.type.name} {msg.extra or ''}")
         return msgpack.unpackb(msg.data)
-
-    async def _open_stream(self, url: str) -> None:
-        try:
-            self._stream = await self.manager.session.ws_connect(
-                url + STREAM_PATH, max_msg_size=0, timeout=aiohttp.ClientWSTimeout(ws_close=1.0)
-            )
-        except aiohttp.WSServerHandshakeError as exc:
-            if exc.status not in (404, 405):
-                raise
-            log.info("broker %d has no fetch stream (%d): fetching by POST", self.source, exc.status)
-            self._no_stream_until = asyncio.get_running_loop().time() + NO_STREAM_S
-            return
-        self._stream_url = url
 
     async def _close_stream(self) -> None:
         ws, self._stream = self._stream, None

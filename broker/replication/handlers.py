@@ -19,8 +19,7 @@ All take and give msgpack (``application/msgpack``), per partition in the order 
   one connection per follower and leader, authenticated once, so the round trip that
   tells the leader a follower has a batch (and moves the high watermark every
   ``acks=all`` produce waits on) costs two WebSocket messages instead of an HTTP
-  request and response. A follower uses ``POST /v1/replica/fetch`` when a leader has
-  no stream (404). A malformed body, or a cluster that is not replicated, closes the
+  request and response. A malformed body, or a cluster that is not replicated, closes the
   stream (code 1008, the problem in its reason).
 
 ``error`` is None or a code: ``FENCED_LEADER_EPOCH`` (the caller's epoch is not the
