@@ -86,6 +86,11 @@ class _ReplicationCollector:
             fetches.add_metric([transport], count)
         streams = GaugeMetricFamily("shoal_replica_streams", "Followers' fetch streams (WebSockets) open at this broker")
         streams.add_metric([], replicas.streams)
+        applied = CounterMetricFamily(
+            "shoal_partition_states_applied",
+            "Partition states the replica manager applied to the local replicas (one per state change, all at start)",
+        )
+        applied.add_metric([], replicas.states_applied)
         elections = CounterMetricFamily(
             "shoal_leader_elections_won", "Partitions this broker took over as leader after their leader died"
         )
@@ -107,7 +112,7 @@ class _ReplicationCollector:
                 lag.add_metric([tp.topic, str(tp.partition), str(follower)], behind)
         max_lag = GaugeMetricFamily("shoal_follower_max_lag_records", "The largest shoal_follower_lag_records of this broker")
         max_lag.add_metric([], worst)
-        return [leaders, hosted, under, below_min, shrinks, expands, fetches, streams, elections, lag, max_lag]
+        return [leaders, hosted, under, below_min, shrinks, expands, fetches, streams, applied, elections, lag, max_lag]
 
 
 class BrokerMetrics:

@@ -102,7 +102,7 @@ class Leadership:
             )
         self.elections += len(won)
         if won:
-            m.changed()
+            m.changed([tp for tp, _ in won])
 
     def check(self, tp: TopicPartition, leader_epoch: int | None = None) -> PartitionState:
         """The state of ``tp`` if this broker may answer for it as its leader.

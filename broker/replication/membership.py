@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Collection
 from typing import Any
 
 from shoal.client.structs import TopicPartition
@@ -56,6 +57,9 @@ class Membership:
         )
         self.states: dict[TopicPartition, PartitionState] = {}
         self.on_change: list = []  # called (no arguments) after the mirrored states changed
+        # Called with the partitions whose mirrored state changed (None: any may have),
+        # so that work per change need not look at every partition.
+        self.on_partitions_change: list[Callable[[Collection[TopicPartition] | None], None]] = []
         self.registered = asyncio.Event()
         self.applied = asyncio.Event()  # set once etcd holds the current topology's partitions
         self._tasks: list[asyncio.Task] = []
@@ -92,9 +96,12 @@ class Membership:
             out[name] = [s.to_dict() if s is not None else None for s in states]
         return out
 
-    def changed(self) -> None:
+    def changed(self, partitions: Collection[TopicPartition] | None = None) -> None:
+        """The mirrored states of ``partitions`` changed (None: of any partition)."""
         for callback in self.on_change:
             callback()
+        for listener in self.on_partitions_change:
+            listener(partitions)
 
     async def _retry(self, what: str, step) -> Any:
         """Run ``step()`` until it does not raise EtcdError, logging the first failure."""
@@ -143,7 +150,7 @@ class Membership:
                         self.states.pop(change.partition, None)
                     else:
                         self.states[change.partition] = change.state
-                    self.changed()
+                    self.changed((change.partition,))
             except EtcdError as exc:  # unavailable or compacted: read everything again
                 log.warning("broker %d: the partition watch broke (%s); reading again", self.broker_id, exc)
                 await asyncio.sleep(RETRY_S)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -69,6 +69,8 @@ class Reassigner:
         self.throttle = Throttle(self._adding)
         self._busy: set[TopicPartition] = set()
         self._wake = asyncio.Event()
+        self._poked: set[TopicPartition] | None = set()  # looked at on the next wake (None: all)
+        self._last_full = 0.0  # monotonic: when every partition was last looked at
         self._task: asyncio.Task | None = None
         self._jobs: set[asyncio.Task] = set()
 
@@ -81,8 +83,12 @@ class Reassigner:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def poke(self) -> None:
-        """The partition states changed: look at the moves again."""
+    def poke(self, partitions: Collection[TopicPartition] | None = None) -> None:
+        """The states of ``partitions`` (None: of any) changed: look at their moves again."""
+        if partitions is None:
+            self._poked = None
+        elif self._poked is not None:
+            self._poked.update(partitions)
         self._wake.set()
 
     def _adding(self, tp: TopicPartition, follower: int) -> bool:
@@ -107,22 +113,35 @@ class Reassigner:
             except TimeoutError:
                 pass
             self._wake.clear()
+            # Every DRIVE_INTERVAL_S, every partition; in between, only those whose state
+            # changed (with 10,000 partitions a full look per change kept the loop busy).
+            poked, self._poked = self._poked, set()
+            if time.monotonic() - self._last_full >= DRIVE_INTERVAL_S:
+                poked = None
+            states = self.membership.states
             try:
-                if any(s.moving and s.leader == self.me for s in self.membership.states.values()):
+                if poked is None:
+                    self._last_full = time.monotonic()
+                    looked = states.values()
+                else:
+                    looked = [states[tp] for tp in poked if tp in states]
+                if any(s.moving and s.leader == self.me for s in looked):
                     self.throttle.set_rate(await self.membership.store.throttle())
-                self._schedule()
+                self._schedule(poked)
             except EtcdError as exc:
                 log.info("broker %d could not read the reassignment throttle: %s", self.me, exc)
             except Exception:
                 log.exception("broker %d could not look at the reassignments", self.me)
 
-    def _schedule(self) -> None:
+    def _schedule(self, partitions: Collection[TopicPartition] | None = None) -> None:
         states = self.membership.states
         topology = self.membership.topology
-        for tp, state in list(states.items()):
+        items = list(states.items()) if partitions is None else [(tp, states[tp]) for tp in partitions if tp in states]
+        for tp, state in items:
             if state.leader == self.me and state.moving and tp in self.manager.leading:
                 self._spawn(tp, self._drive(tp))
-        for tp in self.manager.logs.partitions():
+        logs = self.manager.logs
+        for tp in logs.partitions() if partitions is None else [tp for tp in partitions if logs.get(tp.topic, tp.partition)]:
             state = states.get(tp)
             if state is not None and self.me not in state.replicas and tp.topic in topology.topics:
                 self._spawn(tp, self._delete(tp))
@@ -161,7 +180,7 @@ class Reassigner:
                     "broker %d finished moving %s/%d: replicas %s, isr %s", self.me, tp.topic, tp.partition,
                     list(new.replicas), list(new.isr),
                 )
-                m.changed()
+                m.changed((tp,))
         except (TransitionError, EtcdError, TimeoutError) as exc:
             log.info("broker %d: the move of %s/%d waits (%s)", self.me, tp.topic, tp.partition, exc)
 
@@ -215,7 +234,7 @@ class Reassigner:
             "broker %d handed %s/%d to broker %d at leader epoch %d (appends refused for %.0f ms)",
             self.me, tp.topic, tp.partition, successor, new.leader_epoch, refused_ms,
         )
-        m.changed()
+        m.changed((tp,))
         return new
 
     async def _delete(self, tp: TopicPartition) -> None:

@@ -1,7 +1,9 @@
 """This broker's replicas of a replicated cluster: leaders serve, followers fetch.
 
 ``ReplicaManager.reconcile`` runs whenever a mirrored partition state changes (and at
-start): for every partition this broker replicates it opens the log and makes it a
+start): for every partition whose state changed since it last ran (every partition at
+start, after the mirror re-read everything, and after a topology change) that this
+broker replicates it opens the log and makes it a
 leader (the log's appends get the state's leader epoch, a ``LeaderState`` tracks the
 followers) or a follower of the broker the state names (``fetcher.Fetcher``, one per
 source broker, fetching many partitions in one long-poll). A periodic check on the
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_YIELD_EVERY = 256  # states applied between two turns of the event loop
+
 
 class ReplicaManager:
     """Applies partition states to the local logs and keeps the ISR of the partitions led here."""
@@ -48,7 +52,11 @@ class ReplicaManager:
         self.isr_expands = 0
         self.fetches = {"stream": 0, "http": 0}  # follower fetches answered here, by transport
         self.streams = 0  # followers' fetch streams open here
+        self.states_applied = 0  # partition states reconcile looked at (work per change, not per partition)
         self._changed = asyncio.Event()
+        self._dirty: set[TopicPartition] | None = None  # states changed since the last reconcile (None: all)
+        self._follow: dict[int, dict[TopicPartition, int]] = {}  # source broker -> partition -> leader epoch
+        self._reconciled_topology = None  # the topology the last reconcile applied
         self._tasks: list[asyncio.Task] = []
         self.reassigner = Reassigner(self)
 
@@ -57,8 +65,8 @@ class ReplicaManager:
         return self.membership.topology.metadata.replica_lag_time_max_ms / 1000
 
     def start(self) -> None:
-        self.membership.on_change.append(self._changed.set)
-        self._changed.set()
+        self.membership.on_partitions_change.append(self._note_changed)
+        self._note_changed(None)
         self._tasks = [
             asyncio.create_task(self._reconcile_loop(), name="shoal-replica-roles"),
             asyncio.create_task(self._isr_loop(), name="shoal-isr"),
@@ -79,13 +87,41 @@ class ReplicaManager:
             try:
                 await self.reconcile()
             except Exception:
+                self._dirty = None  # some of the changes may not have been applied: all again next time
                 log.exception("broker %d could not apply the partition states", self.me)
 
+    def _note_changed(self, partitions) -> None:
+        if partitions is None:
+            self._dirty = None
+        elif self._dirty is not None:
+            self._dirty.update(partitions)
+        self._changed.set()
+
     async def reconcile(self) -> None:
+        """Apply the states that changed since the last call (all of them the first time,
+        after ``_note_changed(None)`` and after a topology change)."""
         topology = self.membership.topology
-        wanted: dict[int, dict[TopicPartition, int]] = {}
-        for tp, state in list(self.membership.states.items()):
-            if self.me not in state.replicas or tp.topic not in topology.topics:
+        states = self.membership.states
+        dirty, self._dirty = self._dirty, set()
+        if topology is not self._reconciled_topology:
+            dirty = None
+        self._reconciled_topology = topology
+        if dirty is None:  # everything: rebuild what the fetchers follow from scratch
+            todo = list(states)
+            touched = set(self._follow)
+            self._follow = {}
+        else:
+            todo = list(dirty)
+            touched = set()
+        self.states_applied += len(todo)
+        for i, tp in enumerate(todo):
+            if i and not i % _YIELD_EVERY:
+                await asyncio.sleep(0)  # a full pass over 10,000 states must not hold the loop for seconds
+            for source, follows in self._follow.items():  # at most a few brokers
+                if follows.pop(tp, None) is not None:
+                    touched.add(source)
+            state = states.get(tp)
+            if state is None or self.me not in state.replicas or tp.topic not in topology.topics:
                 continue
             plog = await self.logs.get_or_create(tp.topic, tp.partition)
             plog.start_replicated(self.logs.checkpointed_high_watermark(tp))
@@ -103,14 +139,15 @@ class ReplicaManager:
                     log.info("broker %d no longer leads %s/%d: broker %d leads it at epoch %d",
                              self.me, tp.topic, tp.partition, state.leader, state.leader_epoch)
                 if state.leader >= 0:
-                    wanted.setdefault(state.leader, {})[tp] = state.leader_epoch
-        for source in set(self.fetchers) | set(wanted):
+                    self._follow.setdefault(state.leader, {})[tp] = state.leader_epoch
+                    touched.add(state.leader)
+        for source in touched | (set(self._follow) - set(self.fetchers)):
             fetcher = self.fetchers.get(source)
             if fetcher is None:
                 fetcher = self.fetchers[source] = Fetcher(self, source)
                 fetcher.start()
-            fetcher.assign(wanted.get(source, {}))
-        self.reassigner.poke()
+            fetcher.assign(self._follow.get(source, {}))
+        self.reassigner.poke(None if dirty is None else todo)
 
     def advance(self, tp: TopicPartition) -> None:
         """Move the high watermark of a partition led here to the least log end of its ISR."""

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.client
 import json
 import logging
 import ssl
+import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +40,7 @@ from shoal.router.metadata.config import EtcdTls
 
 __all__ = [
     "EtcdClient",
+    "BlockingEtcd",
     "EtcdError",
     "EtcdUnavailable",
     "EtcdRequestError",
@@ -462,3 +465,88 @@ class EtcdClient:
         if result.get("canceled"):
             raise aiohttp.ClientPayloadError(f"watch canceled: {result.get('cancel_reason', '')}")
         return _revision(result), [WatchEvent(e.get("type", "PUT"), _kv(e["kv"])) for e in result.get("events", [])]
+
+
+class BlockingEtcd:
+    """A blocking client of the few etcd calls a thread of its own makes (lease renewals).
+
+    One ``http.client`` connection per endpoint, kept open; the endpoint that answered
+    last is tried first, the others once each per call, as in ``EtcdClient``. Not
+    task- or thread-safe: one thread uses it (``BrokerLease``'s renewer).
+    """
+
+    def __init__(self, endpoints: Sequence[str], *, tls: EtcdTls | None = None, request_timeout_s: float = 2.0):
+        self.endpoints = [e.rstrip("/") for e in endpoints]
+        self.request_timeout_s = request_timeout_s
+        self._ssl = ssl_context(tls) if any(e.startswith("https://") for e in self.endpoints) else None
+        self._current = 0
+        self._conns: dict[int, http.client.HTTPConnection] = {}
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+
+    def _conn(self, i: int, timeout_s: float) -> http.client.HTTPConnection:
+        conn = self._conns.get(i)
+        if conn is None:
+            url = urllib.parse.urlsplit(self.endpoints[i])
+            if url.scheme == "https":
+                conn = http.client.HTTPSConnection(url.hostname, url.port or 443, timeout=timeout_s, context=self._ssl or ssl.create_default_context())
+            else:
+                conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=timeout_s)
+            self._conns[i] = conn
+        conn.timeout = timeout_s
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout_s)
+        return conn
+
+    def _drop(self, i: int) -> None:
+        conn = self._conns.pop(i, None)
+        if conn is not None:
+            conn.close()
+
+    def _post(self, i: int, path: str, data: bytes, timeout_s: float) -> tuple[int, bytes]:
+        conn = self._conn(i, timeout_s)
+        conn.request("POST", f"/v3/{path}", body=data, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+
+    def call(self, path: str, body: dict[str, Any], *, timeout_s: float | None = None) -> dict[str, Any]:
+        """POST ``body`` to ``/v3/<path>``; raises as ``EtcdClient.call`` does."""
+        timeout_s = min(timeout_s or self.request_timeout_s, self.request_timeout_s)
+        data = json.dumps(body).encode()
+        n = len(self.endpoints)
+        last: EtcdError | None = None
+        for i in [(self._current + k) % n for k in range(n)]:
+            endpoint = self.endpoints[i]
+            try:
+                try:
+                    status, raw = self._post(i, path, data, timeout_s)
+                except (ConnectionError, http.client.RemoteDisconnected):
+                    # A kept-open connection the server has closed fails once: retry on a new one.
+                    self._drop(i)
+                    status, raw = self._post(i, path, data, timeout_s)
+                answer = json.loads(raw)
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                self._drop(i)
+                last = EtcdUnavailable(f"etcd {endpoint}: {type(exc).__name__}: {exc}", endpoint=endpoint)
+                continue
+            if status == 200 and "error" not in answer:
+                self._current = i
+                return answer
+            error = EtcdClient._error(answer, status, endpoint, path)
+            if not isinstance(error, EtcdUnavailable):
+                self._current = i
+                raise error
+            last = error
+        assert last is not None
+        raise last
+
+    def keepalive(self, lease: int, *, timeout_s: float | None = None) -> int:
+        """Renew ``lease`` once; its TTL in seconds from now. Raises ``LeaseNotFound`` when it is gone."""
+        body = self.call("lease/keepalive", {"ID": str(lease)}, timeout_s=timeout_s)
+        ttl = int(body.get("result", {}).get("TTL", 0))
+        if ttl <= 0:
+            raise LeaseNotFound(f"etcd lease {lease:x} has expired", code=_NOT_FOUND, endpoint=self.endpoints[self._current])
+        return ttl

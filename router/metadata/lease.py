@@ -17,7 +17,22 @@ this process noticing; when it passes without a renewal, ``lost`` is set and
 nothing while frozen: that case is caught by the leader epoch, which etcd bumps when
 another replica takes over, so safety never rests on the clock alone.
 
-Used from one event loop; not safe across threads.
+Renewals are sent by a thread of their own over their own HTTP connection
+(``BlockingEtcd``), not by the event loop: a loop busy for a second or two (parsing
+the states of 10,000 partitions, say) must not cost the broker its registration. The
+thread renews only while the loop is alive: the loop stamps ``_loop_tick`` every
+``_TICK_S``, and once it has not done so for ``loop_guard_s`` (the TTL) the thread
+stops renewing and declares the lease lost, so a broker whose loop is wedged (a
+blocking call, an endless callback) still loses its key at most ``loop_guard_s`` +
+TTL after its loop last ran, and its partitions are led elsewhere. ``valid_until``
+keeps its meaning whichever thread renewed: it is computed from the renewal's send
+time on the same monotonic clock, and ``valid()`` on the loop compares against it.
+The thread writes ``valid_until`` (one float store, atomic under the GIL) and sets it
+to 0 before it reports a loss, so ``valid()`` turns false at once; ``lost`` and
+``on_lost`` are then set and called on the event loop.
+
+``valid()``, ``start()`` and ``stop()`` are used from one event loop; the renewing
+thread touches only ``valid_until``, ``expires_at`` and ``lost_reason``.
 """
 
 from __future__ import annotations
@@ -25,14 +40,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 
-from shoal.router.metadata.etcd import EtcdClient, EtcdError, LeaseNotFound, mod_revision_is, put_op, range_op
+from shoal.router.metadata.etcd import (
+    BlockingEtcd, EtcdClient, EtcdError, LeaseNotFound, mod_revision_is, put_op, range_op,
+)
 
 __all__ = ["BrokerLease", "BrokerIdInUse"]
 
 log = logging.getLogger(__name__)
+
+_TICK_S = 0.1  # how often the event loop proves to the renewing thread that it runs
 
 
 class BrokerIdInUse(EtcdError):
@@ -76,13 +96,18 @@ class BrokerLease:
         self.ttl_s = ttl_ms // 1000
         self.interval_s = self.ttl_s / 4
         self.margin_s = self.ttl_s / 4
+        self.loop_guard_s = float(self.ttl_s)  # no renewal once the loop has not run for this long
         self.on_lost = on_lost
         self.lease_id = 0
         self.valid_until = 0.0  # monotonic: act as a live broker only before this
         self.expires_at = 0.0  # monotonic: etcd cannot delete the key before this
         self.lost = asyncio.Event()
         self.lost_reason = ""
-        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_tick = 0.0  # monotonic: when the event loop last ran _tick
+        self._ticker: asyncio.TimerHandle | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     def valid(self) -> bool:
         """Whether the lease is certainly still alive in etcd (with the safety margin)."""
@@ -100,8 +125,9 @@ class BrokerLease:
             BrokerIdInUse: the key is still held by another lease after ``wait_s``.
             EtcdError: etcd could not be reached or refused.
         """
-        if self._task is not None and not self._task.done():
+        if self._thread is not None and self._thread.is_alive() and not self.lost.is_set():
             return
+        await self._join()
         deadline = time.monotonic() + (self.ttl_s + 1 if wait_s is None else wait_s)
         sent = time.monotonic()
         lease, ttl_s = await self.etcd.grant(self.ttl_s)
@@ -124,18 +150,18 @@ class BrokerLease:
         self.lost = asyncio.Event()
         self.lost_reason = ""
         self._renewed(sent, ttl_s)
-        self._task = asyncio.create_task(self._keep_alive(), name=f"etcd-lease-broker-{self.broker_id}")
+        self._loop = asyncio.get_running_loop()
+        self._tick()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self._keep_alive, args=(lease, self._stopping), name=f"etcd-lease-broker-{self.broker_id}", daemon=True
+        )
+        self._thread.start()
         log.info("broker %d registered in etcd with lease %x (ttl %ds)", self.broker_id, lease, self.ttl_s)
 
     async def stop(self) -> None:
         """Stop renewing and revoke the lease (the key goes at once)."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await self._join()
         if self.lease_id and not self.lost.is_set():
             try:
                 await self.etcd.revoke(self.lease_id)
@@ -144,30 +170,64 @@ class BrokerLease:
         self.lease_id = 0
         self.valid_until = 0.0
 
+    async def _join(self) -> None:
+        """Stop the renewing thread and the loop's ticks (a renewal in flight ends within its timeout)."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+        if self._thread is not None:
+            self._stopping.set()
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+
+    def _tick(self) -> None:
+        self._loop_tick = time.monotonic()
+        assert self._loop is not None
+        self._ticker = self._loop.call_later(_TICK_S, self._tick)
+
     def _lose(self, reason: str) -> None:
+        """On the renewing thread: stop acting as live now, and tell the event loop."""
+        self.valid_until = 0.0
         self.lost_reason = reason
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(self._report_lost, reason)
+        except RuntimeError:  # the loop is closed: nobody left to tell
+            pass
+
+    def _report_lost(self, reason: str) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
         self.valid_until = 0.0
         self.lost.set()
         log.warning("broker %d lost its etcd lease %x: %s", self.broker_id, self.lease_id, reason)
         if self.on_lost is not None:
             self.on_lost(reason)
 
-    async def _keep_alive(self) -> None:
-        while True:
-            now = time.monotonic()
-            await asyncio.sleep(max(0.0, min(self.interval_s, self.valid_until - now)))
-            sent = time.monotonic()
-            remaining = self.valid_until - sent
-            if remaining <= 0:
-                self._lose(f"not renewed for {self.ttl_s - self.margin_s:g}s")
-                return
-            try:
-                async with asyncio.timeout(remaining):
-                    ttl_s = await self.etcd.keepalive(self.lease_id)
-            except LeaseNotFound:
-                self._lose("etcd says it has expired")
-                return
-            except (EtcdError, TimeoutError) as exc:
-                log.warning("broker %d could not renew its etcd lease: %s", self.broker_id, exc)
-                continue
-            self._renewed(sent, ttl_s)
+    def _keep_alive(self, lease: int, stopping: threading.Event) -> None:
+        """The renewing thread: one keepalive every ``interval_s`` on its own connection."""
+        etcd = BlockingEtcd(self.etcd.endpoints, tls=self.etcd.tls, request_timeout_s=self.etcd.request_timeout_s)
+        try:
+            while not stopping.wait(max(0.0, min(self.interval_s, self.valid_until - time.monotonic()))):
+                sent = time.monotonic()
+                remaining = self.valid_until - sent
+                if remaining <= 0:
+                    return self._lose(f"not renewed for {self.ttl_s - self.margin_s:g}s")
+                stalled = sent - self._loop_tick
+                if stalled >= self.loop_guard_s:
+                    return self._lose(f"the event loop has not run for {stalled:.1f}s: renewals stopped")
+                try:
+                    ttl_s = etcd.keepalive(lease, timeout_s=remaining)
+                except LeaseNotFound:
+                    return self._lose("etcd says it has expired")
+                except EtcdError as exc:
+                    log.warning("broker %d could not renew its etcd lease: %s", self.broker_id, exc)
+                    continue
+                if not stopping.is_set():
+                    self._renewed(sent, ttl_s)
+        except Exception:  # noqa: BLE001 - a dead renewer must not fail silently
+            log.exception("broker %d: the lease renewer failed", self.broker_id)
+            self._lose("the lease renewer failed")
+        finally:
+            etcd.close()

@@ -336,16 +336,28 @@ class MetadataStore:
                 todo.append((tp, state, elect(state, me, live, unclean=unclean)))
             except TransitionError:
                 continue
-        # Many at a time, as in create_partitions: one at a time, a broker that led
-        # thousands of partitions took minutes to replace (one etcd commit each).
+        # Many per transaction and many transactions at a time, as in create_partitions:
+        # one compare-and-swap per partition, a broker that led thousands of partitions
+        # took minutes to replace (one etcd commit each).
         limit = asyncio.Semaphore(_CREATE_CONCURRENCY)
 
-        async def one(tp: TopicPartition, state: PartitionState, new: PartitionState) -> PartitionState | None:
+        async def batch(jobs: list[tuple[TopicPartition, PartitionState, PartitionState]]) -> list[tuple[TopicPartition, PartitionState]]:
+            """All of ``jobs`` in one transaction; when some partition changed meanwhile (a
+            racing candidate won it), the same transaction reads them all, and the
+            unchanged ones are tried again without it."""
+            keys = [self._key(tp) for tp, _, _ in jobs]
+            compare = [mod_revision_is(k, state.mod_revision) for k, (_, state, _) in zip(keys, jobs)]
+            puts = [put_op(k, new.to_json()) for k, (_, _, new) in zip(keys, jobs)]
+            reads = [range_op(k) for k in keys]
             async with limit:
-                return await self.compare_and_set(tp, state, new)
+                result = await self.etcd.txn(compare, puts + reads, reads)
+            if result.succeeded:
+                return [(tp, PartitionState.from_json(kv[0].value, kv[0].mod_revision)) for (tp, _, _), kv in zip(jobs, result.ranges)]
+            untouched = [job for job, kv in zip(jobs, result.ranges) if kv and kv[0].mod_revision == job[1].mod_revision]
+            return await batch(untouched) if untouched else []
 
-        stored = await asyncio.gather(*(one(*job) for job in todo))
-        return [(tp, s) for (tp, _, _), s in zip(todo, stored) if s is not None]
+        chunks = [todo[i : i + _CREATE_BATCH] for i in range(0, len(todo), _CREATE_BATCH)]
+        return [won for chunk in await asyncio.gather(*(batch(c) for c in chunks)) for won in chunk]
 
     async def watch_partitions(self, start_revision: int) -> AsyncIterator[PartitionChange]:
         """Every change of a partition state from ``start_revision`` on, in order.

@@ -94,6 +94,25 @@ async def test_many_partitions_are_created_in_few_commits_and_racing_creators_wr
     assert (await store.partitions())[1] == after  # nothing left to write: no commit at all
 
 
+async def test_racing_take_overs_of_many_partitions_take_few_commits(store, cluster_name):
+    """A dead broker's hundreds of leaderships must not cost one etcd commit each: two
+    candidates race for them 64 per transaction, and each partition is won exactly once."""
+    topo = topology(cluster_name, brokers=(1, 2, 3), many={"partitions": 600})
+    await store.create_partitions(topo)
+    states, before = await store.partitions()
+    orphans = {tp for tp, s in states.items() if s.leader == 1}
+    assert len(orphans) > 150
+    won2, won3 = await asyncio.gather(store.take_over(2, {2, 3}, topo), store.take_over(3, {2, 3}, topo))
+    assert {tp for tp, _ in won2} | {tp for tp, _ in won3} == orphans
+    assert not {tp for tp, _ in won2} & {tp for tp, _ in won3}  # exactly one winner each
+    after_states, after = await store.partitions()
+    for tp in orphans:
+        s = after_states[tp]
+        assert s.leader in (2, 3) and s.leader_epoch == states[tp].leader_epoch + 1 and 1 not in s.isr
+    assert dict(won2 + won3) == {tp: after_states[tp] for tp in orphans}
+    assert after - before <= 30, f"{after - before} commits to take over {len(orphans)} partitions"
+
+
 async def test_compare_and_set_fails_on_a_stale_read(store, cluster_name):
     await store.create_partitions(topology(cluster_name))
     read = await store.partition(OR0)
