@@ -154,6 +154,7 @@ def many_partitions_run(partitions: int, idle_seconds: float, settle_timeout: fl
             out["error"] = f"{exc}: {sum(1 for s in states if s and s.get('leader'))} of {partitions} partitions have a leader"
             out["at_rest"] = _readings(cluster, 0)
             return out
+        out["logs_open_seconds"] = round(_until_rss_is_steady(cluster), 2)
         out["at_rest"] = _readings(cluster, idle_seconds)
         victim = 1
         led = [p for p, s in enumerate(cluster.states(via=2).get("many") or []) if s and s.get("leader") == victim]
@@ -176,6 +177,23 @@ def many_partitions_run(partitions: int, idle_seconds: float, settle_timeout: fl
     finally:
         cluster.stop()
     return out
+
+
+def _until_rss_is_steady(cluster: ShoalCluster, timeout: float = 60) -> float:
+    """Seconds until no broker's RSS grew over 2 s: the leaders are elected as soon as the
+    states are in etcd, but each broker then still opens its thousands of logs."""
+    start = time.monotonic()
+    last: dict = {}
+
+    def steady():
+        now = {i: b.rss_bytes() for i, b in cluster.brokers.items() if b.alive()}
+        done = now == last or (last and all(now[i] <= last.get(i, 0) for i in now))
+        last.clear()
+        last.update(now)
+        return True if done else None
+
+    poll(steady, timeout=timeout, interval=2)
+    return time.monotonic() - start
 
 
 def _readings(cluster: ShoalCluster, idle_seconds: float) -> dict:

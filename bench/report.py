@@ -167,7 +167,8 @@ def _replicated(rep: dict) -> list[str]:
     if many:
         rest = many.get("at_rest") or {}
         lines += ["", f"{many['partitions']:,} partitions at factor 3 on 3 brokers: started in {many.get('start_seconds')} s, "
-                  f"every leader and full ISR after {many.get('settle_seconds')} s more; at rest per broker: "
+                  f"every leader and full ISR after {many.get('settle_seconds')} s more, every log open after "
+                  f"{many.get('logs_open_seconds')} s more; at rest per broker: "
                   + "; ".join(f"#{i} {r['rss_mib']} MiB, {r['threads']} threads, {r['idle_cpu_percent']}% CPU"
                               for i, r in rest.items())
                   + f". Broker {many.get('killed_broker')} (leading {many.get('its_leaderships')}) SIGKILLed: "

@@ -144,38 +144,55 @@ async def _answer_fetch(broker, body: dict) -> dict:
     wait_s = min(int(body.get("max_wait_ms", 0)), MAX_WAIT_MS) / 1000
     asks = [(str(t), int(p), int(o), int(e)) for t, p, o, e in body["partitions"]]
     throttle = broker.replicas.reassigner.throttle
-    for attempt in (0, 1):
-        out = []
-        logs = []
-        throttled = False
-        for topic, partition, offset, epoch in asks:
-            plog, error = _leader_log(broker, topic, partition, epoch)
-            if error is None and not plog.log_start_offset <= offset <= plog.log_end_offset:
-                error = "OFFSET_OUT_OF_RANGE"
-            if error is not None:
-                out.append([error, -1, b"", plog.log_start_offset if plog is not None else -1])
-                continue
-            tp = TopicPartition(topic, partition)
-            broker.replicas.follower_fetched(tp, follower, offset)
-            budget = throttle.budget(tp, follower, max_bytes)  # a replica being added copies at the throttle
-            if budget <= 0:
-                throttled = True
-                out.append([None, plog.high_watermark, b"", plog.log_start_offset])
-                continue
-            frames = plog.read(offset, budget, to_log_end=True)
-            throttle.spent(tp, follower, len(frames))
-            out.append([None, plog.high_watermark, frames, plog.log_start_offset])
-            logs.append((plog, offset))
-        if throttled and not any(part[2] for part in out):
-            await asyncio.sleep(min(wait_s, throttle.refill_s()))  # not a busy loop while the throttle is spent
-            break
-        if attempt or any(part[2] for part in out) or not logs or wait_s <= 0:
-            break
-        waits = [asyncio.ensure_future(plog.wait_for_end(offset, wait_s)) for plog, offset in logs]
-        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
+    answers = [_fetch_one(broker, throttle, follower, ask, max_bytes) for ask in asks]
+    out = [part for part, _, _ in answers]
+    if any(part[2] for part in out) or wait_s <= 0:
+        return {"partitions": out}
+    if any(throttled for _, _, throttled in answers):
+        await asyncio.sleep(min(wait_s, throttle.refill_s()))  # not a busy loop while the throttle is spent
+        return {"partitions": out}
+    idle = [(i, plog) for i, (_, plog, _) in enumerate(answers) if plog is not None]
+    if not idle:
+        return {"partitions": out}
+    # Nothing new anywhere: every log asked for is at the follower's offset. Wait on one
+    # event for the first write to any of them, then read again only where one came (the
+    # others' answers stand: a fetch is not woken by a high watermark alone, as in Kafka).
+    written = asyncio.Event()
+    for _, plog in idle:
+        plog.watch_end(written)
+    try:
+        async with asyncio.timeout(wait_s):
+            await written.wait()
+    except TimeoutError:
+        pass
+    finally:
+        for _, plog in idle:
+            plog.unwatch_end(written)
+    if written.is_set():
+        for i, plog in idle:
+            if plog.log_end_offset > asks[i][2]:
+                out[i] = _fetch_one(broker, throttle, follower, asks[i], max_bytes)[0]
     return {"partitions": out}
+
+
+def _fetch_one(broker, throttle, follower: int, ask: tuple, max_bytes: int) -> tuple[list, object, bool]:
+    """One partition's part of a fetch answer, ``[error, high_watermark, frames,
+    log_start]``; the partition's log when there was nothing new to read in it; and
+    whether the reassignment throttle held it back."""
+    topic, partition, offset, epoch = ask
+    plog, error = _leader_log(broker, topic, partition, epoch)
+    if error is None and not plog.log_start_offset <= offset <= plog.log_end_offset:
+        error = "OFFSET_OUT_OF_RANGE"
+    if error is not None:
+        return [error, -1, b"", plog.log_start_offset if plog is not None else -1], None, False
+    tp = TopicPartition(topic, partition)
+    broker.replicas.follower_fetched(tp, follower, offset)
+    budget = throttle.budget(tp, follower, max_bytes)  # a replica being added copies at the throttle
+    if budget <= 0:
+        return [None, plog.high_watermark, b"", plog.log_start_offset], None, True
+    frames = plog.read(offset, budget, to_log_end=True)
+    throttle.spent(tp, follower, len(frames))
+    return [None, plog.high_watermark, frames, plog.log_start_offset], None if frames else plog, False
 
 
 async def epoch_end(request: web.Request) -> web.Response:

@@ -104,6 +104,7 @@ class PartitionLog:
         self.epochs = LeaderEpochCache(self.directory)
         self.leader_epoch = 0  # the epoch this replica's appends are written in (set by replication)
         self._hw_moved = asyncio.Event()
+        self._end_watchers: set[asyncio.Event] = set()  # see watch_end
         self._state = "new"  # -> loaded -> running -> stopping -> stopped
         self._stopped = asyncio.Event()
         self._writer = GroupWriter(self)
@@ -265,6 +266,8 @@ class PartitionLog:
             self._state = "stopped"
             self._stopped.set()
             self._hw_moved.set()
+            for event in self._end_watchers:
+                event.set()
 
     def _write_clean_shutdown(self) -> None:
         active = self.active_segment
@@ -332,6 +335,8 @@ class PartitionLog:
             self._readable_base = self.active_segment.base_offset
             self._readable_end = leo_bytes
         self._wake()
+        for event in self._end_watchers:
+            event.set()
 
     def _wake(self) -> None:
         moved, self._hw_moved = self._hw_moved, asyncio.Event()
@@ -460,16 +465,14 @@ class PartitionLog:
             raise InternalError(f"offset {offset} of {self.name} not found in {seg.log_path}")
         return seg.read_from(found, max_bytes, end)
 
-    async def wait_for_end(self, offset: int, timeout_s: float) -> bool:
-        """Wait until the log end passes ``offset`` (a follower's long-poll), or the time-out."""
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while self._leo <= offset and self._state == "running":
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await self._hw_moved.wait()
-            except TimeoutError:
-                break
-        return self._leo > offset
+    def watch_end(self, event: asyncio.Event) -> None:
+        """Set ``event`` at the next write (or when the log stops) until ``unwatch_end``:
+        a follower's long-poll over thousands of partitions waits on one event, not on a
+        task per partition."""
+        self._end_watchers.add(event)
+
+    def unwatch_end(self, event: asyncio.Event) -> None:
+        self._end_watchers.discard(event)
 
     async def wait_for(self, offset: int, timeout_s: float) -> bool:
         """Wait until the high watermark passes ``offset`` (a long-poll), or the time-out.

@@ -201,6 +201,35 @@ async def test_wait_for_returns_when_the_log_stops(open_log):
         assert await waiter is False
 
 
+async def test_one_event_watches_the_end_of_many_logs(open_log, tmp_path):
+    """A follower's long-poll over many partitions: one event, set by the first write to
+    any of them (not by the high watermark moving), or by a log stopping; none once unwatched."""
+    logs = [PartitionLog(tmp_path / f"t-{p}", "t", p, LogConfig()) for p in range(3)]
+    for plog in logs:
+        await plog.start()
+        plog.start_replicated(None)
+    try:
+        await logs[0].append(batch(2))
+        written = asyncio.Event()
+        for plog in logs:
+            plog.watch_end(written)
+        assert logs[0].advance_high_watermark(2)
+        assert not written.is_set()
+        await logs[2].append(batch(1))
+        assert written.is_set()
+        written.clear()
+        for plog in logs:
+            plog.unwatch_end(written)
+        await logs[1].append(batch(1))
+        assert not written.is_set()
+        logs[1].watch_end(written)
+        await logs[1].stop()
+        assert written.is_set()
+    finally:
+        for plog in logs:
+            await plog.stop()
+
+
 async def test_flush_always_fsyncs_before_acknowledging(open_log):
     """Under flush=always each acknowledged write has been fsynced."""
     plog = await open_log(flush="always")
