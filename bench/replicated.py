@@ -187,7 +187,7 @@ def _until_rss_is_steady(cluster: ShoalCluster, timeout: float = 60) -> float:
 
     def steady():
         now = {i: b.rss_bytes() for i, b in cluster.brokers.items() if b.alive()}
-        done = now == last or (last and all(now[i] <= last.get(i, 0) for i in now))
+        done = bool(last) and all(now[i] <= last.get(i, 0) for i in now)
         last.clear()
         last.update(now)
         return True if done else None
