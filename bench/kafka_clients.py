@@ -72,7 +72,7 @@ class ConfluentKafka:
         from confluent_kafka import Consumer, TopicPartition
 
         consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"bench-{stream}",
-                             "enable.auto.commit": False, "fetch.max.bytes": 8 << 20})  # fmt: skip
+                             "enable.auto.commit": False, "fetch.max.bytes": 8 << 20, "queued.min.messages": 1_000_000})  # fmt: skip
         consumer.assign([TopicPartition(stream, 0, 0)])
         got = size = 0
         start = time.perf_counter()
