@@ -199,7 +199,51 @@ def ssl_context(tls: EtcdTls | None) -> ssl.SSLContext | None:
     return ctx
 
 
-class EtcdClient:
+class _Endpoints:
+    """What both clients share: the endpoints, the one that answered last (tried first),
+    and how an endpoint's answer is read."""
+
+    def __init__(self, endpoints: Sequence[str]):
+        if not endpoints:
+            raise ValueError("no etcd endpoints")
+        self.endpoints = [e.rstrip("/") for e in endpoints]
+        self._current = 0
+
+    def _order(self) -> list[int]:
+        n = len(self.endpoints)
+        return [(self._current + i) % n for i in range(n)]
+
+    def _settle(self, i: int, status: int, answer: dict[str, Any], path: str) -> dict[str, Any]:
+        """The answer endpoint ``i`` gave, or its error raised; ``EtcdUnavailable`` means
+        the next endpoint may serve the call."""
+        endpoint = self.endpoints[i]
+        if status == 200 and "error" not in answer:
+            self._current = i
+            return answer
+        error = _error(answer, status, endpoint, path)
+        if not isinstance(error, EtcdUnavailable):
+            self._current = i
+        raise error
+
+    def _lease_ttl(self, body: dict[str, Any], lease: int) -> int:
+        """The TTL a keepalive answer gives; etcd answers an unknown lease's with none."""
+        ttl = int(body.get("result", {}).get("TTL", 0))
+        if ttl <= 0:
+            raise LeaseNotFound(f"etcd lease {lease:x} has expired", code=_NOT_FOUND, endpoint=self.endpoints[self._current])
+        return ttl
+
+
+def _error(answer: dict[str, Any], status: int, endpoint: str, path: str) -> EtcdError:
+    code = answer.get("code")
+    message = f"etcd {endpoint} /v3/{path}: {answer.get('message') or answer.get('error') or f'HTTP {status}'}"
+    if code in (_UNAVAILABLE, _DEADLINE_EXCEEDED) or (status >= 500 and code is None):
+        return EtcdUnavailable(message, code=code, endpoint=endpoint)
+    if code == _NOT_FOUND and "lease" in message:
+        return LeaseNotFound(message, code=code, endpoint=endpoint)
+    return EtcdRequestError(message, code=code, endpoint=endpoint)
+
+
+class EtcdClient(_Endpoints):
     """A client of one etcd cluster, given its client endpoints.
 
     Args:
@@ -210,12 +254,9 @@ class EtcdClient:
     """
 
     def __init__(self, endpoints: Sequence[str], *, tls: EtcdTls | None = None, request_timeout_s: float = 2.0):
-        if not endpoints:
-            raise ValueError("no etcd endpoints")
-        self.endpoints = [e.rstrip("/") for e in endpoints]
+        super().__init__(endpoints)
         self.tls = tls
         self.request_timeout_s = request_timeout_s
-        self._current = 0
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -236,10 +277,6 @@ class EtcdClient:
         await self.close()
 
     # -- transport -----------------------------------------------------------
-
-    def _order(self) -> list[int]:
-        n = len(self.endpoints)
-        return [(self._current + i) % n for i in range(n)]
 
     async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST ``body`` to ``/v3/<path>`` on the first endpoint that answers.
@@ -266,14 +303,10 @@ class EtcdClient:
             except ValueError:
                 last = EtcdUnavailable(f"etcd {endpoint}: HTTP {status}, not JSON: {raw[:200]!r}", endpoint=endpoint)
                 continue
-            if status == 200 and "error" not in answer:
-                self._current = i
-                return answer
-            error = self._error(answer, status, endpoint, path)
-            if not isinstance(error, EtcdUnavailable):
-                self._current = i
-                raise error
-            last = error
+            try:
+                return self._settle(i, status, answer, path)
+            except EtcdUnavailable as exc:
+                last = exc
         assert last is not None
         raise last
 
@@ -289,16 +322,6 @@ class EtcdClient:
         async with asyncio.timeout(self.request_timeout_s):
             async with self._session.post(url, data=data) as resp:
                 return resp.status, await resp.read()
-
-    @staticmethod
-    def _error(answer: dict[str, Any], status: int, endpoint: str, path: str) -> EtcdError:
-        code = answer.get("code")
-        message = f"etcd {endpoint} /v3/{path}: {answer.get('message') or answer.get('error') or f'HTTP {status}'}"
-        if code in (_UNAVAILABLE, _DEADLINE_EXCEEDED) or (status >= 500 and code is None):
-            return EtcdUnavailable(message, code=code, endpoint=endpoint)
-        if code == _NOT_FOUND and "lease" in message:
-            return LeaseNotFound(message, code=code, endpoint=endpoint)
-        return EtcdRequestError(message, code=code, endpoint=endpoint)
 
     async def healthy(self) -> bool:
         """Whether some endpoint reports itself healthy (``GET /health``: it has a leader)."""
@@ -371,11 +394,7 @@ class EtcdClient:
         Raises:
             LeaseNotFound: the lease has expired or was revoked.
         """
-        body = await self.call("lease/keepalive", {"ID": str(lease)})
-        ttl = int(body.get("result", {}).get("TTL", 0))
-        if ttl <= 0:  # etcd answers an unknown lease's keepalive with no TTL
-            raise LeaseNotFound(f"etcd lease {lease:x} has expired", code=_NOT_FOUND, endpoint=self.endpoints[self._current])
-        return ttl
+        return self._lease_ttl(await self.call("lease/keepalive", {"ID": str(lease)}), lease)
 
     async def time_to_live(self, lease: int) -> int:
         """Seconds ``lease`` has left, or -1 when it has expired or never existed."""
@@ -467,7 +486,7 @@ class EtcdClient:
         return _revision(result), [WatchEvent(e.get("type", "PUT"), _kv(e["kv"])) for e in result.get("events", [])]
 
 
-class BlockingEtcd:
+class BlockingEtcd(_Endpoints):
     """A blocking client of the few etcd calls a thread of its own makes (lease renewals).
 
     One ``http.client`` connection per endpoint, kept open; the endpoint that answered
@@ -476,10 +495,9 @@ class BlockingEtcd:
     """
 
     def __init__(self, endpoints: Sequence[str], *, tls: EtcdTls | None = None, request_timeout_s: float = 2.0):
-        self.endpoints = [e.rstrip("/") for e in endpoints]
+        super().__init__(endpoints)
         self.request_timeout_s = request_timeout_s
         self._ssl = ssl_context(tls) if any(e.startswith("https://") for e in self.endpoints) else None
-        self._current = 0
         self._conns: dict[int, http.client.HTTPConnection] = {}
 
     def close(self) -> None:
@@ -516,9 +534,8 @@ class BlockingEtcd:
         """POST ``body`` to ``/v3/<path>``; raises as ``EtcdClient.call`` does."""
         timeout_s = min(timeout_s or self.request_timeout_s, self.request_timeout_s)
         data = json.dumps(body).encode()
-        n = len(self.endpoints)
         last: EtcdError | None = None
-        for i in [(self._current + k) % n for k in range(n)]:
+        for i in self._order():
             endpoint = self.endpoints[i]
             try:
                 try:
@@ -532,21 +549,13 @@ class BlockingEtcd:
                 self._drop(i)
                 last = EtcdUnavailable(f"etcd {endpoint}: {type(exc).__name__}: {exc}", endpoint=endpoint)
                 continue
-            if status == 200 and "error" not in answer:
-                self._current = i
-                return answer
-            error = EtcdClient._error(answer, status, endpoint, path)
-            if not isinstance(error, EtcdUnavailable):
-                self._current = i
-                raise error
-            last = error
+            try:
+                return self._settle(i, status, answer, path)
+            except EtcdUnavailable as exc:
+                last = exc
         assert last is not None
         raise last
 
     def keepalive(self, lease: int, *, timeout_s: float | None = None) -> int:
         """Renew ``lease`` once; its TTL in seconds from now. Raises ``LeaseNotFound`` when it is gone."""
-        body = self.call("lease/keepalive", {"ID": str(lease)}, timeout_s=timeout_s)
-        ttl = int(body.get("result", {}).get("TTL", 0))
-        if ttl <= 0:
-            raise LeaseNotFound(f"etcd lease {lease:x} has expired", code=_NOT_FOUND, endpoint=self.endpoints[self._current])
-        return ttl
+        return self._lease_ttl(self.call("lease/keepalive", {"ID": str(lease)}, timeout_s=timeout_s), lease)
