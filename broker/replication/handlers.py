@@ -197,8 +197,7 @@ def _fetch_one(broker, throttle, follower: int, ask: tuple, max_bytes: int) -> t
 
 async def epoch_end(request: web.Request) -> web.Response:
     broker = request.app[BROKER]
-    if broker.replicas is None:
-        raise InvalidRequest("this cluster is not replicated (no metadata: section)")
+    _replicated(broker)
     body = await _body(request)
     out = []
     for topic, partition, epoch, current in body["partitions"]:

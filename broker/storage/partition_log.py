@@ -265,9 +265,7 @@ class PartitionLog:
             self.active_segment.close()
             self._state = "stopped"
             self._stopped.set()
-            self._hw_moved.set()
-            for event in self._end_watchers:
-                event.set()
+            self._end_moved()
 
     def _write_clean_shutdown(self) -> None:
         active = self.active_segment
@@ -334,13 +332,17 @@ class PartitionLog:
             self._hw = leo
             self._readable_base = self.active_segment.base_offset
             self._readable_end = leo_bytes
-        self._wake()
-        for event in self._end_watchers:
-            event.set()
+        self._end_moved()
 
     def _wake(self) -> None:
         moved, self._hw_moved = self._hw_moved, asyncio.Event()
         moved.set()
+
+    def _end_moved(self) -> None:
+        """The log end moved, or the log stopped: wake the long-polls and the end watchers."""
+        self._wake()
+        for event in self._end_watchers:
+            event.set()
 
     def start_replicated(self, checkpointed_hw: int | None) -> None:
         """Make this a replica's log: from now on the high watermark moves only by

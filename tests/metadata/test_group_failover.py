@@ -18,7 +18,7 @@ from shoal.client import AsyncConsumer, AsyncProducer
 from shoal.client.records import decode_records, iter_frames
 from shoal.client.structs import TopicPartition
 from tests.harness import http_json
-from tests.metadata.helpers import poll
+from tests.metadata.helpers import poll, replicated_cluster
 
 TOPIC = "t"
 GROUP = "billing"
@@ -29,10 +29,7 @@ SEGMENT_BYTES = 1024  # also the offsets topic's: a snapshot every ~6 commits, s
 
 @pytest.fixture
 def replicated(cluster_factory, etcd_server, cluster_name):
-    return cluster_factory(
-        3, {TOPIC: 2}, name=cluster_name, metadata={"etcd": [etcd_server.url], "lease_ttl_ms": 2000, "replica_lag_time_max_ms": 3000},
-        replication_factor=3, min_insync_replicas=2, segment_bytes=SEGMENT_BYTES,
-    )  # fmt: skip
+    return replicated_cluster(cluster_factory, etcd_server.url, cluster_name, 3, {TOPIC: 2}, segment_bytes=SEGMENT_BYTES)
 
 
 def committed_path(group: str, partition: int) -> str:

@@ -26,7 +26,7 @@ from shoal.client.structs import TopicPartition
 from shoal.router.hashing import group_coordinator, rank
 from tests.client.helpers import read_exactly
 from tests.harness import LocalCluster, env_flag, http_json
-from tests.metadata.helpers import poll
+from tests.metadata.helpers import poll, replicated_cluster
 from tests.router.test_cli_topic_group import ok, shoal
 
 TOPIC = "orders"
@@ -158,11 +158,7 @@ class Traffic:
 
 
 def the_cluster(cluster_factory, etcd_server, cluster_name) -> LocalCluster:
-    cluster = cluster_factory(
-        4, {TOPIC: PARTITIONS}, name=cluster_name, start=False,
-        metadata={"etcd": [etcd_server.url], "lease_ttl_ms": 2000, "replica_lag_time_max_ms": 3000},
-        replication_factor=3, min_insync_replicas=2,
-    )  # fmt: skip
+    cluster = replicated_cluster(cluster_factory, etcd_server.url, cluster_name, 4, {TOPIC: PARTITIONS}, start=False)
     write_config(cluster, 1, [1, 2, 3])
     for b in (1, 2, 3):
         cluster.start(b)

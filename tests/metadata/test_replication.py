@@ -16,18 +16,14 @@ from shoal.client.records import decode_fetch, read_header
 from tests.faults.checker import BROKERS, TOPIC, History, check_history, in_sync, state_of, stored_frames
 from tests.faults.checker import produce as produce_to
 from tests.harness import env_flag
-from tests.metadata.helpers import poll
+from tests.metadata.helpers import poll, replicated_cluster
 from tests.router.test_cli_topic_group import ok, shoal
 
 
 @pytest.fixture
 def replicated(cluster_factory, etcd_server, cluster_name):
     """Three brokers, one partition at factor 3, min_insync 2, on the session's etcd (2 s leases)."""
-    return cluster_factory(
-        3, {TOPIC: 1}, name=cluster_name,
-        metadata={"etcd": [etcd_server.url], "lease_ttl_ms": 2000, "replica_lag_time_max_ms": 3000},
-        replication_factor=3, min_insync_replicas=2,
-    )  # fmt: skip
+    return replicated_cluster(cluster_factory, etcd_server.url, cluster_name, 3, {TOPIC: 1})
 
 
 def state(cluster, via: int):

@@ -21,6 +21,7 @@ from shoal.router.cli.cluster import render_info
 from shoal.router.server.auth import hash_token
 from shoal.router.topology import load_topology
 from tests.harness import http_json
+from tests.metadata.helpers import scrape
 from tests.router.test_cli_cluster import SHOAL
 from tests.security.procs import start_gateway
 
@@ -70,10 +71,7 @@ def in_sync(cluster, via: int, token: str | None = None):
 
 
 def metrics(cluster, broker: int) -> dict[str, float]:
-    """``{'name{labels}': value}`` of a broker's /metrics (labels as Prometheus writes them)."""
-    with urllib.request.urlopen(cluster.url(broker) + "/metrics", timeout=5) as resp:
-        lines = resp.read().decode().splitlines()
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines if line and line[0] != "#"}
+    return scrape(cluster.url(broker))
 
 
 def replica_call(cluster, broker: int, path: str, body: dict, token: str | None) -> tuple[int, bytes]:

@@ -7,34 +7,24 @@ followers' fetches, which carry what moves the high watermark, go on their strea
 from __future__ import annotations
 
 import asyncio
-import re
-import urllib.request
 
 import pytest
 
 from tests.faults.checker import BROKERS, TOPIC, in_sync
 from tests.faults.checker import produce as produce_to
+from tests.metadata.helpers import replicated_cluster, scrape
 
 
 @pytest.fixture
 def always(cluster_factory, etcd_server, cluster_name):
     """Three brokers, one partition at factor 3 written with ``flush: always`` (the writer
     lingers 1 ms for company there, to share an fsync)."""
-    return cluster_factory(
-        3, {TOPIC: 1}, name=cluster_name, flush="always",
-        metadata={"etcd": [etcd_server.url], "lease_ttl_ms": 2000, "replica_lag_time_max_ms": 3000},
-        replication_factor=3, min_insync_replicas=2,
-    )  # fmt: skip
+    return replicated_cluster(cluster_factory, etcd_server.url, cluster_name, 3, {TOPIC: 1}, flush="always")
 
 
 def lingers(url: str, topic: str = TOPIC, partition: int = 0) -> int:
     """The broker's ``shoal_partition_write_lingers`` counter of one partition."""
-    with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    pattern = rf'^shoal_partition_write_lingers_total{{partition="{partition}",topic="{topic}"}} (\S+)$'
-    found = re.search(pattern, text, re.M)
-    assert found, f"no write-lingers counter for {topic}/{partition} at {url}"
-    return int(float(found.group(1)))
+    return int(scrape(url)[f'shoal_partition_write_lingers_total{{partition="{partition}",topic="{topic}"}}'])
 
 
 async def test_a_followers_copy_never_waits_for_write_company(always):
@@ -56,20 +46,12 @@ async def test_a_followers_copy_never_waits_for_write_company(always):
 @pytest.fixture
 def interval(cluster_factory, etcd_server, cluster_name):
     """Three brokers, one partition at factor 3 (the default flush policy)."""
-    return cluster_factory(
-        3, {TOPIC: 1}, name=cluster_name,
-        metadata={"etcd": [etcd_server.url], "lease_ttl_ms": 2000, "replica_lag_time_max_ms": 3000},
-        replication_factor=3, min_insync_replicas=2,
-    )  # fmt: skip
+    return replicated_cluster(cluster_factory, etcd_server.url, cluster_name, 3, {TOPIC: 1})
 
 
 def metric(url: str, name: str) -> float:
-    """One unlabelled (or fully labelled, as written in ``name``) sample of ``/metrics``."""
-    with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-    assert found, f"no {name} at {url}"
-    return float(found.group(1))
+    """One sample of ``/metrics``, its labels as Prometheus writes them."""
+    return scrape(url)[name]
 
 
 async def test_followers_fetch_on_one_stream_each(interval):
