@@ -41,6 +41,7 @@ from shoal.client.structs import OffsetAndMetadata, TopicPartition
 
 from shoal.router.internal_topics import OFFSETS_TOPIC, PARTITIONS, offsets_topic_config
 
+from . import woken_or_due
 from .offsets_topic import COMMIT, DELETE, FIRST, SNAPSHOT, OffsetsState, encode, partition_for, records
 
 if TYPE_CHECKING:
@@ -95,12 +96,7 @@ class GroupOffsets:
 
     async def _reconcile_loop(self) -> None:
         while True:
-            try:
-                async with asyncio.timeout(RECONCILE_S):
-                    await self._changed.wait()
-            except TimeoutError:
-                pass
-            self._changed.clear()
+            await woken_or_due(self._changed, RECONCILE_S)
             try:
                 await self.reconcile()
             except Exception:

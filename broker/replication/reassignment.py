@@ -39,6 +39,7 @@ from shoal.client.structs import TopicPartition
 from shoal.router.metadata.etcd import EtcdError
 from shoal.router.metadata.partition import PartitionState, TransitionError
 
+from . import woken_or_due
 from .fetcher import FETCH_WAIT_MS
 from .throttle import Throttle
 
@@ -107,12 +108,7 @@ class Reassigner:
 
     async def _run(self) -> None:
         while True:
-            try:
-                async with asyncio.timeout(DRIVE_INTERVAL_S):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
-            self._wake.clear()
+            await woken_or_due(self._wake, DRIVE_INTERVAL_S)
             # Every DRIVE_INTERVAL_S, every partition; in between, only those whose state
             # changed (with 10,000 partitions a full look per change kept the loop busy).
             poked, self._poked = self._poked, set()
